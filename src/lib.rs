@@ -1,0 +1,6 @@
+//! payd: a thread-per-core payment server.
+pub mod api;
+pub mod auth;
+pub mod payment;
+pub mod shard;
+pub mod wal;
