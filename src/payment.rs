@@ -50,7 +50,13 @@ impl PaymentId {
 
 impl fmt::Display for PaymentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{:04x}{:016x}", Self::PREFIX, self.shard, self.sequence)
+        write!(
+            f,
+            "{}{:04x}{:016x}",
+            Self::PREFIX,
+            self.shard,
+            self.sequence
+        )
     }
 }
 
@@ -145,7 +151,10 @@ mod tests {
 
     #[test]
     fn payment_id_round_trips_through_text() {
-        let id = PaymentId { shard: 7, sequence: 0x1234_5678_9abc };
+        let id = PaymentId {
+            shard: 7,
+            sequence: 0x1234_5678_9abc,
+        };
         let text = id.to_string();
         assert_eq!(text, "pay_00070000123456789abc");
         assert_eq!(PaymentId::parse(&text), Some(id));
@@ -153,7 +162,14 @@ mod tests {
 
     #[test]
     fn payment_id_rejects_other_text() {
-        for text in ["", "pay_", "pay_0007000012345678", "pay_00070000123456789ABC", "pax_00070000123456789abc", "pay_00070000123456789abcd"] {
+        for text in [
+            "",
+            "pay_",
+            "pay_0007000012345678",
+            "pay_00070000123456789ABC",
+            "pax_00070000123456789abc",
+            "pay_00070000123456789abcd",
+        ] {
             assert_eq!(PaymentId::parse(text), None, "{text}");
         }
     }

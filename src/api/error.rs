@@ -96,7 +96,9 @@ impl ErrorKind {
             ErrorKind::OrderConflict => {
                 "order_id was already used with a different amount, currency or payment_method"
             }
-            ErrorKind::RequestInProgress => "the first request for this order_id is still in progress",
+            ErrorKind::RequestInProgress => {
+                "the first request for this order_id is still in progress"
+            }
             ErrorKind::BodyTooLarge => "request body too large",
             ErrorKind::UnsupportedMediaType => "Content-Type must be application/json",
             ErrorKind::HeadersTooLarge => "request headers too large",
@@ -118,11 +120,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind) -> ApiError {
-        ApiError { kind, message: Cow::Borrowed(kind.default_message()), param: None }
+        ApiError {
+            kind,
+            message: Cow::Borrowed(kind.default_message()),
+            param: None,
+        }
     }
 
     pub fn with_message(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> ApiError {
-        ApiError { kind, message: message.into(), param: None }
+        ApiError {
+            kind,
+            message: message.into(),
+            param: None,
+        }
     }
 
     /// `invalid_request` on one field. The message must never quote the field's value.

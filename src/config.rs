@@ -1,0 +1,501 @@
+//! The TOML configuration file of API.md section 7, parsed strictly and validated once.
+//!
+//! Every section is parsed and checked at start, even those whose features come later,
+//! so an operator learns about a typo before traffic does. Unknown keys are rejected with
+//! their name. The config is read-only after start and shared by reference with every core.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Absolute ceilings on the tunable limits: a config can lower them, not exceed them.
+pub const MAX_HEADER_BYTES_CEILING: usize = 64 * 1024;
+pub const MAX_BODY_BYTES_CEILING: usize = 1024 * 1024;
+pub const MAX_CONNECTIONS_PER_CORE_CEILING: usize = 1_000_000;
+pub const SHARDS_MAX: u16 = 4096;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub security: SecurityConfig,
+    pub storage: StorageConfig,
+    pub acquirer: AcquirerConfig,
+    pub webhooks: WebhooksConfig,
+    pub log: LogConfig,
+    pub merchants: Vec<MerchantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub cores: Cores,
+    pub max_connections_per_core: usize,
+    /// How long shutdown waits for in-flight requests before it exits anyway.
+    pub shutdown_timeout_ms: u64,
+    /// Commands waiting in one shard's inbox before creates get 503 `overloaded`.
+    pub shard_inbox_capacity: usize,
+}
+
+/// `cores = [0, 1]` or `cores = "all"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cores {
+    All,
+    List(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for Cores {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Cores, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<usize>),
+        }
+        match Raw::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("expected \"all\" or a list of CPU ids such as [0, 1]")
+        })? {
+            Raw::Word(word) if word == "all" => Ok(Cores::All),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "expected \"all\" or a list of CPU ids, found \"{word}\""
+            ))),
+            Raw::List(list) => Ok(Cores::List(list)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub timestamp_tolerance_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Fsync,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub retention_hours: u64,
+    /// Shard count used when the data directory is created; 0 means one per core.
+    /// Afterwards the manifest's count wins.
+    pub shards: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcquirerMode {
+    Simulated,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcquirerConfig {
+    pub mode: AcquirerMode,
+    pub url: String,
+    pub response_timeout_ms: u64,
+    pub attempt_timeout_ms: u64,
+    pub max_attempts: u32,
+    /// Simulated acquirer: base latency and uniform jitter added to every answer.
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    /// HTTP acquirer: keep-alive connections per core.
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub retry_schedule_secs: Vec<u64>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One line per request, buffered per core, written to `dir/access-core<N>.log`.
+    pub access_log: bool,
+    /// Where access logs go; empty means `<data_dir>/logs`.
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantConfig {
+    pub id: String,
+    /// Each a literal, `env:NAME` or `file:PATH`.
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+impl fmt::Debug for MerchantConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MerchantConfig")
+            .field("id", &self.id)
+            .field(
+                "secrets",
+                &self.secrets.iter().map(|s| redact(s)).collect::<Vec<_>>(),
+            )
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_deref().map(redact),
+            )
+            .finish()
+    }
+}
+
+/// Shows where a secret comes from, never the secret itself.
+pub fn redact(source: &str) -> String {
+    if source.starts_with("env:") || source.starts_with("file:") {
+        source.to_string()
+    } else {
+        "<redacted>".to_string()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cores: Cores::All,
+            max_connections_per_core: 10_000,
+            shutdown_timeout_ms: 10_000,
+            shard_inbox_capacity: 4096,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_header_bytes: 8192,
+            max_body_bytes: 16384,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> SecurityConfig {
+        SecurityConfig {
+            timestamp_tolerance_secs: 300,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            data_dir: PathBuf::from("./payd-data"),
+            durability: Durability::Fsync,
+            retention_hours: 168,
+            shards: 0,
+        }
+    }
+}
+
+impl Default for AcquirerConfig {
+    fn default() -> AcquirerConfig {
+        AcquirerConfig {
+            mode: AcquirerMode::Simulated,
+            url: "http://127.0.0.1:9100".to_string(),
+            response_timeout_ms: 2000,
+            attempt_timeout_ms: 5000,
+            max_attempts: 5,
+            latency_ms: 0,
+            jitter_ms: 0,
+            pool_size: 64,
+        }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> WebhooksConfig {
+        WebhooksConfig {
+            retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            timeout_ms: 15_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            access_log: true,
+            dir: PathBuf::new(),
+        }
+    }
+}
+
+/// A config error always names the key at fault.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error("--config", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text. Errors name the key (`server.cores`, ...).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_path_to_error(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The CPU ids this process will run an executor on, checked against the machine.
+    pub fn core_ids(&self) -> Result<Vec<usize>, ConfigError> {
+        let available = available_cpus();
+        let cores = match &self.server.cores {
+            Cores::All => available,
+            Cores::List(list) => {
+                for cpu in list {
+                    if !available.contains(cpu) {
+                        return Err(error(
+                            "server.cores",
+                            format!("CPU {cpu} does not exist or is not available to this process (available: {available:?})"),
+                        ));
+                    }
+                }
+                list.clone()
+            }
+        };
+        Ok(cores)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        if self.log.dir.as_os_str().is_empty() {
+            self.storage.data_dir.join("logs")
+        } else {
+            self.log.dir.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_limits()?;
+        self.validate_storage()?;
+        self.validate_acquirer()?;
+        self.validate_webhooks()?;
+        self.validate_merchants()?;
+        Ok(())
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        if let Cores::List(list) = &self.server.cores {
+            if list.is_empty() {
+                return Err(error("server.cores", "must name at least one CPU"));
+            }
+            let mut sorted = list.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != list.len() {
+                return Err(error("server.cores", "lists a CPU twice"));
+            }
+        }
+        self.core_ids()?;
+        let connections = self.server.max_connections_per_core;
+        if connections == 0 || connections > MAX_CONNECTIONS_PER_CORE_CEILING {
+            return Err(error(
+                "server.max_connections_per_core",
+                format!("must be 1..={MAX_CONNECTIONS_PER_CORE_CEILING}"),
+            ));
+        }
+        if self.server.shard_inbox_capacity == 0 || self.server.shard_inbox_capacity > 1 << 20 {
+            return Err(error("server.shard_inbox_capacity", "must be 1..=1048576"));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.max_header_bytes < 256 || limits.max_header_bytes > MAX_HEADER_BYTES_CEILING {
+            return Err(error(
+                "limits.max_header_bytes",
+                format!("must be 256..={MAX_HEADER_BYTES_CEILING}"),
+            ));
+        }
+        if limits.max_body_bytes == 0 || limits.max_body_bytes > MAX_BODY_BYTES_CEILING {
+            return Err(error(
+                "limits.max_body_bytes",
+                format!("must be 1..={MAX_BODY_BYTES_CEILING}"),
+            ));
+        }
+        if limits.request_timeout_ms == 0 {
+            return Err(error("limits.request_timeout_ms", "must be above 0"));
+        }
+        if limits.idle_timeout_ms == 0 {
+            return Err(error("limits.idle_timeout_ms", "must be above 0"));
+        }
+        Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(error("storage.data_dir", "must not be empty"));
+        }
+        if self.storage.retention_hours == 0 {
+            return Err(error("storage.retention_hours", "must be at least 1"));
+        }
+        if self.storage.shards > SHARDS_MAX {
+            return Err(error("storage.shards", format!("must be 0..={SHARDS_MAX}")));
+        }
+        Ok(())
+    }
+
+    fn validate_acquirer(&self) -> Result<(), ConfigError> {
+        let acquirer = &self.acquirer;
+        if !acquirer.url.starts_with("http://") {
+            return Err(error("acquirer.url", "must be an http:// URL"));
+        }
+        if acquirer.response_timeout_ms == 0 {
+            return Err(error("acquirer.response_timeout_ms", "must be above 0"));
+        }
+        if acquirer.attempt_timeout_ms == 0 {
+            return Err(error("acquirer.attempt_timeout_ms", "must be above 0"));
+        }
+        if acquirer.max_attempts == 0 || acquirer.max_attempts > 20 {
+            return Err(error("acquirer.max_attempts", "must be 1..=20"));
+        }
+        if acquirer.pool_size == 0 || acquirer.pool_size > 4096 {
+            return Err(error("acquirer.pool_size", "must be 1..=4096"));
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        if self.webhooks.retry_schedule_secs.len() > 32 {
+            return Err(error("webhooks.retry_schedule_secs", "at most 32 retries"));
+        }
+        if self.webhooks.timeout_ms == 0 {
+            return Err(error("webhooks.timeout_ms", "must be above 0"));
+        }
+        Ok(())
+    }
+
+    fn validate_merchants(&self) -> Result<(), ConfigError> {
+        for (index, merchant) in self.merchants.iter().enumerate() {
+            let key = |field: &str| format!("merchants[{index}].{field}");
+            let id_ok = !merchant.id.is_empty()
+                && merchant.id.len() <= 64
+                && merchant
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !id_ok {
+                return Err(error(&key("id"), "1-64 chars of A-Z a-z 0-9 _ -"));
+            }
+            if self.merchants[..index].iter().any(|m| m.id == merchant.id) {
+                return Err(error(
+                    &key("id"),
+                    format!("merchant \"{}\" is listed twice", merchant.id),
+                ));
+            }
+            if merchant.secrets.is_empty() {
+                return Err(error(&key("secrets"), "at least one secret is required"));
+            }
+            if let Some(url) = &merchant.webhook_url {
+                if !url.starts_with("http://") {
+                    return Err(error(&key("webhook_url"), "must be an http:// URL"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes with the dotted path of the failing key in the error. The message is
+/// serde's, never a snippet of the file: a snippet could show a secret.
+fn serde_path_to_error(text: &str) -> Result<Config, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        let mut key = if path == "." { String::new() } else { path };
+        if let Some(field) = unknown_field_name(&message) {
+            key = if key.is_empty() {
+                field
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        if key.is_empty() {
+            key = "(file)".to_string();
+        }
+        let line = inner
+            .span()
+            .map(|span| format!(" (line {})", text[..span.start].lines().count().max(1)))
+            .unwrap_or_default();
+        ConfigError {
+            key,
+            message: format!("{message}{line}"),
+        }
+    })
+}
+
+/// Pulls the offending key out of serde's messages (`unknown field `x``, `missing field `y``).
+fn unknown_field_name(message: &str) -> Option<String> {
+    for prefix in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            return rest.split('`').next().map(str::to_string);
+        }
+    }
+    None
+}
+
+/// CPUs this process may run on (its affinity mask), in ascending order.
+pub fn available_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|core| core.id)
+        .collect();
+    cpus.sort_unstable();
+    cpus
+}

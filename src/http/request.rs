@@ -1,0 +1,380 @@
+//! Request parsing: the head with httparse, then the body framing and every limit.
+//!
+//! Parsing works on the connection's read buffer and returns positions into it rather than
+//! borrowed slices, so the connection loop can keep reading into the same buffer.
+
+use std::ops::Range;
+
+/// RFC 9110 does not bound the header count; API.md does (431 above it).
+pub const HEADERS_COUNT_MAX: usize = 64;
+/// A chunk-size line longer than this is malformed (hex digits plus extensions).
+pub const CHUNK_LINE_BYTES_MAX: usize = 256;
+/// Trailer fields after the last chunk are read and discarded, up to this many bytes.
+pub const CHUNK_TRAILER_BYTES_MAX: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body, or `Content-Length: 0`.
+    Empty,
+    ContentLength(usize),
+    Chunked,
+}
+
+/// A parsed request head. Ranges index the buffer given to `parse_request`.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub target: Range<usize>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
+    /// Bytes of the request line and headers, including the blank line.
+    pub head_length: usize,
+    pub framing: BodyFraming,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Some(true)` for `application/json` (parameters allowed), `Some(false)` for
+    /// another type, `None` when absent.
+    pub content_type_json: Option<bool>,
+    pub request_id: Option<Range<usize>>,
+    pub merchant: Option<Range<usize>>,
+    pub timestamp: Option<Range<usize>>,
+    pub signature: Option<Range<usize>>,
+}
+
+/// What the bytes so far amount to.
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// More bytes are needed for a complete head.
+    Partial,
+    Head(RequestHead),
+}
+
+/// A protocol error: answered, and the connection closed (its framing is unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Malformed request, CL+TE, differing Content-Length values: 400 `bad_request`.
+    BadRequest,
+    /// Head over `max_header_bytes` or more than `HEADERS_COUNT_MAX` headers: 431.
+    HeadersTooLarge,
+    /// Body over `max_body_bytes`: 413.
+    BodyTooLarge,
+    /// A Transfer-Encoding other than `chunked`: 501.
+    NotImplemented,
+}
+
+/// Parses one request head from the start of `buffer`.
+pub fn parse_request(
+    buffer: &[u8],
+    max_header_bytes: usize,
+    max_body_bytes: usize,
+) -> Result<ParseOutcome, ProtocolError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_COUNT_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let status = match request.parse(buffer) {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadersTooLarge),
+        Err(_) => return Err(ProtocolError::BadRequest),
+    };
+    let head_length = match status {
+        httparse::Status::Partial if buffer.len() > max_header_bytes => {
+            return Err(ProtocolError::HeadersTooLarge)
+        }
+        httparse::Status::Partial => return Ok(ParseOutcome::Partial),
+        httparse::Status::Complete(length) => length,
+    };
+    if head_length > max_header_bytes {
+        return Err(ProtocolError::HeadersTooLarge);
+    }
+    let base = buffer.as_ptr() as usize;
+    let range_of = |slice: &[u8]| {
+        let start = slice.as_ptr() as usize - base;
+        start..start + slice.len()
+    };
+    let target = request.path.ok_or(ProtocolError::BadRequest)?;
+    if !target.starts_with('/') {
+        return Err(ProtocolError::BadRequest);
+    }
+    let version_minor = request.version.ok_or(ProtocolError::BadRequest)?;
+    let method = match request.method.ok_or(ProtocolError::BadRequest)? {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        _ => Method::Other,
+    };
+    let mut head = RequestHead {
+        method,
+        target: range_of(target.as_bytes()),
+        version_minor,
+        head_length,
+        framing: BodyFraming::Empty,
+        keep_alive: version_minor == 1,
+        expect_continue: false,
+        content_type_json: None,
+        request_id: None,
+        merchant: None,
+        timestamp: None,
+        signature: None,
+    };
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut host_seen = false;
+    for header in request.headers.iter() {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = parse_content_length(value)?;
+            if content_length.is_some_and(|earlier| earlier != length) {
+                return Err(ProtocolError::BadRequest);
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+                // A second Transfer-Encoding, or any coding but a lone `chunked`, cannot be
+                // framed safely: refuse rather than guess where the body ends.
+                return Err(ProtocolError::NotImplemented);
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            apply_connection_header(&mut head, value);
+        } else if name.eq_ignore_ascii_case("host") {
+            host_seen = true;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            head.content_type_json = Some(is_json_media_type(value));
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue =
+                version_minor == 1 && trim(value).eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            head.request_id = Some(range_of(value));
+        } else if name.eq_ignore_ascii_case("x-payd-merchant") {
+            head.merchant = Some(range_of(value));
+        } else if name.eq_ignore_ascii_case("x-payd-timestamp") {
+            head.timestamp = Some(range_of(value));
+        } else if name.eq_ignore_ascii_case("x-payd-signature") {
+            head.signature = Some(range_of(value));
+        }
+    }
+    // RFC 9112 section 3.2: a 1.1 request without Host is answered 400.
+    if version_minor == 1 && !host_seen {
+        return Err(ProtocolError::BadRequest);
+    }
+    head.framing = match (content_length, chunked) {
+        // Request smuggling defence: never pick one of two framings.
+        (Some(_), true) => return Err(ProtocolError::BadRequest),
+        (Some(length), false) if length > max_body_bytes => {
+            return Err(ProtocolError::BodyTooLarge)
+        }
+        (Some(0), false) | (None, false) => BodyFraming::Empty,
+        (Some(length), false) => BodyFraming::ContentLength(length),
+        (None, true) => BodyFraming::Chunked,
+    };
+    Ok(ParseOutcome::Head(head))
+}
+
+fn parse_content_length(value: &[u8]) -> Result<usize, ProtocolError> {
+    let digits = trim(value);
+    // At most 10 digits keeps the arithmetic far from overflow; any real limit is smaller.
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ProtocolError::BadRequest);
+    }
+    Ok(digits.iter().fold(0usize, |total, digit| {
+        total * 10 + usize::from(digit - b'0')
+    }))
+}
+
+fn apply_connection_header(head: &mut RequestHead, value: &[u8]) {
+    for option in value.split(|&b| b == b',') {
+        let option = trim(option);
+        if option.eq_ignore_ascii_case(b"close") {
+            head.keep_alive = false;
+        } else if option.eq_ignore_ascii_case(b"keep-alive") && head.version_minor == 0 {
+            head.keep_alive = true;
+        }
+    }
+}
+
+/// `application/json`, case-insensitive, with optional parameters such as `; charset=utf-8`.
+fn is_json_media_type(value: &[u8]) -> bool {
+    let media_type = value.split(|&b| b == b';').next().unwrap_or_default();
+    trim(media_type).eq_ignore_ascii_case(b"application/json")
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |end| end + 1);
+    &bytes[start..end]
+}
+
+/// Result of decoding a chunked body that starts at the beginning of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkedOutcome {
+    Partial,
+    /// The whole body was decoded into the output; `consumed` bytes of input were used.
+    Complete {
+        consumed: usize,
+    },
+}
+
+/// Decodes a complete chunked body from `input` into `body` (cleared first). Returns
+/// `Partial` until the last chunk and the trailer section have arrived.
+pub fn decode_chunked(
+    input: &[u8],
+    body: &mut Vec<u8>,
+    max_body_bytes: usize,
+) -> Result<ChunkedOutcome, ProtocolError> {
+    body.clear();
+    let mut position = 0;
+    loop {
+        let size = match httparse::parse_chunk_size(&input[position..]) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                position += used;
+                size
+            }
+            Ok(httparse::Status::Partial) if input.len() - position > CHUNK_LINE_BYTES_MAX => {
+                return Err(ProtocolError::BadRequest)
+            }
+            Ok(httparse::Status::Partial) => return Ok(ChunkedOutcome::Partial),
+            Err(_) => return Err(ProtocolError::BadRequest),
+        };
+        if size == 0 {
+            return decode_trailer(input, position);
+        }
+        let size = usize::try_from(size).map_err(|_| ProtocolError::BodyTooLarge)?;
+        if size > max_body_bytes || body.len() + size > max_body_bytes {
+            return Err(ProtocolError::BodyTooLarge);
+        }
+        let available = input.len() - position;
+        if available < size + 2 {
+            return Ok(ChunkedOutcome::Partial);
+        }
+        body.extend_from_slice(&input[position..position + size]);
+        position += size;
+        if &input[position..position + 2] != b"\r\n" {
+            return Err(ProtocolError::BadRequest);
+        }
+        position += 2;
+    }
+}
+
+/// Skips the trailer section after the last chunk, up to its empty line.
+fn decode_trailer(input: &[u8], start: usize) -> Result<ChunkedOutcome, ProtocolError> {
+    let mut position = start;
+    loop {
+        let rest = &input[position..];
+        match rest.windows(2).position(|pair| pair == b"\r\n") {
+            Some(0) => {
+                return Ok(ChunkedOutcome::Complete {
+                    consumed: position + 2,
+                })
+            }
+            Some(line_end) => position += line_end + 2,
+            None if rest.len() > CHUNK_TRAILER_BYTES_MAX => return Err(ProtocolError::BadRequest),
+            None => return Ok(ChunkedOutcome::Partial),
+        }
+        if position - start > CHUNK_TRAILER_BYTES_MAX {
+            return Err(ProtocolError::BadRequest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<ParseOutcome, ProtocolError> {
+        parse_request(text.as_bytes(), 8192, 16384)
+    }
+
+    fn complete(text: &str) -> RequestHead {
+        match head(text) {
+            Ok(ParseOutcome::Head(head)) => head,
+            other => panic!("expected a head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get_keeps_alive() {
+        let request = complete("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(request.method, Method::Get);
+        assert!(request.keep_alive);
+        assert_eq!(request.framing, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn http10_closes_unless_asked() {
+        assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn smuggling_defences() {
+        let both =
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(head(both).unwrap_err(), ProtocolError::BadRequest);
+        let two = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(head(two).unwrap_err(), ProtocolError::BadRequest);
+        let gzip = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(head(gzip).unwrap_err(), ProtocolError::NotImplemented);
+        let signed = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n";
+        assert_eq!(head(signed).unwrap_err(), ProtocolError::BadRequest);
+    }
+
+    #[test]
+    fn limits() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+        assert_eq!(head(&long).unwrap_err(), ProtocolError::HeadersTooLarge);
+        let partial_long = format!("GET /{}", "a".repeat(9000));
+        assert_eq!(
+            head(&partial_long).unwrap_err(),
+            ProtocolError::HeadersTooLarge
+        );
+        let many: String = (0..65).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(head(&many).unwrap_err(), ProtocolError::HeadersTooLarge);
+        let big = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16385\r\n\r\n";
+        assert_eq!(head(big).unwrap_err(), ProtocolError::BodyTooLarge);
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let mut body = Vec::new();
+        let input = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET";
+        let outcome = decode_chunked(input, &mut body, 100).unwrap();
+        assert_eq!(
+            outcome,
+            ChunkedOutcome::Complete {
+                consumed: input.len() - 3
+            }
+        );
+        assert_eq!(body, b"abcde");
+        assert_eq!(
+            decode_chunked(b"3\r\nab", &mut body, 100).unwrap(),
+            ChunkedOutcome::Partial
+        );
+        assert_eq!(
+            decode_chunked(b"3\r\nabcXY", &mut body, 100),
+            Err(ProtocolError::BadRequest)
+        );
+        assert_eq!(
+            decode_chunked(b"65\r\n", &mut body, 100),
+            Err(ProtocolError::BodyTooLarge)
+        );
+        assert_eq!(
+            decode_chunked(b"zz\r\n", &mut body, 100),
+            Err(ProtocolError::BadRequest)
+        );
+    }
+}
