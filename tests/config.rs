@@ -224,11 +224,22 @@ fn syntax_errors_and_missing_files_fail() {
 
 #[test]
 fn serve_with_a_bad_config_exits_with_the_same_error() {
+    // Each names a free port, so a server that wrongly starts takes no fixed port.
     for (text, key) in [
-        ("[server]\ncores = [99]\n", "server.cores"),
-        ("[server]\nbogus = 1\n", "server.bogus"),
         (
-            r#"[[merchants]]
+            "[server]\nlisten = \"127.0.0.1:0\"\ncores = [99]\n",
+            "server.cores",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n",
+            "server.bogus",
+        ),
+        (
+            r#"[server]
+listen = "127.0.0.1:0"
+cores = [0]
+
+[[merchants]]
 id = "m_test"
 secrets = ["file:/nonexistent/payd-secret"]
 "#,

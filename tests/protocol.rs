@@ -167,6 +167,14 @@ fn head_is_answered_like_get_without_a_body() {
     let get = client.read_response();
     assert_eq!(get.request_id(), "h-2", "HEAD answer had a body: {get:?}");
     assert_eq!(get.body_text(), HEALTHZ_BODY);
+    // An error answer to HEAD has no body either.
+    client.send(b"HEAD /nope HTTP/1.1\r\nHost: x\r\nX-Request-Id: h-3\r\n\r\n");
+    client.send(get_request("/healthz", "h-4").as_bytes());
+    let head_error = client.read_head_response();
+    assert_eq!(head_error.status_line, "HTTP/1.1 404 Not Found");
+    assert!(head_error.header("Content-Length").is_some());
+    let get = client.read_response();
+    assert_eq!(get.request_id(), "h-4", "HEAD 404 had a body: {get:?}");
 }
 
 #[test]
@@ -177,6 +185,22 @@ fn malformed_request_lines_are_400_and_close() {
         b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
         b"GET /healthz\r\nHost: x\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nBad Header Line\r\n\r\n",
+    ];
+    for request in malformed {
+        assert_protocol_error(&server, request, "HTTP/1.1 400 Bad Request", "bad_request");
+    }
+}
+
+#[test]
+fn malformed_headers_are_400_and_close() {
+    let server = start_default();
+    let malformed: [&[u8]; 5] = [
+        // obs-fold: RFC 9112 lets a server reject it, and a proxy may read it differently.
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
     ];
     for request in malformed {
         assert_protocol_error(&server, request, "HTTP/1.1 400 Bad Request", "bad_request");
@@ -385,6 +409,32 @@ fn chunked_bodies_are_read_and_the_connection_stays_usable() {
 }
 
 #[test]
+fn huge_chunk_size_is_refused_and_the_server_survives() {
+    let server = Server::start(ServerOptions {
+        max_body_bytes: SMALL_BODY_BYTES_MAX,
+        ..ServerOptions::default()
+    });
+    // A chunk size that overflows 64 bits must not wrap around into a small one.
+    for size in ["ffffffffffffffffffff", "10000000000000001"] {
+        let request = format!(
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {size}\r\nhello\r\n0\r\n\r\n"
+        );
+        let mut client = server.connect();
+        client.send(request.as_bytes());
+        let response = client.read_response();
+        let code = response.error_code();
+        assert!(
+            (response.status_line == "HTTP/1.1 413 Content Too Large" && code == "body_too_large")
+                || (response.status_line == "HTTP/1.1 400 Bad Request" && code == "bad_request"),
+            "chunk size {size}: {response:?}"
+        );
+        client.expect_closed();
+    }
+    assert_healthz_ok(&mut server.connect(), "still-alive");
+}
+
+#[test]
 fn malformed_chunked_body_is_400_and_closes() {
     let server = start_default();
     assert_protocol_error(
@@ -418,6 +468,29 @@ fn expect_100_continue_is_answered_before_the_body() {
     );
     assert_eq!(response.request_id(), "e-1");
     assert_healthz_ok(&mut client, "after-continue");
+}
+
+#[test]
+fn expect_100_continue_over_the_body_limit_gets_413_instead() {
+    let server = Server::start(ServerOptions {
+        max_body_bytes: SMALL_BODY_BYTES_MAX,
+        ..ServerOptions::default()
+    });
+    let mut client = server.connect();
+    let head = format!(
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n\r\n",
+        SMALL_BODY_BYTES_MAX + 1
+    );
+    client.send(head.as_bytes());
+    // The point of Expect: the client learns of the refusal before sending the body.
+    let response = client.read_response();
+    assert_error(
+        &response,
+        "HTTP/1.1 413 Content Too Large",
+        "body_too_large",
+    );
+    client.expect_closed();
 }
 
 #[test]
@@ -458,6 +531,88 @@ fn connection_close_from_the_client_is_honoured() {
     assert_eq!(response.status_line, "HTTP/1.1 200 OK");
     assert!(response.closes(), "{response:?}");
     client.expect_closed();
+}
+
+#[test]
+fn half_closed_client_still_gets_its_answer() {
+    let server = start_default();
+    let mut client = server.connect();
+    client.send(get_request("/healthz", "half-close").as_bytes());
+    client.shutdown_write();
+    let response = client.read_response();
+    assert_eq!(response.status_line, "HTTP/1.1 200 OK");
+    assert_eq!(response.request_id(), "half-close");
+    client.expect_closed();
+}
+
+/// Bytes sent per write when a pipeline is trickled in small pieces.
+const TRICKLE_PIECE_BYTES: usize = 5;
+
+#[test]
+fn requests_split_at_any_byte_are_reassembled() {
+    let server = start_default();
+    let mut client = server.connect();
+    let mut pipeline = get_request("/healthz", "split-1");
+    pipeline.push_str(
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: split-2\r\n\
+         Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    pipeline.push_str(
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: split-3\r\n\
+         Content-Length: 7\r\n\r\nabcdefg",
+    );
+    pipeline.push_str(&get_request("/readyz", "split-4"));
+    for piece in pipeline.as_bytes().chunks(TRICKLE_PIECE_BYTES) {
+        client.send(piece);
+        thread::sleep(Duration::from_millis(2));
+    }
+    let statuses: Vec<(u16, String)> = (0..4)
+        .map(|_| {
+            let response = client.read_response();
+            (response.status, response.request_id().to_string())
+        })
+        .collect();
+    let want: Vec<(u16, String)> = [
+        (200, "split-1"),
+        (405, "split-2"),
+        (405, "split-3"),
+        (200, "split-4"),
+    ]
+    .iter()
+    .map(|(status, id)| (*status, id.to_string()))
+    .collect();
+    assert_eq!(statuses, want);
+}
+
+/// Enough pipelined requests to overflow any single read and socket buffer.
+const LONG_PIPELINE_REQUESTS_COUNT: usize = 5_000;
+
+#[test]
+fn long_pipeline_read_while_writing_is_answered_in_order() {
+    let server = start_default();
+    let mut client = server.connect();
+    let mut writer = client.stream.try_clone().unwrap();
+    let mut pipeline = String::new();
+    for index in 0..LONG_PIPELINE_REQUESTS_COUNT {
+        pipeline.push_str(&get_request("/healthz", &format!("long-{index}")));
+    }
+    let sender = thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(pipeline.as_bytes())
+    });
+    for index in 0..LONG_PIPELINE_REQUESTS_COUNT {
+        let response = client.read_response();
+        assert_eq!(
+            response.request_id(),
+            format!("long-{index}"),
+            "out of order"
+        );
+        // A bounded pipeline may shed load, but only with the contract's answer.
+        if response.status != 200 {
+            assert_error(&response, "HTTP/1.1 503 Service Unavailable", "overloaded");
+        }
+    }
+    sender.join().unwrap().expect("writing the pipeline");
 }
 
 const PIPELINED_REQUESTS_COUNT: usize = 100;

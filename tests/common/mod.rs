@@ -417,6 +417,10 @@ pub fn assert_error(response: &Response, status_line: &str, code: &str) {
         content_type.starts_with("application/json"),
         "Content-Type of an error is {content_type:?}"
     );
+    // Every response, errors included, carries these (Content-Length is checked by framing).
+    for name in ["Date", "X-Request-Id"] {
+        assert!(response.header(name).is_some(), "no {name} in {response:?}");
+    }
 }
 
 /// What a read on a connection came to when it did not yield a full response.
