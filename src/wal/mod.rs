@@ -1,1 +1,2 @@
-//! WAL.
+//! The shard-local write-ahead log: record framing, payloads, recovery, group commit.
+pub mod record;
