@@ -1,2 +1,3 @@
 //! The shard-local write-ahead log: record framing, payloads, recovery, group commit.
+pub mod payload;
 pub mod record;
