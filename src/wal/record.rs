@@ -130,6 +130,12 @@ pub fn decode_record(buf: &[u8]) -> DecodeOutcome<'_> {
     })
 }
 
+/// The sequence field of the record that would start `buf`, without checking anything:
+/// a cheap filter before a checksum is computed.
+pub(crate) fn peek_sequence(buf: &[u8]) -> Option<u64> {
+    (buf.len() >= RECORD_OVERHEAD_BYTES).then(|| read_u64(buf, RECORD_HEADER_BYTES + 1))
+}
+
 fn read_u32(buf: &[u8], at: usize) -> u32 {
     let mut bytes = [0u8; 4];
     bytes.copy_from_slice(&buf[at..at + 4]);
@@ -245,6 +251,13 @@ mod tests {
             panic!("largest record")
         };
         assert_eq!(record.payload.len(), RECORD_PAYLOAD_BYTES_MAX);
+    }
+
+    #[test]
+    fn peek_reads_the_sequence_field() {
+        let bytes = encoded(1, 77, b"abc");
+        assert_eq!(peek_sequence(&bytes), Some(77));
+        assert_eq!(peek_sequence(&bytes[..RECORD_OVERHEAD_BYTES - 1]), None);
     }
 
     #[test]
