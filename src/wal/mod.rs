@@ -1,4 +1,5 @@
 //! The shard-local write-ahead log: record framing, payloads, recovery, group commit.
+pub mod manifest;
 pub mod payload;
 pub mod record;
 pub mod recovery;
