@@ -17,7 +17,7 @@
 use crate::config::Durability;
 use crate::wal::record::{encode_record, RECORD_OVERHEAD_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use crate::wal::segment::{list_segments, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN};
-use crate::wal::writer::{IoMode, SegmentWriter};
+use crate::wal::writer::{IoMode, SegmentWriter, BATCH_BYTES_MAX};
 use hdrhistogram::Histogram;
 use std::cell::{Ref, RefCell};
 use std::fmt;
@@ -27,9 +27,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-/// Records gathered into one write. An append that would overflow a full batch waits
-/// until the commit task takes it: a bounded buffer, not an error.
-pub const BATCH_BYTES_MAX: usize = 1 << 20;
 /// What a batch buffer starts with; it grows towards `BATCH_BYTES_MAX` only under load.
 const BATCH_BYTES_INITIAL: usize = 64 * 1024;
 /// The fsync latency histogram tracks up to a minute; slower syncs count as a minute.
@@ -766,6 +763,34 @@ mod tests {
         assert_eq!(records.last().unwrap(), &(601, b"after restart".to_vec()));
         let sequences: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
         assert_eq!(sequences, (1..=601).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn one_large_batch_rolls_over_several_segments_in_one_commit() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        let log_options = LogOptions {
+            durability: Durability::Fsync,
+            segment_bytes_max: SEGMENT_BYTES_MIN,
+            buffered_io: false,
+        };
+        run(async move {
+            let log = ShardLog::open_with(&path, log_options, 1).await.unwrap();
+            let payload = vec![3u8; RECORD_PAYLOAD_BYTES_MAX];
+            // Appended without a yield: all in one batch just under BATCH_BYTES_MAX.
+            let appends: Vec<_> = (0..15).map(|_| log.append(1, &payload)).collect();
+            for append in appends {
+                append.await.unwrap();
+            }
+            let stats = log.stats();
+            assert_eq!(stats.batches, 1);
+            // Four largest records fill a minimum segment: 4 + 4 + 4 + 3 records, so
+            // one sync before each of the three roll-overs and a last one.
+            assert_eq!(stats.fsync_latency_us.len(), 4);
+        });
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 4);
+        let (next_sequence, records) = recovered(dir.path());
+        assert_eq!((next_sequence, records.len()), (16, 15));
     }
 
     #[test]

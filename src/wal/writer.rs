@@ -7,8 +7,8 @@
 //! recovery reads a zeroed tail as the end of the log. Where the filesystem refuses
 //! `O_DIRECT` (tmpfs does), the writer falls back to buffered writes and fdatasync.
 
-use crate::wal::record::{peek_length_total, peek_sequence};
-use crate::wal::segment::segment_file_name;
+use crate::wal::record::{peek_length_total, peek_sequence, RECORD_BYTES_MAX};
+use crate::wal::segment::{segment_file_name, SEGMENT_BYTES_MIN};
 use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
 use glommio::GlommioError;
 use std::os::unix::ffi::OsStrExt;
@@ -18,9 +18,13 @@ use std::time::Instant;
 
 /// Direct writes are aligned to this: a multiple of every logical block size in use.
 pub const WRITE_ALIGNMENT_BYTES: u64 = 4096;
-/// At most this many fdatasyncs per commit: one per roll-over and a last one. A batch is
-/// far smaller than a segment, so it crosses at most one boundary; two is slack.
-const SYNCS_PER_COMMIT_MAX: usize = 4;
+/// Records gathered into one write. An append that would overflow a full batch waits
+/// until the commit task takes it: a bounded buffer, not an error.
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+/// At most this many fdatasyncs per commit: one per roll-over and a last one. A segment
+/// filled by a batch takes at least its size less one record of that batch.
+const SYNCS_PER_COMMIT_MAX: usize =
+    BATCH_BYTES_MAX / (SEGMENT_BYTES_MIN as usize - RECORD_BYTES_MAX) + 2;
 
 /// How segment files are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
