@@ -128,7 +128,7 @@ impl fmt::Display for RecoveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "write-ahead log corrupt in {} at offset {}: {}; refusing to start this shard",
+            "write-ahead log recovery failed in {} at offset {}: {}; refusing to start this shard",
             self.path.display(),
             self.offset,
             self.problem
