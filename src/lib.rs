@@ -1,4 +1,5 @@
 //! payd: a thread-per-core payment server.
+pub mod acquirer;
 pub mod api;
 pub mod auth;
 pub mod config;
