@@ -432,10 +432,10 @@ impl ShardState {
     /// Forgets a `New` payment whose pending record could not be made durable, so that a
     /// retry can create it. Its sequence is never reused.
     pub fn abandon(&mut self, id: PaymentId) {
+        assert_eq!(id.shard, self.shard);
         let payment = self
             .payment(id.sequence)
             .expect("abandon of a known payment");
-        assert_eq!(id.shard, self.shard);
         assert_eq!(
             payment.status,
             PaymentStatus::Pending,

@@ -697,14 +697,17 @@ fn random_operations_agree_with_a_naive_model() {
     let mut state = ShardState::new(SHARD, 1);
     let mut model: Vec<ModelPayment> = Vec::new();
     let mut now_ms = 0;
-    for _ in 0..OPERATIONS {
+    for operation in 0..OPERATIONS {
+        if operation % 97 == 0 {
+            check_invariants(&state);
+        }
         now_ms += random(20);
         let live: Vec<usize> = (0..model.len()).filter(|&i| model[i].live).collect();
         let pick = |r: u64| live.get(r as usize % live.len().max(1)).copied();
         match random(10) {
             0..=3 => {
                 let merchant = random(2) as MerchantIndex;
-                let order_id = format!("o{}", random(300));
+                let order_id = format!("o{}", random(60));
                 let method = if random(8) == 0 {
                     "tok_other"
                 } else {
