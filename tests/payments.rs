@@ -36,6 +36,8 @@ const ACCESS_LOG_FLUSH_WAIT_MS: u64 = 5_000;
 const METRICS_SETTLE_MS: u64 = 3_000;
 /// A read timeout longer than `tok_slow`'s latency, for creates that wait for it.
 const SLOW_READ_TIMEOUT_MS: u64 = 10_000;
+/// How long the first of two creates may take to become visible as pending.
+const IN_PROGRESS_WAIT_MS: u64 = 2_000;
 /// Clock slack between signing here and checking in payd.
 const CLOCK_SLACK_SECS: u64 = 10;
 const IDENTICAL_CREATES_COUNT: usize = 20;
@@ -515,6 +517,55 @@ fn wait_for_access_log(server: &Server, request_id: &str) {
 }
 
 #[test]
+fn secrets_never_appear_in_logs_metrics_or_data() {
+    let server = start(vec![0], "");
+    let mut client = server.connect();
+    let secrets = [
+        MERCHANT_A_SECRETS[0],
+        MERCHANT_A_SECRETS[1],
+        MERCHANT_B_SECRET,
+    ];
+    for (index, secret) in MERCHANT_A_SECRETS.iter().enumerate() {
+        let body = create_body(&format!("ord-quiet-{index}"), 1, "CNY", "tok_visa");
+        let signed = Signed::new("POST", "/v1/payments", body.as_bytes())
+            .by(MERCHANT_A, secret)
+            .header(format!("X-Request-Id: quiet-{index}"));
+        let response = client.request(&signed.bytes());
+        assert_created(&response);
+        assert_eq!(response.request_id(), format!("quiet-{index}"));
+    }
+    let body = create_body("ord-quiet-bad", 1, "CNY", "tok_visa");
+    let wrong = Signed::new("POST", "/v1/payments", body.as_bytes())
+        .by(MERCHANT_B, MERCHANT_A_SECRETS[0])
+        .header("X-Request-Id: quiet-last");
+    let response = client.request(&wrong.bytes());
+    assert_error(&response, STATUS_UNAUTHORIZED, "invalid_signature");
+    assert_eq!(response.request_id(), "quiet-last");
+    wait_for_access_log(&server, "quiet-last");
+    let metrics_page = client.get("/metrics", "quiet-metrics").body_text();
+    let mut places = vec![
+        ("stderr".to_string(), server.stderr.text().into_bytes()),
+        ("stdout".to_string(), server.stdout.text().into_bytes()),
+        ("/metrics".to_string(), metrics_page.into_bytes()),
+        ("401 body".to_string(), response.body.clone()),
+    ];
+    for (path, bytes) in files_under(&server.log_dir())
+        .into_iter()
+        .chain(files_under(&server.data_dir()))
+    {
+        places.push((path.display().to_string(), bytes));
+    }
+    for (place, bytes) in places {
+        for secret in secrets {
+            assert!(
+                !common::contains_bytes(&bytes, secret.as_bytes()),
+                "a merchant secret appears in {place}"
+            );
+        }
+    }
+}
+
+#[test]
 fn missing_or_malformed_auth_headers_are_authentication_required() {
     let server = start(vec![0], "");
     let mut client = server.connect();
@@ -975,16 +1026,28 @@ fn a_create_while_the_first_is_running_is_request_in_progress() {
     let body = create_body("ord-busy", 1999, "CNY", "tok_slow");
     let mut first = server.connect();
     first.set_read_timeout(Duration::from_millis(SLOW_READ_TIMEOUT_MS));
+    let started = Instant::now();
     first.send(&Signed::new("POST", "/v1/payments", body.as_bytes()).bytes());
-    thread::sleep(Duration::from_millis(300));
+    // Wait until the first create is known (durable and pending, before the acquirer
+    // call), rather than sleeping and hoping it got there first.
     let mut second = server.connect();
-    let busy = create(&mut second, &body);
-    assert_error(&busy, STATUS_CONFLICT, "request_in_progress");
-    assert_eq!(busy.header("Retry-After"), Some("1"));
-    // A read meanwhile sees the payment pending (it is durable before the acquirer call).
-    let read = get(&mut second, "/v1/orders/ord-busy");
+    let mut read = get(&mut second, "/v1/orders/ord-busy");
+    common::eventually(Duration::from_millis(IN_PROGRESS_WAIT_MS), || {
+        read = get(&mut second, "/v1/orders/ord-busy");
+        read.status == 200
+    });
     assert_status(&read, STATUS_OK);
     assert_eq!(read.payment().status, "pending");
+    for _ in 0..2 {
+        let busy = create(&mut second, &body);
+        assert_error(&busy, STATUS_CONFLICT, "request_in_progress");
+        assert_eq!(busy.header("Retry-After"), Some("1"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(SLOW_TOKEN_LATENCY_MS),
+        "too slow to see the first create in progress: {:?}",
+        started.elapsed()
+    );
     let created = assert_created(&first.read_response());
     assert_eq!(created.status, "succeeded");
     assert_eq!(read.payment().id, created.id);
