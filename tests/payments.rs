@@ -182,6 +182,32 @@ fn absent_description_and_metadata_are_null_and_empty() {
 }
 
 #[test]
+fn text_fields_round_trip_with_escapes_and_unicode() {
+    let server = start(vec![0], "");
+    let mut client = server.connect();
+    let body = r#"{"order_id":"ord-text","amount":5,"currency":"CNY","payment_method":"tok_visa","description":"\u2615 \"two\" coffees\\\n\t\u0001 caf\u00e9","metadata":{"k\"ey":"line1\nline2","\u00fcber":"\ud83d\ude00","slash":"a\/b"}}"#;
+    let payment = assert_created(&create(&mut client, body));
+    assert_eq!(
+        payment.description.as_deref(),
+        Some("\u{2615} \"two\" coffees\\\n\t\u{1} caf\u{e9}")
+    );
+    let metadata: Vec<(&str, &str)> = payment
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        metadata,
+        [
+            ("k\"ey", "line1\nline2"),
+            ("\u{fc}ber", "\u{1f600}"),
+            ("slash", "a/b")
+        ]
+    );
+    assert_eq!(get(&mut client, "/v1/orders/ord-text").payment(), payment);
+}
+
+#[test]
 fn replay_answers_200_with_the_same_payment_and_idempotent_replayed() {
     let server = start(vec![0], "");
     let mut client = server.connect();
