@@ -898,3 +898,361 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Payments (issue 3): signed requests, the payment object, and servers on a kept directory.
+// Signing is an independent implementation of API.md section 1, not payd's own.
+// ---------------------------------------------------------------------------------------
+
+/// Two merchants: `m_a` with two active secrets (rotation) and `m_b` with one.
+pub const MERCHANT_A: &str = "m_a";
+pub const MERCHANT_A_SECRETS: [&str; 2] = ["secret-a-1", "secret-a-2"];
+pub const MERCHANT_B: &str = "m_b";
+pub const MERCHANT_B_SECRET: &str = "secret-b-1";
+/// The default `security.timestamp_tolerance_secs` of API.md section 1.
+pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
+
+/// The `[[merchants]]` sections for `MERCHANT_A` and `MERCHANT_B`.
+pub fn merchants_toml() -> String {
+    format!(
+        "\n[[merchants]]\nid = {}\nsecrets = [{}, {}]\n\n[[merchants]]\nid = {}\nsecrets = [{}]\n",
+        toml_string(MERCHANT_A),
+        toml_string(MERCHANT_A_SECRETS[0]),
+        toml_string(MERCHANT_A_SECRETS[1]),
+        toml_string(MERCHANT_B),
+        toml_string(MERCHANT_B_SECRET),
+    )
+}
+
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Lowercase hex of HMAC-SHA256(secret, timestamp \n METHOD \n target \n body).
+pub fn signature_hex(
+    secret: &str,
+    timestamp: u64,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    let mut message = format!("{timestamp}\n{method}\n{target}\n").into_bytes();
+    message.extend_from_slice(body);
+    mac.update(&message);
+    let digest = mac.finalize().into_bytes();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The parts of a signed request a test may want to get wrong on purpose.
+#[derive(Clone, Debug)]
+pub struct Signed<'a> {
+    pub merchant: &'a str,
+    pub secret: &'a str,
+    pub method: &'a str,
+    pub target: &'a str,
+    pub body: &'a [u8],
+    pub timestamp: u64,
+    /// Extra header lines, each without CRLF (e.g. `Content-Type: text/plain`).
+    pub headers: Vec<String>,
+    /// Sends no Content-Type at all when false (API: missing is accepted as JSON).
+    pub content_type_json: bool,
+}
+
+impl<'a> Signed<'a> {
+    /// A request by `MERCHANT_A` with its first secret, signed now.
+    pub fn new(method: &'a str, target: &'a str, body: &'a [u8]) -> Signed<'a> {
+        Signed {
+            merchant: MERCHANT_A,
+            secret: MERCHANT_A_SECRETS[0],
+            method,
+            target,
+            body,
+            timestamp: unix_now_secs(),
+            headers: Vec::new(),
+            content_type_json: method == "POST",
+        }
+    }
+
+    pub fn by(mut self, merchant: &'a str, secret: &'a str) -> Signed<'a> {
+        self.merchant = merchant;
+        self.secret = secret;
+        self
+    }
+
+    pub fn header(mut self, line: impl Into<String>) -> Signed<'a> {
+        self.headers.push(line.into());
+        self
+    }
+
+    /// The three authentication header lines of API.md section 1.
+    pub fn auth_headers(&self) -> [String; 3] {
+        let signature = signature_hex(
+            self.secret,
+            self.timestamp,
+            self.method,
+            self.target,
+            self.body,
+        );
+        [
+            format!("X-Payd-Merchant: {}", self.merchant),
+            format!("X-Payd-Timestamp: {}", self.timestamp),
+            format!("X-Payd-Signature: v1={signature}"),
+        ]
+    }
+
+    /// The raw request bytes with the three authentication headers.
+    pub fn bytes(&self) -> Vec<u8> {
+        let auth = self.auth_headers();
+        let mut lines: Vec<String> = auth.to_vec();
+        lines.extend(self.headers.iter().cloned());
+        request_bytes(
+            self.method,
+            self.target,
+            &lines,
+            self.body,
+            self.content_type_json,
+        )
+    }
+}
+
+/// A request with exactly the given header lines (plus Host, Content-Length for a body,
+/// and a JSON Content-Type when asked).
+pub fn request_bytes(
+    method: &str,
+    target: &str,
+    header_lines: &[String],
+    body: &[u8],
+    content_type_json: bool,
+) -> Vec<u8> {
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
+    for line in header_lines {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    if content_type_json {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A create body with the four required fields.
+pub fn create_body(order_id: &str, amount: u64, currency: &str, payment_method: &str) -> String {
+    format!(
+        "{{\"order_id\":\"{order_id}\",\"amount\":{amount},\"currency\":\"{currency}\",\"payment_method\":\"{payment_method}\"}}"
+    )
+}
+
+/// The payment object of API.md section 3, read strictly: every field must be present
+/// (`decline_code` and `description` as null when empty), nothing else may be (so the
+/// payment method is not echoed), and metadata keeps the order it was sent in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentJson {
+    pub id: String,
+    pub object: String,
+    pub merchant_id: String,
+    pub order_id: String,
+    pub amount: u64,
+    pub currency: String,
+    pub status: String,
+    #[serde(deserialize_with = "required_nullable")]
+    pub decline_code: Option<String>,
+    #[serde(deserialize_with = "required_nullable")]
+    pub description: Option<String>,
+    #[serde(deserialize_with = "ordered_string_map")]
+    pub metadata: Vec<(String, String)>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// `Option<String>` that must be present (null allowed): serde treats a missing plain
+/// `Option` field as None, which would let a server leave `decline_code` out.
+fn required_nullable<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer)
+}
+
+/// A JSON object of strings, in document order.
+fn ordered_string_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    struct OrderedVisitor;
+    impl<'de> serde::de::Visitor<'de> for OrderedVisitor {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = map.next_entry::<String, String>()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_map(OrderedVisitor)
+}
+
+impl Response {
+    /// The payment in the body, checked against the contract's shape; panics otherwise.
+    pub fn payment(&self) -> PaymentJson {
+        let content_type = self.header("Content-Type").unwrap_or("");
+        assert!(
+            content_type.starts_with("application/json"),
+            "Content-Type of a payment is {content_type:?}"
+        );
+        let mut bytes = self.body.clone();
+        let payment: PaymentJson = simd_json::serde::from_slice(&mut bytes)
+            .unwrap_or_else(|e| panic!("not a payment object ({e}): {:?}", self.body_text()));
+        assert_payment_invariants(&payment);
+        payment
+    }
+
+    /// The error's `param`, after checking the body's shape.
+    pub fn error_param(&self) -> Option<String> {
+        parse_error_body(&self.body)
+            .unwrap_or_else(|problem| panic!("{problem} in {self:?}"))
+            .param
+    }
+}
+
+/// What holds for every payment object, whatever its state.
+pub fn assert_payment_invariants(payment: &PaymentJson) {
+    assert!(payment.id.starts_with("pay_"), "id {:?}", payment.id);
+    assert!(payment.id.len() <= 40, "id over 40 chars: {:?}", payment.id);
+    assert!(
+        payment
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        "id not URL-safe: {:?}",
+        payment.id
+    );
+    assert_eq!(payment.object, "payment");
+    assert!(
+        ["pending", "succeeded", "declined", "failed"].contains(&payment.status.as_str()),
+        "status {:?}",
+        payment.status
+    );
+    let has_code = matches!(payment.status.as_str(), "declined" | "failed");
+    assert_eq!(
+        payment.decline_code.is_some(),
+        has_code,
+        "decline_code {:?} with status {:?}",
+        payment.decline_code,
+        payment.status
+    );
+    // Milliseconds since 2020 and before 2100: catches seconds or microseconds.
+    for stamp in [payment.created_at, payment.updated_at] {
+        assert!(
+            (1_577_836_800_000..4_102_444_800_000).contains(&stamp),
+            "timestamp {stamp} is not Unix milliseconds"
+        );
+    }
+    assert!(payment.updated_at >= payment.created_at, "{payment:?}");
+}
+
+impl Server {
+    /// Starts payd on a directory that may hold the data of an earlier server, with
+    /// `options` written as a fresh config file there.
+    pub fn start_in(dir: tempfile::TempDir, options: ServerOptions) -> Server {
+        let config_text = options.config_text(dir.path());
+        Server::start_with_config(dir, &config_text)
+    }
+
+    /// Starts payd on `dir` with exactly `config_text` as its config file.
+    pub fn start_with_config(dir: tempfile::TempDir, config_text: &str) -> Server {
+        let config_path = dir.path().join("payd.toml");
+        std::fs::write(&config_path, config_text).expect("write config");
+        let mut child = Command::new(payd_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn payd");
+        let (sender, receiver) = mpsc::channel();
+        let stderr = CapturedLines::capture(child.stderr.take().unwrap(), Some(sender));
+        let stdout = CapturedLines::capture(child.stdout.take().unwrap(), None);
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr,
+            stdout,
+            exit_status: None,
+        };
+        server.addr = server.wait_ready(&receiver);
+        server
+    }
+
+    /// Stops the server (SIGTERM, or SIGKILL when `crash`), waits for it to exit, and
+    /// hands back its directory so another server can start on the same data.
+    pub fn stop_keeping_dir(mut self, crash: bool) -> (tempfile::TempDir, ExitStatus) {
+        self.signal(if crash { libc::SIGKILL } else { libc::SIGTERM });
+        let status = self
+            .wait_exit(Duration::from_millis(COMMAND_TIMEOUT_MS))
+            .unwrap_or_else(|| {
+                panic!(
+                    "payd still running {COMMAND_TIMEOUT_MS} ms after the signal\nstderr:\n{}",
+                    self.stderr.text()
+                )
+            });
+        let placeholder = tempfile::tempdir().expect("create tempdir");
+        (std::mem::replace(&mut self.dir, placeholder), status)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// Every file under `dir`, recursively, with its bytes (for "never stored or logged").
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
+            }
+        }
+    }
+    files
+}
+
+/// True when `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
