@@ -51,6 +51,13 @@ const LOCKED_EXIT_TIMEOUT_MS: u64 = 5_000;
 const LOG_WRITTEN_TIMEOUT_MS: u64 = 3_000;
 /// Metrics are merged from the cores on scrape; give a late core this long.
 const METRICS_SETTLE_MS: u64 = 3_000;
+/// How long recovery may take to finish a pending `tok_slow` payment (the simulated
+/// acquirer answers it after 3 s).
+const REAUTHORISE_TIMEOUT_MS: u64 = 10_000;
+
+/// Connections opened to spread creates over both cores of a two-core server.
+const SPREAD_CONNECTIONS_COUNT: usize = 16;
+
 const QUANTILES: [&str; 5] = ["0.5", "0.9", "0.99", "0.999", "1"];
 /// The kind byte of a `Created` record, from the library: the test must count what the
 /// server writes, and this number is fixed for ever (src/wal/payload.rs).
@@ -713,5 +720,155 @@ fn durability_none_still_creates_and_writes_the_log() {
         &acks,
         "after a clean restart with durability \"none\"",
     );
+    stop_cleanly(&mut server);
+}
+
+#[test]
+fn damage_at_the_end_of_a_segment_that_is_not_the_last_is_corruption() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let text = simple_config(base.path(), &[0], "fsync");
+    let config = write_config(base.path(), "payd.toml", &text);
+    // Two runs: each start opens a new segment, so the first run's segment is not the
+    // last one, and its last record is not the log's last record.
+    for run in ["older", "newer"] {
+        let mut server = start_server(&config);
+        create_payments(&server, run, PAYMENTS_COUNT);
+        stop_cleanly(&mut server);
+    }
+    let segments = segment_paths(&shard_dir(base.path(), 0));
+    let first_with_records = segments
+        .iter()
+        .position(|path| !record_spans(&std::fs::read(path).unwrap()).is_empty())
+        .expect("a segment with records");
+    assert!(
+        segments[first_with_records + 1..]
+            .iter()
+            .any(|path| !record_spans(&std::fs::read(path).unwrap()).is_empty()),
+        "the second run did not write a later segment: {segments:?}"
+    );
+    let path = &segments[first_with_records];
+    let mut bytes = std::fs::read(path).unwrap();
+    let victim = *record_spans(&bytes).last().unwrap();
+    bytes[victim.offset + victim.length_total - 1] ^= 0x01;
+    std::fs::write(path, &bytes).unwrap();
+
+    let config_arg = config.display().to_string();
+    let output = run_payd(&["serve", "--config", &config_arg], base.path());
+    assert!(
+        !output.status.success(),
+        "payd started with a damaged record in a segment that is not the last: {output:?}"
+    );
+    let file_name = path.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        output.stderr.contains(&file_name)
+            && offsets_named(&output.stderr).contains(&(victim.offset as u64)),
+        "the message does not name {file_name} at offset {}: {}",
+        victim.offset,
+        output.stderr
+    );
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        bytes,
+        "recovery changed the segment"
+    );
+}
+
+#[test]
+fn a_payment_left_pending_by_a_crash_is_reauthorised_and_finalised() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let text = crash_config(base.path(), &[0, 1]);
+    let config = write_config(base.path(), "payd.toml", &text);
+    let mut server = start_server(&config);
+    let mut client = server.connect();
+    let response = create(&mut client, "reauth-1", 4242, "tok_slow");
+    let ack = check_create_answer(&response, "reauth-1", 4242, "tok_slow")
+        .unwrap_or_else(|problem| panic!("{problem}"));
+    assert_eq!(ack.http_status, 202, "tok_slow answered before the timeout");
+    // Killed long before the acquirer's 3 s answer: only the pending record is in the log.
+    server.signal(libc::SIGKILL);
+    assert!(server
+        .wait_exit(Duration::from_millis(KILL_EXIT_TIMEOUT_MS))
+        .is_some());
+
+    let mut server = start_server(&config);
+    let mut client = server.connect();
+    let mut found = None;
+    let finalised = common::eventually(Duration::from_millis(REAUTHORISE_TIMEOUT_MS), || {
+        let payment = read_back(&get_payment(&mut client, &ack.payment.id), "reauth-1")
+            .unwrap_or_else(|problem| panic!("{problem}"));
+        let done = payment.status != "pending";
+        found = Some(payment);
+        done
+    });
+    let found = found.expect("read at least once");
+    assert!(
+        finalised,
+        "still pending {REAUTHORISE_TIMEOUT_MS} ms after the restart: {found:?}"
+    );
+    compare(&ack, &found).unwrap_or_else(|problem| panic!("{problem}"));
+    assert_eq!(found.status, "succeeded");
+
+    // The final status is durable too: another crash does not bring back pending.
+    server.signal(libc::SIGKILL);
+    assert!(server
+        .wait_exit(Duration::from_millis(KILL_EXIT_TIMEOUT_MS))
+        .is_some());
+    let mut server = start_server(&config);
+    let mut client = server.connect();
+    let again = read_back(&get_order(&mut client, "reauth-1"), "reauth-1")
+        .unwrap_or_else(|problem| panic!("{problem}"));
+    assert_eq!(again, found, "the finalised payment changed over a crash");
+    stop_cleanly(&mut server);
+}
+
+#[test]
+fn a_restart_on_more_cores_than_shards_keeps_and_serves_every_payment() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let one_core = write_config(
+        base.path(),
+        "one.toml",
+        &simple_config(base.path(), &[0], "fsync"),
+    );
+    let two_cores = write_config(
+        base.path(),
+        "two.toml",
+        &simple_config(base.path(), &[0, 1], "fsync"),
+    );
+    let mut server = start_server(&one_core);
+    let mut acks = create_payments(&server, "grow-a", PAYMENTS_COUNT);
+    server.signal(libc::SIGKILL);
+    assert!(server
+        .wait_exit(Duration::from_millis(KILL_EXIT_TIMEOUT_MS))
+        .is_some());
+
+    // The manifest says one shard: core 1 owns none and hands every command to core 0.
+    let mut server = start_server(&two_cores);
+    assert_all_there(&server, &acks, "on two cores after one");
+    for connection in 0..SPREAD_CONNECTIONS_COUNT {
+        let prefix = format!("grow-b{connection}");
+        acks.extend(create_payments(&server, &prefix, 1));
+    }
+    assert_all_there(&server, &acks, "created on two cores over one shard");
+    let mut scraper = server.connect();
+    let mut core_one_accepted = || {
+        let metrics = scraper.metrics();
+        metrics
+            .get("payd_connections_accepted_total", &[("core", "1")])
+            .unwrap_or(0.0)
+    };
+    let mut accepted = 0.0;
+    common::eventually(Duration::from_millis(METRICS_SETTLE_MS), || {
+        accepted = core_one_accepted();
+        accepted > 0.0
+    });
+    assert!(
+        accepted > 0.0,
+        "no create reached core 1, which owns no shard: the hand-off was not exercised"
+    );
+    stop_cleanly(&mut server);
+    assert_eq!(shard_dir_names(base.path()), ["shard-0000"]);
+
+    let mut server = start_server(&one_core);
+    assert_all_there(&server, &acks, "back on one core");
     stop_cleanly(&mut server);
 }
