@@ -129,7 +129,9 @@ pub fn parse_create_request(
     PARSE_BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
         let mut deserializer = simd_json::Deserializer::from_slice_with_buffers(body, &mut buffers)
-            .map_err(|_| ApiError::with_message(ErrorKind::InvalidJson, "the body is not valid JSON"))?;
+            .map_err(|_| {
+                ApiError::with_message(ErrorKind::InvalidJson, "the body is not valid JSON")
+            })?;
         let request: CreateRequest<'_> =
             serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)?;
         validate(request, merchant)

@@ -102,12 +102,7 @@ impl AccessLog {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let method = match record.method {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Other => "OTHER",
-        };
+        let method = record.method.as_str();
         let _ = write!(
             buffer,
             "{unix_ms} {} {method} {} {} {} ",
