@@ -1,8 +1,25 @@
 //! payd: a thread-per-core payment server.
+//!
+//! # Layout
+//!
+//! The modules follow the life of a request, each importing only from those below it:
+//!
+//! - `server`: one pinned glommio executor per core, its listener, the connection loop,
+//!   the access log, start-up and shutdown.
+//! - `http`: bytes to request heads and bodies (httparse, limits, smuggling defences),
+//!   and responses back to bytes.
+//! - `api`: routes and handlers, and the error catalogue of API.md.
+//! - `shard`: the stateful part; shards and the cross-core mesh that reaches them.
+//! - `metrics` (beside the others): per-core counters and HDR histograms, merged on scrape.
+//! - `config`, `lifecycle`, `payment`: the config file, the process's ready/stopping
+//!   flags, and the payment domain types every layer speaks.
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod lifecycle;
+pub mod metrics;
 pub mod payment;
+pub mod server;
 pub mod shard;
 pub mod wal;

@@ -1,1 +1,89 @@
+//! The API: routes, handlers, and the error catalogue of API.md.
+//!
+//! The connection loop in `server` hands each complete request here as a `Request` (head
+//! fields and body already framed by `http`) and gets a `Response` back, plus the route it
+//! was answered on for metrics and the access log. Handlers reach the stateful part of
+//! payd only through `shard`.
+
 pub mod error;
+mod operations;
+
+use crate::config::Config;
+use crate::http::{Method, Response, ResponseHeader};
+use crate::metrics::{CoreMetrics, Route};
+use crate::shard::mesh::Peers;
+use error::{ApiError, ErrorKind};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// What handlers on one core can reach. Cheap to clone; one per core.
+#[derive(Clone)]
+pub struct Context {
+    pub config: &'static Config,
+    pub metrics: Rc<RefCell<CoreMetrics>>,
+    pub peers: Rc<Peers>,
+}
+
+/// A complete request, framed by `http`. The body is a private copy the handler may
+/// parse in place (simd-json needs it mutable).
+pub struct Request<'a> {
+    pub method: Method,
+    /// Path and query exactly as sent on the request line.
+    pub target: &'a [u8],
+    pub content_type_json: Option<bool>,
+    pub merchant: Option<&'a [u8]>,
+    pub timestamp: Option<&'a [u8]>,
+    pub signature: Option<&'a [u8]>,
+    pub body: &'a mut [u8],
+}
+
+/// Answers one request. Returns the route it was answered on.
+pub async fn handle(context: &Context, request: Request<'_>, response: &mut Response) -> Route {
+    let path = request
+        .target
+        .split(|&b| b == b'?')
+        .next()
+        .unwrap_or_default();
+    let is_get = matches!(request.method, Method::Get | Method::Head);
+    match path {
+        b"/healthz" | b"/readyz" | b"/metrics" if !is_get => {
+            let route = operations::route_of(path);
+            method_not_allowed(response, "GET, HEAD");
+            route
+        }
+        b"/healthz" => {
+            operations::healthz(response);
+            Route::Healthz
+        }
+        b"/readyz" => {
+            operations::readyz(response);
+            Route::Readyz
+        }
+        b"/metrics" => {
+            operations::metrics(context, response).await;
+            Route::Metrics
+        }
+        _ => {
+            write_error(response, &ApiError::new(ErrorKind::NotFound));
+            Route::NotFound
+        }
+    }
+}
+
+/// Fills `response` with an error: its status, and the JSON body of API.md section 2.
+pub fn write_error(response: &mut Response, error: &ApiError) {
+    response.status = error.kind.status();
+    response.body.clear();
+    error.write_json(&mut response.body);
+    match error.kind {
+        ErrorKind::Overloaded | ErrorKind::RequestInProgress | ErrorKind::NotReady => {
+            response.add_header(ResponseHeader::RetryAfterSecs(1));
+        }
+        _ => {}
+    }
+}
+
+fn method_not_allowed(response: &mut Response, allow: &'static str) {
+    write_error(response, &ApiError::new(ErrorKind::MethodNotAllowed));
+    response.add_header(ResponseHeader::Allow(allow));
+}

@@ -9,4 +9,4 @@ pub mod request;
 pub mod response;
 
 pub use request::{parse_request, BodyFraming, Method, ParseOutcome, ProtocolError, RequestHead};
-pub use response::{Response, ResponseHeader};
+pub use response::{ConnectionHeader, Response, ResponseHeader};

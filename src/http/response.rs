@@ -15,13 +15,24 @@ pub enum ResponseHeader {
     ContentTypePrometheus,
 }
 
+/// The `Connection` header a response carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// HTTP/1.1 keep-alive: the default, no header needed.
+    Omitted,
+    /// HTTP/1.0 client that asked for keep-alive.
+    KeepAlive,
+    /// The server closes the connection after this response.
+    Close,
+}
+
 /// A response under construction. One per connection, reused for every request.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub headers: [Option<ResponseHeader>; EXTRA_HEADERS_MAX],
     pub body: Vec<u8>,
-    /// Close the connection after this response (protocol errors, shutdown).
+    /// Close the connection after this response (protocol errors).
     pub close: bool,
 }
 
@@ -60,7 +71,7 @@ impl Response {
         out: &mut Vec<u8>,
         request_id: &[u8],
         date: &[u8],
-        keep_alive: bool,
+        connection: ConnectionHeader,
         body_omitted: bool,
     ) {
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -96,8 +107,10 @@ impl Response {
                 ResponseHeader::ContentTypePrometheus => {}
             }
         }
-        if !keep_alive || self.close {
-            out.extend_from_slice(b"\r\nConnection: close");
+        match connection {
+            ConnectionHeader::Omitted => {}
+            ConnectionHeader::KeepAlive => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+            ConnectionHeader::Close => out.extend_from_slice(b"\r\nConnection: close"),
         }
         out.extend_from_slice(b"\r\n\r\n");
         if !body_omitted {
@@ -141,7 +154,7 @@ mod tests {
             &mut out,
             b"r-1",
             b"Mon, 23 Nov 2026 07:00:00 GMT",
-            false,
+            ConnectionHeader::Close,
             false,
         );
         assert_eq!(

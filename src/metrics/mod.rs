@@ -1,0 +1,321 @@
+//! Metrics: per-core counters and HDR histograms, merged on scrape into Prometheus text.
+//!
+//! Each core owns one `CoreMetrics` and records into it without any synchronisation. A
+//! scrape asks every core for a copy (`CoreMetrics` is `Send`) over the cross-core mesh,
+//! merges the copies and renders the text exposition format 0.0.4.
+
+use hdrhistogram::Histogram;
+use std::fmt::Write;
+
+/// Latencies are recorded in microseconds, up to this ceiling (larger values saturate).
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// Two significant figures: 1% precision, about 20 KiB per histogram.
+const LATENCY_SIGNIFICANT_FIGURES: u8 = 2;
+/// Quantiles of every latency summary; 1.0 is rendered as the maximum.
+pub const SUMMARY_QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+
+/// The route a request was answered on: the label of its request metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Readyz,
+    Metrics,
+    CreatePayment,
+    GetPayment,
+    GetOrder,
+    NotFound,
+    /// A request refused before it could be routed (malformed, too large, timed out).
+    Unrouted,
+}
+
+impl Route {
+    pub const ALL: [Route; 8] = [
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::CreatePayment,
+        Route::GetPayment,
+        Route::GetOrder,
+        Route::NotFound,
+        Route::Unrouted,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::CreatePayment => "create_payment",
+            Route::GetPayment => "get_payment",
+            Route::GetOrder => "get_order",
+            Route::NotFound => "not_found",
+            Route::Unrouted => "unrouted",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Every status payd answers with; the counter table has one column per entry.
+const STATUSES: [u16; 17] = [
+    200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 415, 431, 500, 501, 503, 100, 0,
+];
+
+fn status_slot(status: u16) -> usize {
+    // The last slot (0) collects anything unexpected, so a new status is never lost.
+    STATUSES
+        .iter()
+        .position(|&known| known == status)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_FIGURES)
+        .expect("static histogram bounds are valid")
+}
+
+/// A latency distribution with its exact sum, for a Prometheus summary.
+#[derive(Clone, Debug)]
+pub struct LatencySummary {
+    histogram: Histogram<u64>,
+    sum_us: u64,
+}
+
+impl Default for LatencySummary {
+    fn default() -> LatencySummary {
+        LatencySummary {
+            histogram: latency_histogram(),
+            sum_us: 0,
+        }
+    }
+}
+
+impl LatencySummary {
+    pub fn record(&mut self, latency_us: u64) {
+        let clamped = latency_us.clamp(1, LATENCY_US_MAX);
+        self.histogram.saturating_record(clamped);
+        self.sum_us = self.sum_us.saturating_add(latency_us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    pub fn merge(&mut self, other: &LatencySummary) {
+        // Same bounds on every core, so adding cannot fail.
+        self.histogram
+            .add(&other.histogram)
+            .expect("histograms share bounds");
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+
+    pub fn quantile_us(&self, quantile: f64) -> u64 {
+        if quantile >= 1.0 {
+            self.histogram.max()
+        } else {
+            self.histogram.value_at_quantile(quantile)
+        }
+    }
+
+    /// Renders the summary lines for one label set, e.g. `route="healthz"`.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for quantile in SUMMARY_QUANTILES {
+            let _ = writeln!(
+                out,
+                "{name}{{{labels},quantile=\"{quantile}\"}} {}",
+                self.quantile_us(quantile)
+            );
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
+    }
+}
+
+/// One core's metrics. Recorded without locks by its own core; copied on scrape.
+#[derive(Clone, Debug)]
+pub struct CoreMetrics {
+    pub cpu: usize,
+    requests: [[u64; STATUSES.len()]; Route::ALL.len()],
+    latency: Vec<LatencySummary>,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_rejected: u64,
+    pub access_log_lines_dropped: u64,
+}
+
+impl CoreMetrics {
+    pub fn new(cpu: usize) -> CoreMetrics {
+        CoreMetrics {
+            cpu,
+            requests: [[0; STATUSES.len()]; Route::ALL.len()],
+            latency: Route::ALL
+                .iter()
+                .map(|_| LatencySummary::default())
+                .collect(),
+            connections_open: 0,
+            connections_accepted: 0,
+            connections_rejected: 0,
+            access_log_lines_dropped: 0,
+        }
+    }
+
+    pub fn record_request(&mut self, route: Route, status: u16, latency_us: u64) {
+        self.requests[route.index()][status_slot(status)] += 1;
+        self.latency[route.index()].record(latency_us);
+    }
+
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests[route.index()][status_slot(status)]
+    }
+}
+
+/// A per-core metric: name, type, help, and how to read it from a core's metrics.
+type PerCoreMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CoreMetrics) -> u64,
+);
+
+/// Renders every core's metrics, merged where a metric is per process.
+pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut String) {
+    render_requests(cores, out);
+    render_latency(cores, out);
+    let per_core: [PerCoreMetric; 4] = [
+        (
+            "payd_connections_open",
+            "gauge",
+            "Open client connections.",
+            |m| m.connections_open,
+        ),
+        (
+            "payd_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            |m| m.connections_accepted,
+        ),
+        (
+            "payd_connections_rejected_total",
+            "counter",
+            "Connections refused with 503 because the core was at its connection limit.",
+            |m| m.connections_rejected,
+        ),
+        (
+            "payd_access_log_lines_dropped_total",
+            "counter",
+            "Access log lines dropped because the log could not keep up.",
+            |m| m.access_log_lines_dropped,
+        ),
+    ];
+    for (name, kind, help, value) in per_core {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for core in cores {
+            let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", core.cpu, value(core));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\n\
+         process_resident_memory_bytes {resident_memory_bytes}"
+    );
+}
+
+fn render_requests(cores: &[CoreMetrics], out: &mut String) {
+    let name = "payd_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests answered, by route and status.\n# TYPE {name} counter"
+    );
+    for route in Route::ALL {
+        for (slot, status) in STATUSES.iter().enumerate() {
+            let total: u64 = cores
+                .iter()
+                .map(|core| core.requests[route.index()][slot])
+                .sum();
+            if total > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",status=\"{status}\"}} {total}",
+                    route.label()
+                );
+            }
+        }
+    }
+}
+
+fn render_latency(cores: &[CoreMetrics], out: &mut String) {
+    let name = "payd_request_latency_microseconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request latency from a complete request to its response, by route.\n\
+         # TYPE {name} summary"
+    );
+    for route in Route::ALL {
+        let mut merged = LatencySummary::default();
+        for core in cores {
+            merged.merge(&core.latency[route.index()]);
+        }
+        if merged.count() > 0 {
+            merged.render(out, name, &format!("route=\"{}\"", route.label()));
+        }
+    }
+}
+
+/// Resident set size of this process, from /proc/self/statm (0 if unavailable).
+pub fn resident_memory_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page_bytes).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_cores_and_renders_summaries() {
+        let mut first = CoreMetrics::new(0);
+        let mut second = CoreMetrics::new(1);
+        first.record_request(Route::Healthz, 200, 10);
+        second.record_request(Route::Healthz, 200, 1000);
+        second.record_request(Route::NotFound, 404, 5);
+        second.connections_accepted = 3;
+        let mut text = String::new();
+        render(&[first, second], 4096, &mut text);
+        assert!(text.contains("payd_requests_total{route=\"healthz\",status=\"200\"} 2\n"));
+        assert!(text.contains("payd_requests_total{route=\"not_found\",status=\"404\"} 1\n"));
+        assert!(text.contains(
+            "payd_request_latency_microseconds{route=\"healthz\",quantile=\"0.5\"} 10\n"
+        ));
+        let max_line = text
+            .lines()
+            .find(|line| {
+                line.starts_with(
+                    "payd_request_latency_microseconds{route=\"healthz\",quantile=\"1\"}",
+                )
+            })
+            .expect("max quantile line");
+        let max: u64 = max_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((995..=1005).contains(&max), "max {max}");
+        assert!(text.contains("payd_request_latency_microseconds_count{route=\"healthz\"} 2\n"));
+        assert!(text.contains("payd_connections_accepted_total{core=\"1\"} 3\n"));
+        assert!(text.contains("process_resident_memory_bytes 4096\n"));
+        assert!(!text.contains("route=\"get_payment\""));
+    }
+
+    #[test]
+    fn unexpected_status_is_still_counted() {
+        let mut metrics = CoreMetrics::new(0);
+        metrics.record_request(Route::Unrouted, 418, 1);
+        assert_eq!(metrics.requests(Route::Unrouted, 418), 1);
+    }
+}

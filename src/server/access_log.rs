@@ -1,0 +1,180 @@
+//! The access log: one line per request, buffered per core and flushed by a background
+//! task, so writing it never blocks a request.
+//!
+//! Line format (space separated):
+//! `unix_ms core method route status latency_us request_id merchant`
+//! The merchant is the `X-Payd-Merchant` header when it looks like a merchant id, `-`
+//! otherwise; nothing else from the request (no body, no signature) is ever logged.
+
+use super::stop::StopNotice;
+use crate::http::Method;
+use crate::metrics::{CoreMetrics, Route};
+use glommio::io::{BufferedFile, OpenOptions};
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lines wait at most this long in memory before they are written.
+pub const ACCESS_LOG_FLUSH_INTERVAL_MS: u64 = 200;
+/// Buffered bytes above which new lines are dropped (and counted) rather than queued.
+pub const ACCESS_LOG_BUFFER_BYTES_MAX: usize = 4 << 20;
+
+/// One line's worth of facts about a request.
+pub struct AccessRecord<'a> {
+    pub method: Method,
+    pub route: Route,
+    pub status: u16,
+    pub latency_us: u64,
+    pub request_id: &'a [u8],
+    pub merchant: Option<&'a [u8]>,
+}
+
+/// One core's access log. Disabled logs accept lines and do nothing.
+pub struct AccessLog {
+    cpu: usize,
+    buffer: RefCell<Vec<u8>>,
+    enabled: bool,
+    metrics: Rc<RefCell<CoreMetrics>>,
+    closing: StopNotice,
+    flush_task: RefCell<Option<glommio::task::JoinHandle<()>>>,
+}
+
+impl AccessLog {
+    pub fn disabled(cpu: usize, metrics: Rc<RefCell<CoreMetrics>>) -> Rc<AccessLog> {
+        Rc::new(AccessLog {
+            cpu,
+            buffer: RefCell::new(Vec::new()),
+            enabled: false,
+            metrics,
+            closing: StopNotice::new(),
+            flush_task: RefCell::new(None),
+        })
+    }
+
+    /// Opens `dir/access-core<cpu>.log` for appending and starts its flush task, which
+    /// runs until `close`.
+    pub async fn open(
+        dir: &Path,
+        cpu: usize,
+        metrics: Rc<RefCell<CoreMetrics>>,
+    ) -> std::io::Result<Rc<AccessLog>> {
+        let path = dir.join(format!("access-core{cpu}.log"));
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(std::io::Error::from)?;
+        let offset = file.file_size().await.map_err(std::io::Error::from)?;
+        let log = Rc::new(AccessLog {
+            cpu,
+            buffer: RefCell::new(Vec::with_capacity(64 * 1024)),
+            enabled: true,
+            metrics,
+            closing: StopNotice::new(),
+            flush_task: RefCell::new(None),
+        });
+        let task = glommio::spawn_local(flush_loop(Rc::clone(&log), file, offset)).detach();
+        *log.flush_task.borrow_mut() = Some(task);
+        Ok(log)
+    }
+
+    /// Writes every line still buffered and closes the file.
+    pub async fn close(&self) {
+        self.closing.trigger();
+        let task = self.flush_task.borrow_mut().take();
+        if let Some(task) = task {
+            task.await;
+        }
+    }
+
+    pub fn record(&self, record: &AccessRecord<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let mut buffer = self.buffer.borrow_mut();
+        if buffer.len() >= ACCESS_LOG_BUFFER_BYTES_MAX {
+            self.metrics.borrow_mut().access_log_lines_dropped += 1;
+            return;
+        }
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let method = match record.method {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Other => "OTHER",
+        };
+        let _ = write!(
+            buffer,
+            "{unix_ms} {} {method} {} {} {} ",
+            self.cpu,
+            record.route.label(),
+            record.status,
+            record.latency_us
+        );
+        buffer.extend_from_slice(record.request_id);
+        buffer.push(b' ');
+        match record
+            .merchant
+            .filter(|merchant| is_loggable_merchant(merchant))
+        {
+            Some(merchant) => buffer.extend_from_slice(merchant),
+            None => buffer.push(b'-'),
+        }
+        buffer.push(b'\n');
+    }
+}
+
+/// Only a value shaped like a merchant id is logged: a header could carry anything.
+fn is_loggable_merchant(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+}
+
+async fn flush_loop(log: Rc<AccessLog>, file: BufferedFile, mut offset: u64) {
+    let interval = Duration::from_millis(ACCESS_LOG_FLUSH_INTERVAL_MS);
+    loop {
+        let stopping = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(interval).await;
+                false
+            },
+            async {
+                log.closing.wait().await;
+                true
+            },
+        )
+        .await;
+        offset = flush(&log, &file, offset).await;
+        if stopping {
+            break;
+        }
+    }
+    let _ = file.close().await;
+}
+
+/// Writes what is buffered; swaps the buffer out so requests keep appending meanwhile.
+async fn flush(log: &AccessLog, file: &BufferedFile, offset: u64) -> u64 {
+    let pending = {
+        let mut buffer = log.buffer.borrow_mut();
+        if buffer.is_empty() {
+            return offset;
+        }
+        std::mem::replace(&mut *buffer, Vec::with_capacity(64 * 1024))
+    };
+    match file.write_at(pending, offset).await {
+        Ok(written) => offset + written as u64,
+        Err(error) => {
+            // A log that cannot be written must not take requests down with it.
+            eprintln!("payd: core {}: access log write failed: {error}", log.cpu);
+            offset
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! One core: its listener, its accept loop, its connections, and its share of shutdown.
+//!
+//! Everything here runs on the core's own pinned executor and is `!Send`: the core's
+//! metrics, access log and connection count are plain cells, touched by no other thread.
+
+use super::access_log::AccessLog;
+use super::connection::{linger_close, Connection};
+use super::stamps::{DateCache, RequestIds};
+use super::stop::StopNotice;
+use super::{Started, REJECTED_LINGERING_MAX};
+use crate::api;
+use crate::api::error::{ApiError, ErrorKind};
+use crate::config::Config;
+use crate::http::{ConnectionHeader, Response};
+use crate::metrics::{CoreMetrics, Route};
+use crate::shard::mesh::{Mesh, Peers};
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A core's shared state, one `Rc` per core, cloned into every connection task.
+pub struct Core {
+    pub index: usize,
+    pub api: api::Context,
+    pub access_log: Rc<AccessLog>,
+    pub stop: StopNotice,
+    pub request_ids: RequestIds,
+    pub date: DateCache,
+    /// Connections refused at the limit that are still being closed gracefully.
+    rejected_lingering: Cell<usize>,
+}
+
+/// What the start-up thread hands each core.
+pub struct CoreStart {
+    pub config: &'static Config,
+    pub index: usize,
+    pub cpu: usize,
+    pub listen: SocketAddr,
+    pub mesh: Option<Mesh>,
+    pub process_id: u32,
+    pub started: std::sync::mpsc::Sender<Started>,
+}
+
+/// Runs one core until shutdown has drained it.
+pub async fn run(start: CoreStart) {
+    let CoreStart {
+        config,
+        index,
+        cpu,
+        listen,
+        mesh,
+        process_id,
+        started,
+    } = start;
+    let listener = match TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = started.send(Started::Failed(format!(
+                "core {index} (cpu {cpu}): cannot listen on {listen}: {error}"
+            )));
+            return;
+        }
+    };
+    let address = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let stop = StopNotice::new();
+    stop.watch_process();
+    let metrics = Rc::new(RefCell::new(CoreMetrics::new(cpu)));
+    let access_log = match open_access_log(config, cpu, &metrics).await {
+        Ok(log) => log,
+        Err(message) => {
+            let _ = started.send(Started::Failed(message));
+            return;
+        }
+    };
+    eprintln!("payd: core {index} on cpu {cpu} listening on {address}");
+    let _ = started.send(Started::Listening(address));
+    // Joining waits for every core: the mesh is complete only once all have started.
+    let peers = Peers::join(mesh, index, Rc::clone(&metrics)).await;
+    let core = Rc::new(Core {
+        index,
+        api: api::Context {
+            config,
+            metrics,
+            peers,
+        },
+        access_log,
+        stop,
+        request_ids: RequestIds::new(process_id, cpu),
+        date: DateCache::new(),
+        rejected_lingering: Cell::new(0),
+    });
+    accept_loop(&core, listener).await;
+    drain(&core).await;
+}
+
+async fn open_access_log(
+    config: &'static Config,
+    cpu: usize,
+    metrics: &Rc<RefCell<CoreMetrics>>,
+) -> Result<Rc<AccessLog>, String> {
+    if !config.log.access_log {
+        return Ok(AccessLog::disabled(cpu, Rc::clone(metrics)));
+    }
+    let dir = config.log_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+    AccessLog::open(&dir, cpu, Rc::clone(metrics))
+        .await
+        .map_err(|e| format!("cannot open the access log in {}: {e}", dir.display()))
+}
+
+async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
+    loop {
+        let stopped = async {
+            core.stop.wait().await;
+            None
+        };
+        let accepted =
+            futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => admit(core, stream),
+            Some(Err(error)) => {
+                // Out of file descriptors or a transient accept error: back off briefly
+                // rather than spin, and keep serving the connections we have.
+                eprintln!("payd: core {}: accept failed: {error}", core.index);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Dropping the listener closes it: the kernel sends new connections to the cores
+    // still listening, or refuses them once none is.
+    drop(listener);
+}
+
+fn admit(core: &Rc<Core>, stream: TcpStream) {
+    let limit = core.api.config.server.max_connections_per_core;
+    let mut metrics = core.api.metrics.borrow_mut();
+    metrics.connections_accepted += 1;
+    if metrics.connections_open >= limit as u64 {
+        metrics.connections_rejected += 1;
+        drop(metrics);
+        reject(core, stream);
+        return;
+    }
+    metrics.connections_open += 1;
+    drop(metrics);
+    let core = Rc::clone(core);
+    glommio::spawn_local(async move {
+        Connection::new(Rc::clone(&core), stream).run().await;
+        core.api.metrics.borrow_mut().connections_open -= 1;
+    })
+    .detach();
+}
+
+/// Answers 503 `overloaded` to a connection over the limit, then closes it. These closes
+/// are bounded too: past `REJECTED_LINGERING_MAX` the connection is simply dropped.
+fn reject(core: &Rc<Core>, stream: TcpStream) {
+    if core.rejected_lingering.get() >= REJECTED_LINGERING_MAX {
+        return;
+    }
+    core.rejected_lingering
+        .set(core.rejected_lingering.get() + 1);
+    let mut response = Response::new();
+    api::write_error(&mut response, &ApiError::new(ErrorKind::Overloaded));
+    let mut output = Vec::with_capacity(256);
+    let mut request_id = [0u8; 64];
+    let request_id = core.request_ids.generate(&mut request_id);
+    response.write_to(
+        &mut output,
+        request_id,
+        &core.date.now(),
+        ConnectionHeader::Close,
+        false,
+    );
+    core.api
+        .metrics
+        .borrow_mut()
+        .record_request(Route::Unrouted, response.status, 0);
+    let core = Rc::clone(core);
+    glommio::spawn_local(async move {
+        let mut stream = stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(super::LINGER_MS)));
+        if stream.write_all(&output).await.is_ok() {
+            linger_close(stream).await;
+        }
+        core.rejected_lingering
+            .set(core.rejected_lingering.get() - 1);
+    })
+    .detach();
+}
+
+/// Waits for open connections to finish their in-flight requests, at most
+/// `server.shutdown_timeout_ms`.
+async fn drain(core: &Rc<Core>) {
+    let deadline =
+        Instant::now() + Duration::from_millis(core.api.config.server.shutdown_timeout_ms);
+    while core.api.metrics.borrow().connections_open > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let left = core.api.metrics.borrow().connections_open;
+    if left > 0 {
+        eprintln!(
+            "payd: core {}: {left} connections still open at the shutdown deadline",
+            core.index
+        );
+    }
+    core.access_log.close().await;
+}

@@ -1,0 +1,189 @@
+//! The server: one pinned glommio executor per configured core, each with its own
+//! `SO_REUSEPORT` listener, and the start-up and shutdown around them.
+//!
+//! Start-up starts the cores one after the other: core 0 binds first (so `listen` with
+//! port 0 resolves to one port that every core then shares), and executors are created
+//! in core order, which makes mesh peer `i` core `i`. Once every core listens, the
+//! process is ready and says so on stderr. The main thread then only waits for SIGTERM
+//! or SIGINT, flips the stopping flag, and waits for the cores to drain.
+
+mod access_log;
+mod connection;
+mod core;
+mod stamps;
+mod stop;
+
+use crate::config::Config;
+use crate::lifecycle;
+use crate::shard::mesh;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A graceful close waits this long for the client to finish sending.
+pub const LINGER_MS: u64 = 500;
+/// ... and discards at most this many bytes meanwhile.
+pub const LINGER_BYTES_MAX: usize = 64 * 1024;
+/// Connections refused at the connection limit that may be closing at once, per core.
+pub const REJECTED_LINGERING_MAX: usize = 1024;
+/// glommio's registered I/O buffer per executor is kept within these bounds.
+pub const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
+pub const IO_MEMORY_BYTES_MAX: usize = 1 << 20;
+/// Each executor registers its I/O memory in three rings.
+const IO_MEMORY_RINGS: usize = 3;
+
+/// What a core reports to the start-up thread.
+pub enum Started {
+    Listening(SocketAddr),
+    Failed(String),
+}
+
+/// Serves until a signal asks to stop and the cores have drained. `cpus` are the CPU ids
+/// to pin one executor each to, already checked against the machine.
+pub fn serve(config: &'static Config, cpus: &[usize]) -> Result<(), String> {
+    let signals = block_shutdown_signals();
+    let io_memory = io_memory_bytes(cpus.len());
+    let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
+    let process_id = random_u32();
+    let (started_sender, started) = mpsc::channel();
+    let (exited_sender, exited) = mpsc::channel::<usize>();
+    let mut listen = config.server.listen;
+    for (index, &cpu) in cpus.iter().enumerate() {
+        let start = core::CoreStart {
+            config,
+            index,
+            cpu,
+            listen,
+            mesh: mesh.clone(),
+            process_id,
+            started: started_sender.clone(),
+        };
+        let exited_sender = exited_sender.clone();
+        LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("payd-core{cpu}"))
+            .io_memory(io_memory)
+            .spawn(move || async move {
+                let _exit = ExitReport {
+                    index,
+                    sender: exited_sender,
+                };
+                core::run(start).await;
+            })
+            .map_err(|e| format!("cannot start an executor on cpu {cpu}: {e}"))?;
+        match started.recv() {
+            Ok(Started::Listening(address)) => listen = address,
+            Ok(Started::Failed(message)) => return Err(message),
+            Err(_) => return Err(format!("core {index} (cpu {cpu}) failed to start")),
+        }
+    }
+    lifecycle::set_ready();
+    eprintln!("payd: ready, listening on {listen}");
+    wait_for_shutdown(config, &signals, &exited, cpus.len())
+}
+
+/// Reports a core's exit to the main thread, even when the core panicked.
+struct ExitReport {
+    index: usize,
+    sender: mpsc::Sender<usize>,
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        let _ = self.sender.send(self.index);
+    }
+}
+
+fn wait_for_shutdown(
+    config: &Config,
+    signals: &libc::sigset_t,
+    exited: &mpsc::Receiver<usize>,
+    cores: usize,
+) -> Result<(), String> {
+    loop {
+        if let Some(signal) = wait_signal(signals, Duration::from_millis(100)) {
+            eprintln!("payd: {signal}: stopping; draining in-flight requests");
+            break;
+        }
+        if let Ok(index) = exited.try_recv() {
+            lifecycle::begin_stopping();
+            return Err(format!("core {index} stopped unexpectedly"));
+        }
+    }
+    lifecycle::begin_stopping();
+    // Cores drain within shutdown_timeout_ms; allow a little more for their last writes.
+    let deadline = Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms + 1000);
+    let mut remaining = cores;
+    while remaining > 0 {
+        if wait_signal(signals, Duration::ZERO).is_some() {
+            eprintln!("payd: second signal: exiting at once");
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            eprintln!("payd: {remaining} cores did not drain in time; exiting");
+            return Ok(());
+        }
+        match exited.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
+            Ok(_) => remaining -= 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    eprintln!("payd: stopped");
+    Ok(())
+}
+
+/// Blocks SIGTERM and SIGINT in this thread before any executor thread exists, so every
+/// thread inherits the mask and only `wait_signal` ever sees them.
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` is a valid signal set and `timeout` a valid timespec.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+    match signal {
+        libc::SIGTERM => Some("SIGTERM"),
+        libc::SIGINT => Some("SIGINT"),
+        _ => None,
+    }
+}
+
+/// glommio registers each executor's I/O memory, which counts against the locked-memory
+/// limit (8 MiB for an ordinary user here) for every executor at once. Take a third of
+/// the limit, shared by all cores and their rings, within sane bounds.
+pub fn io_memory_bytes(cores: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    if !known || limit.rlim_cur == libc::RLIM_INFINITY {
+        return IO_MEMORY_BYTES_MAX;
+    }
+    let share = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+        / (2 * IO_MEMORY_RINGS * cores.max(1));
+    share.clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_MAX)
+}
+
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // Without entropy the ids are still unique per core within this process.
+    let _ = getrandom::getrandom(&mut bytes);
+    u32::from_le_bytes(bytes)
+}
