@@ -123,6 +123,10 @@ impl Exchange {
         if due > now {
             glommio::timer::sleep(due - now).await;
         }
+        if due >= self.plan.measure_from {
+            let lag_us = due.elapsed().as_micros() as u64;
+            self.stats.borrow_mut().record_send_lag(lag_us);
+        }
         Some(due)
     }
 

@@ -85,6 +85,7 @@ pub fn summary_json(stats: &Stats, shape: &RunShape) -> Value {
         "outcomes": outcomes,
         "failures": failures,
         "latency_us": latency,
+        "send_lag_us": (!stats.send_lag_us().is_empty()).then(|| latency_json(stats.send_lag_us())),
     })
 }
 
@@ -120,6 +121,14 @@ pub fn summary_text(stats: &Stats, shape: &RunShape) -> String {
         let _ = writeln!(text, "  --- {:<24} {count}", failure.name());
     }
     write_latency_table(&mut text, stats);
+    let lag = stats.send_lag_us();
+    if !lag.is_empty() {
+        let [p50, _, p99, _, _, max] = percentiles_us(lag);
+        let _ = writeln!(
+            text,
+            "send lag µs (open loop: how late batches left) p50 {p50}, p99 {p99}, max {max}"
+        );
+    }
     text
 }
 
@@ -184,6 +193,7 @@ mod tests {
         assert_eq!(summary["latency_us"]["create"]["max"], 1000);
         assert_eq!(summary["latency_us"]["create"]["p50"], 500);
         assert!(summary["latency_us"].get("replay").is_none());
+        assert_eq!(summary["send_lag_us"], Value::Null);
         for key in ["p50", "p90", "p99", "p99.9", "p99.99", "max"] {
             assert!(summary["latency_us"]["all"][key].is_u64(), "{key}");
         }

@@ -45,6 +45,9 @@ pub struct Stats {
     /// (status, error code or "") to count; error codes only for statuses of 400 and up.
     outcomes: BTreeMap<(u16, String), u64>,
     failures: BTreeMap<Failure, u64>,
+    /// Open loop only: how late each batch left after it was due. A generator that cannot
+    /// keep its schedule charges its own delay to the server; this shows when it does.
+    send_lag_us: Histogram<u64>,
 }
 
 impl Default for Stats {
@@ -63,6 +66,7 @@ impl Stats {
             latency_us: Kind::ALL.iter().map(|_| histogram()).collect(),
             outcomes: BTreeMap::new(),
             failures: BTreeMap::new(),
+            send_lag_us: histogram(),
         }
     }
 
@@ -80,6 +84,15 @@ impl Stats {
         *self.outcomes.entry((status, code.to_string())).or_insert(0) += 1;
     }
 
+    pub fn record_send_lag(&mut self, lag_us: u64) {
+        self.send_lag_us
+            .saturating_record(lag_us.clamp(1, LATENCY_US_MAX));
+    }
+
+    pub fn send_lag_us(&self) -> &Histogram<u64> {
+        &self.send_lag_us
+    }
+
     pub fn record_failure(&mut self, failure: Failure) {
         *self.failures.entry(failure).or_insert(0) += 1;
     }
@@ -92,6 +105,9 @@ impl Stats {
         for (key, count) in &other.outcomes {
             *self.outcomes.entry(key.clone()).or_insert(0) += count;
         }
+        self.send_lag_us
+            .add(&other.send_lag_us)
+            .expect("histograms of the same bounds add up");
         for (failure, count) in &other.failures {
             *self.failures.entry(*failure).or_insert(0) += count;
         }
@@ -208,11 +224,15 @@ mod tests {
         first.record_response(Kind::Create, 201, "", 300);
         first.record_response(Kind::Replay, 409, "order_conflict", 50);
         first.record_failure(Failure::Timeout);
+        first.record_send_lag(40);
         let mut second = Stats::new();
         second.record_response(Kind::Read, 200, "", 10_000);
         second.record_response(Kind::Create, 409, "order_conflict", 70);
         second.record_failure(Failure::Timeout);
+        second.record_send_lag(2_000);
         first.merge(&second);
+        assert_eq!(first.send_lag_us().len(), 2);
+        assert!(first.send_lag_us().max() >= 2_000);
         let outcomes: Vec<_> = first.outcomes().collect();
         assert_eq!(
             outcomes,

@@ -104,6 +104,7 @@ fn open_loop_sends_at_the_asked_rate() {
     assert_eq!(summary["mode"], "open");
     // The schedule fixes the count: 2000 per second for one second.
     assert_eq!(summary["responses"], 2000, "{summary}");
+    assert_eq!(summary["send_lag_us"]["count"], 2000, "{summary}");
 }
 
 #[test]
