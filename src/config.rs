@@ -167,6 +167,28 @@ impl fmt::Debug for MerchantConfig {
     }
 }
 
+/// Reads a secret from its source: a literal, `env:NAME` or `file:PATH` (one trailing
+/// newline of a file is ignored). Errors name the source, never the secret.
+pub fn resolve_secret(source: &str) -> Result<Vec<u8>, String> {
+    if let Some(name) = source.strip_prefix("env:") {
+        return std::env::var(name)
+            .map(String::into_bytes)
+            .map_err(|_| format!("environment variable {name} is not set or not UTF-8"));
+    }
+    if let Some(path) = source.strip_prefix("file:") {
+        let mut bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read secret file {path}: {e}"))?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        return Ok(bytes);
+    }
+    Ok(source.as_bytes().to_vec())
+}
+
 /// Shows where a secret comes from, never the secret itself.
 pub fn redact(source: &str) -> String {
     if source.starts_with("env:") || source.starts_with("file:") {
@@ -439,6 +461,21 @@ impl Config {
             if merchant.secrets.is_empty() {
                 return Err(error(&key("secrets"), "at least one secret is required"));
             }
+            for source in &merchant.secrets {
+                match resolve_secret(source) {
+                    Ok(secret) if secret.is_empty() => {
+                        return Err(error(
+                            &key("secrets"),
+                            format!("{} is empty", redact(source)),
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(message) => return Err(error(&key("secrets"), message)),
+                }
+            }
+            if let Some(source) = &merchant.webhook_secret {
+                resolve_secret(source).map_err(|message| error(&key("webhook_secret"), message))?;
+            }
             if let Some(url) = &merchant.webhook_url {
                 if !url.starts_with("http://") {
                     return Err(error(&key("webhook_url"), "must be an http:// URL"));
@@ -456,14 +493,14 @@ fn serde_path_to_error(text: &str) -> Result<Config, ConfigError> {
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = inner.message().to_string();
+        let message = without_quoted_values(inner.message());
         let mut key = if path == "." { String::new() } else { path };
         if let Some(field) = unknown_field_name(&message) {
-            key = if key.is_empty() {
-                field
-            } else {
-                format!("{key}.{field}")
-            };
+            if key.is_empty() {
+                key = field;
+            } else if !key.ends_with(&format!(".{field}")) && key != field {
+                key = format!("{key}.{field}");
+            }
         }
         if key.is_empty() {
             key = "(file)".to_string();
@@ -477,6 +514,25 @@ fn serde_path_to_error(text: &str) -> Result<Config, ConfigError> {
             message: format!("{message}{line}"),
         }
     })
+}
+
+/// serde quotes the offending value in its messages (`invalid type: string "..."`); a
+/// value might be a secret, so every double-quoted string is blanked out.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("(value hidden)");
+            }
+            ('"', true) => quoted = false,
+            (_, false) => out.push(c),
+            (_, true) => {}
+        }
+    }
+    out
 }
 
 /// Pulls the offending key out of serde's messages (`unknown field `x``, `missing field `y``).
@@ -498,4 +554,49 @@ pub fn available_cpus() -> Vec<usize> {
         .collect();
     cpus.sort_unstable();
     cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key_and_hide_values() {
+        let error = Config::parse("[server]\nbogus = 1\n").unwrap_err();
+        assert_eq!(error.key, "server.bogus");
+        let error =
+            Config::parse("[[merchants]]\nid = \"m\"\nsecrets = \"sk_live_1\"\n").unwrap_err();
+        assert_eq!(error.key, "merchants[0].secrets");
+        assert!(!error.to_string().contains("sk_live_1"), "{error}");
+        let error = Config::parse("[limits]\nmax_body_bytes = 0\n").unwrap_err();
+        assert_eq!(error.key, "limits.max_body_bytes");
+    }
+
+    #[test]
+    fn secrets_resolve_from_literal_env_and_file() {
+        assert_eq!(resolve_secret("literal").unwrap(), b"literal");
+        std::env::set_var("PAYD_CONFIG_TEST_SECRET", "from-env");
+        assert_eq!(
+            resolve_secret("env:PAYD_CONFIG_TEST_SECRET").unwrap(),
+            b"from-env"
+        );
+        let error = resolve_secret("env:PAYD_CONFIG_TEST_UNSET").unwrap_err();
+        assert!(error.contains("PAYD_CONFIG_TEST_UNSET"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        assert_eq!(
+            resolve_secret(&format!("file:{}", path.display())).unwrap(),
+            b"from-file"
+        );
+        assert!(resolve_secret("file:/nonexistent/secret")
+            .unwrap_err()
+            .contains("/nonexistent/secret"));
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_is_a_config_error() {
+        let text = "[[merchants]]\nid = \"m\"\nsecrets = [\"file:/nonexistent/s\"]\n";
+        assert_eq!(Config::parse(text).unwrap_err().key, "merchants[0].secrets");
+    }
 }

@@ -1,1 +1,85 @@
-//! WAL.
+//! The write-ahead log: every acknowledged payment survives any crash.
+//!
+//! # The model
+//!
+//! Each shard has its own log, written only by the executor that owns the shard, so no
+//! lock is ever taken. A log is a directory of *segment* files (`<data_dir>/shard-NNNN/`),
+//! each named by the sequence number of its first record and rolled over at a size
+//! limit. A *record* is framed as length, CRC32C, kind and sequence number, followed by a
+//! compact binary payload (`Created`, `Finalized`, later webhook events).
+//!
+//! Writes use *group commit*. `ShardLog::append` encodes the record into the batch that
+//! is filling and returns a future; one commit task per shard writes the whole batch with
+//! one write and one fdatasync, then resolves every future that sync covered. While it
+//! syncs, the next batch fills. With `durability = "fsync"` (the default) an append
+//! resolves only after its sync: the caller answers the client after that, never before.
+//! `durability = "none"` resolves at once and never syncs: for benchmarks only.
+//!
+//! A failed write or fdatasync fails the log for good (`LogError::Failed`): the shard
+//! answers 503 and says why. It is never retried as if the data were safe.
+//!
+//! # Start-up, in order
+//!
+//! 1. `DataDir::open` locks the data directory (a second payd on it fails) and reads or
+//!    writes the manifest that fixes the shard count.
+//! 2. Per shard, `recover` replays every record into a visitor that rebuilds the shard's
+//!    state, cuts off a torn or zeroed tail of the last segment, and refuses any other
+//!    damage with the file and offset. It uses blocking file I/O: the shard is not
+//!    serving yet.
+//! 3. `ShardLog::open` (inside the shard's glommio executor) at `Recovery::next_sequence`
+//!    starts a new segment there. Opening after `scan` (which cuts nothing) or without
+//!    recovery would leave a torn tail inside the log: do not.
+//!
+//! # Retention
+//!
+//! `dead_segment_prefix` tells which oldest segments hold nothing live, given a predicate
+//! from the shard; `delete_segments` removes them. Live records in an old segment are
+//! carried forward by appending them again, so replay lets the later record win.
+//!
+//! # Files
+//!
+//! `record` frames records; `payload` encodes what they say; `segment` names files;
+//! `recovery` reads a log back; `manifest` owns the data directory; `writer` does the
+//! segment I/O (direct I/O, or buffered where the filesystem refuses `O_DIRECT`); `log`
+//! is the group commit; `retention` frees old segments.
+
+mod log;
+mod manifest;
+mod payload;
+mod record;
+mod recovery;
+mod retention;
+mod segment;
+mod writer;
+
+pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
+pub use manifest::{DataDir, DataDirError, MANIFEST_FORMAT_VERSION};
+pub use payload::{
+    encode_created, encode_finalized, Created, Finalized, PayloadError, RecordKind,
+    DECLINE_CODE_LENGTH_MAX, MERCHANT_ID_LENGTH_MAX,
+};
+pub use record::{
+    decode_record, encode_record, CorruptReason, DecodeOutcome, Record, RECORD_BYTES_MAX,
+    RECORD_PAYLOAD_BYTES_MAX,
+};
+pub use recovery::{
+    recover, scan, RecordVisitor, Recovery, RecoveryError, RecoveryProblem, SegmentSummary,
+    Truncation,
+};
+pub use retention::{dead_segment_prefix, delete_segments};
+pub use segment::{
+    list_segments, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN, SEQUENCE_FIRST,
+};
+pub use writer::{IoMode, BATCH_BYTES_MAX};
+
+/// A segment size for when the config has no say: large enough that roll-overs are
+/// rare, small enough that retention frees disk in useful steps and recovery reads one
+/// segment into memory at a time without strain.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+
+// The largest record fits in an empty segment, so a roll-over always makes room, and in
+// an empty batch, so an append never waits for ever.
+const _: () = assert!(RECORD_BYTES_MAX as u64 <= SEGMENT_BYTES_MIN);
+const _: () = assert!(RECORD_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_CEILING);

@@ -1,0 +1,936 @@
+//! `ShardLog`: the group-commit appender of one shard, living on that shard's executor.
+//!
+//! Appends encode their record into the *filling* batch at once and get the next sequence
+//! number. One commit task per shard swaps the filling batch for an empty one, writes it
+//! with one write and one fdatasync, then wakes every append its sync covered. While that
+//! sync runs, new appends fill the next batch, so under load every sync covers many
+//! records and the log's throughput follows the load, not the disk's latency.
+//!
+//! With `Durability::Fsync` an append resolves only once the fdatasync that covers its
+//! record returned. With `Durability::None` it resolves at once and the commit task writes
+//! without syncing (for benchmarks only: a crash loses what the kernel had not written).
+//!
+//! A failed write or fdatasync fails the log for good: the data's fate is unknown (the
+//! kernel may have dropped the dirty pages), so every pending and later append returns
+//! `LogError::Failed` with the reason. Nothing is retried as if it were safe.
+
+use crate::config::Durability;
+use crate::wal::record::{encode_record, RECORD_OVERHEAD_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::wal::segment::{list_segments, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN};
+use crate::wal::writer::{IoMode, SegmentWriter, BATCH_BYTES_MAX};
+use hdrhistogram::Histogram;
+use std::cell::{Ref, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// What a batch buffer starts with; it grows towards `BATCH_BYTES_MAX` only under load.
+const BATCH_BYTES_INITIAL: usize = 64 * 1024;
+/// The fsync latency histogram tracks up to a minute; slower syncs count as a minute.
+pub const FSYNC_LATENCY_US_MAX: u64 = 60_000_000;
+/// The most records a batch can hold: every one at least the framing.
+pub const BATCH_RECORDS_MAX: u64 = (BATCH_BYTES_MAX / RECORD_OVERHEAD_BYTES) as u64;
+const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogError {
+    /// The log failed for good; the reason says what failed and where.
+    Failed(Rc<str>),
+    /// The payload is above `RECORD_PAYLOAD_BYTES_MAX`.
+    PayloadTooLarge { bytes: usize },
+    /// The log is closing or closed.
+    Closed,
+    /// The log could not be opened.
+    Open(String),
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Failed(reason) => write!(f, "write-ahead log failed: {reason}"),
+            LogError::PayloadTooLarge { bytes } => write!(
+                f,
+                "record payload of {bytes} bytes is above {RECORD_PAYLOAD_BYTES_MAX}"
+            ),
+            LogError::Closed => write!(f, "write-ahead log is closed"),
+            LogError::Open(reason) => write!(f, "cannot open write-ahead log: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+/// How to open a log. `ShardLog::open` covers the usual case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogOptions {
+    pub durability: Durability,
+    /// A segment rolls over before it would exceed this many bytes of records.
+    pub segment_bytes_max: u64,
+    /// Use buffered I/O even where direct I/O works.
+    pub buffered_io: bool,
+}
+
+/// Counters and histograms for `/metrics`, updated after every commit.
+pub struct LogStats {
+    /// Every fdatasync of a segment, in microseconds.
+    pub fsync_latency_us: Histogram<u64>,
+    /// Records covered by each commit.
+    pub records_per_batch: Histogram<u64>,
+    pub batches: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl LogStats {
+    fn new() -> LogStats {
+        let histogram = |high| {
+            Histogram::new_with_bounds(1, high, HISTOGRAM_SIGNIFICANT_DIGITS)
+                .expect("valid histogram bounds")
+        };
+        LogStats {
+            fsync_latency_us: histogram(FSYNC_LATENCY_US_MAX),
+            records_per_batch: histogram(BATCH_RECORDS_MAX),
+            batches: 0,
+            records: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// Encoded records waiting for (or in) one write.
+struct Batch {
+    bytes: Vec<u8>,
+    records: u64,
+    last_sequence: u64,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(BATCH_BYTES_INITIAL),
+            records: 0,
+            last_sequence: 0,
+        }
+    }
+
+    fn has_room_for(&self, payload_bytes: usize) -> bool {
+        self.bytes.is_empty()
+            || self.bytes.len() + RECORD_OVERHEAD_BYTES + payload_bytes <= BATCH_BYTES_MAX
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records = 0;
+    }
+}
+
+/// Wakers of futures waiting for one kind of event. A future remembers its slot, so
+/// polling it again replaces its waker instead of adding one: the list stays bounded by
+/// the number of waiting futures.
+struct WaitList {
+    epoch: u64,
+    wakers: Vec<Waker>,
+}
+
+#[derive(Clone, Copy)]
+struct WaitSlot {
+    epoch: u64,
+    index: usize,
+}
+
+impl WaitList {
+    fn new() -> WaitList {
+        WaitList {
+            epoch: 0,
+            wakers: Vec::new(),
+        }
+    }
+
+    fn register(&mut self, slot: &mut Option<WaitSlot>, waker: &Waker) {
+        match slot {
+            Some(slot) if slot.epoch == self.epoch => {
+                if !self.wakers[slot.index].will_wake(waker) {
+                    self.wakers[slot.index] = waker.clone();
+                }
+            }
+            _ => {
+                *slot = Some(WaitSlot {
+                    epoch: self.epoch,
+                    index: self.wakers.len(),
+                });
+                self.wakers.push(waker.clone());
+            }
+        }
+    }
+
+    /// Wakes everyone. glommio's wake only schedules the task, so this may run while
+    /// the shared state is borrowed.
+    fn wake_all(&mut self) {
+        self.epoch += 1;
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// What the appends and the commit task share, on one executor.
+struct Shared {
+    durability: Durability,
+    filling: Batch,
+    next_sequence: u64,
+    /// Every record up to this one is durable (written, with `Durability::None`).
+    durable_sequence: u64,
+    failure: Option<Rc<str>>,
+    closing: bool,
+    durable_waiters: WaitList,
+    room_waiters: WaitList,
+    commit_waker: Option<Waker>,
+    stats: LogStats,
+    #[cfg(test)]
+    injected_failure: Option<&'static str>,
+}
+
+impl Shared {
+    fn push(&mut self, kind: u8, payload: &[u8]) -> u64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        encode_record(&mut self.filling.bytes, kind, sequence, payload);
+        self.filling.records += 1;
+        self.filling.last_sequence = sequence;
+        if let Some(waker) = self.commit_waker.take() {
+            waker.wake();
+        }
+        sequence
+    }
+
+    fn fail(&mut self, reason: String, shard_dir: &Path) {
+        eprintln!(
+            "payd: write-ahead log in {} failed: {reason}; this shard stops acknowledging writes",
+            shard_dir.display()
+        );
+        self.failure = Some(reason.into());
+        self.durable_waiters.wake_all();
+        self.room_waiters.wake_all();
+    }
+}
+
+/// The write-ahead log of one shard. Not `Send`: it lives on its shard's executor.
+pub struct ShardLog {
+    shared: Rc<RefCell<Shared>>,
+    commit_task: Option<glommio::Task<()>>,
+    mode: IoMode,
+}
+
+impl ShardLog {
+    /// Opens the log for appending, after recovery read it and cut its torn tail:
+    /// `next_sequence` is recovery's. Appends go to a new segment that starts there.
+    /// Must run inside a glommio executor; the commit task is spawned on it.
+    pub async fn open(
+        shard_dir: &Path,
+        durability: Durability,
+        next_sequence: u64,
+        segment_bytes_max: u64,
+    ) -> Result<ShardLog, LogError> {
+        let options = LogOptions {
+            durability,
+            segment_bytes_max,
+            buffered_io: false,
+        };
+        ShardLog::open_with(shard_dir, options, next_sequence).await
+    }
+
+    pub async fn open_with(
+        shard_dir: &Path,
+        options: LogOptions,
+        next_sequence: u64,
+    ) -> Result<ShardLog, LogError> {
+        check_open_arguments(shard_dir, &options, next_sequence)?;
+        let writer = SegmentWriter::open(
+            shard_dir,
+            next_sequence,
+            options.segment_bytes_max,
+            options.buffered_io,
+        )
+        .await
+        .map_err(LogError::Open)?;
+        let mode = writer.mode();
+        let shared = Rc::new(RefCell::new(Shared {
+            durability: options.durability,
+            filling: Batch::new(),
+            next_sequence,
+            durable_sequence: next_sequence - 1,
+            failure: None,
+            closing: false,
+            durable_waiters: WaitList::new(),
+            room_waiters: WaitList::new(),
+            commit_waker: None,
+            stats: LogStats::new(),
+            #[cfg(test)]
+            injected_failure: None,
+        }));
+        let task = commit_loop(shared.clone(), writer, shard_dir.to_path_buf());
+        Ok(ShardLog {
+            shared,
+            commit_task: Some(glommio::spawn_local(task)),
+            mode,
+        })
+    }
+
+    /// Appends a record. Its sequence number is taken now, in call order, when the
+    /// filling batch has room; the future resolves once the record is durable (at once
+    /// with `Durability::None`).
+    pub fn append<'a>(&self, kind: u8, payload: &'a [u8]) -> Append<'a> {
+        let mut append = Append {
+            shared: self.shared.clone(),
+            state: AppendState::Queued { kind, payload },
+            slot: None,
+        };
+        append.try_push();
+        append
+    }
+
+    /// How segments are written: direct I/O, or buffered where that is refused.
+    pub fn io_mode(&self) -> IoMode {
+        self.mode
+    }
+
+    /// The reason the log failed, if it did: the shard answers 503 from then on.
+    pub fn failure(&self) -> Option<Rc<str>> {
+        self.shared.borrow().failure.clone()
+    }
+
+    /// The sequence number the next append will take.
+    pub fn next_sequence(&self) -> u64 {
+        self.shared.borrow().next_sequence
+    }
+
+    /// Fsync latency and batch sizes, for `/metrics`. Do not hold across an await.
+    pub fn stats(&self) -> Ref<'_, LogStats> {
+        Ref::map(self.shared.borrow(), |shared| &shared.stats)
+    }
+
+    /// Commits and syncs every record appended so far, then closes the files. Appends
+    /// still waiting for room get `LogError::Closed`.
+    pub async fn close(mut self) -> Result<(), LogError> {
+        self.begin_closing();
+        if let Some(task) = self.commit_task.take() {
+            task.await;
+        }
+        match self.shared.borrow().failure.clone() {
+            Some(reason) => Err(LogError::Failed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the next commit fail as a failed write would.
+    #[cfg(test)]
+    fn inject_failure(&self, reason: &'static str) {
+        self.shared.borrow_mut().injected_failure = Some(reason);
+    }
+
+    fn begin_closing(&self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.closing = true;
+        shared.room_waiters.wake_all();
+        if let Some(waker) = shared.commit_waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for ShardLog {
+    /// Without `close`, the commit task still writes what was appended, in the background.
+    fn drop(&mut self) {
+        if let Some(task) = self.commit_task.take() {
+            self.begin_closing();
+            task.detach();
+        }
+    }
+}
+
+fn check_open_arguments(
+    shard_dir: &Path,
+    options: &LogOptions,
+    next_sequence: u64,
+) -> Result<(), LogError> {
+    let bytes_max = options.segment_bytes_max;
+    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_CEILING).contains(&bytes_max) {
+        return Err(LogError::Open(format!(
+            "segment size {bytes_max} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_CEILING}"
+        )));
+    }
+    if next_sequence == 0 {
+        return Err(LogError::Open("sequence numbers start at 1".to_string()));
+    }
+    let segments = list_segments(shard_dir)
+        .map_err(|e| LogError::Open(format!("cannot list {}: {e}", shard_dir.display())))?;
+    if let Some(later) = segments.iter().find(|s| s.first_sequence > next_sequence) {
+        return Err(LogError::Open(format!(
+            "{} starts after sequence {next_sequence}: recovery was not run",
+            later.path.display()
+        )));
+    }
+    Ok(())
+}
+
+enum AppendState<'a> {
+    /// Waiting for room in the filling batch.
+    Queued { kind: u8, payload: &'a [u8] },
+    /// In a batch, waiting for the sync that covers it.
+    Waiting { sequence: u64 },
+    /// The outcome, until the first poll after it takes it.
+    Resolved(Option<Result<u64, LogError>>),
+}
+
+/// The future of one append: resolves to the record's sequence number once durable.
+#[must_use = "an append is durable only once its future resolves"]
+pub struct Append<'a> {
+    shared: Rc<RefCell<Shared>>,
+    state: AppendState<'a>,
+    slot: Option<WaitSlot>,
+}
+
+impl Append<'_> {
+    /// Puts a queued record in the filling batch if there is room, or resolves the
+    /// append if it cannot be written at all.
+    fn try_push(&mut self) {
+        let AppendState::Queued { kind, payload } = self.state else {
+            return;
+        };
+        let mut shared = self.shared.borrow_mut();
+        let refusal = if let Some(reason) = &shared.failure {
+            Some(LogError::Failed(reason.clone()))
+        } else if shared.closing {
+            Some(LogError::Closed)
+        } else if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
+            Some(LogError::PayloadTooLarge {
+                bytes: payload.len(),
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            self.state = AppendState::Resolved(Some(Err(error)));
+            return;
+        }
+        if !shared.filling.has_room_for(payload.len()) {
+            return;
+        }
+        let sequence = shared.push(kind, payload);
+        self.state = if shared.durability == Durability::None {
+            AppendState::Resolved(Some(Ok(sequence)))
+        } else {
+            AppendState::Waiting { sequence }
+        };
+        // A slot in the room waiters means nothing in the durable waiters.
+        self.slot = None;
+    }
+}
+
+impl Future for Append<'_> {
+    type Output = Result<u64, LogError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.try_push();
+        let mut shared = this.shared.borrow_mut();
+        match &mut this.state {
+            AppendState::Queued { .. } => {
+                shared.room_waiters.register(&mut this.slot, cx.waker());
+                Poll::Pending
+            }
+            AppendState::Waiting { sequence } => {
+                let sequence = *sequence;
+                if shared.durable_sequence >= sequence {
+                    this.state = AppendState::Resolved(None);
+                    Poll::Ready(Ok(sequence))
+                } else if let Some(reason) = &shared.failure {
+                    let error = LogError::Failed(reason.clone());
+                    this.state = AppendState::Resolved(None);
+                    Poll::Ready(Err(error))
+                } else {
+                    shared.durable_waiters.register(&mut this.slot, cx.waker());
+                    Poll::Pending
+                }
+            }
+            AppendState::Resolved(outcome) => {
+                Poll::Ready(outcome.take().expect("append polled after it resolved"))
+            }
+        }
+    }
+}
+
+/// The commit task: one batch at a time, until closed with nothing left, or failed.
+async fn commit_loop(shared: Rc<RefCell<Shared>>, mut writer: SegmentWriter, shard_dir: PathBuf) {
+    let sync = shared.borrow().durability == Durability::Fsync;
+    let mut in_flight = Batch::new();
+    while next_batch(&shared).await {
+        take_filling(&shared, &mut in_flight);
+        let outcome = match take_injected_failure(&shared) {
+            Some(reason) => Err(reason),
+            None => writer.commit(&in_flight.bytes, sync).await,
+        };
+        let mut state = shared.borrow_mut();
+        if let Err(reason) = outcome {
+            state.fail(reason, &shard_dir);
+            return;
+        }
+        record_commit(&mut state, &in_flight, &writer.sync_latencies_us);
+        in_flight.clear();
+    }
+    // Closing: with Durability::None this is the sync that makes the records durable.
+    if let Err(reason) = writer.close().await {
+        shared.borrow_mut().fail(reason, &shard_dir);
+    }
+}
+
+/// Resolves to true when there is a batch to commit, false when closing with none.
+async fn next_batch(shared: &RefCell<Shared>) -> bool {
+    std::future::poll_fn(|cx| {
+        let mut state = shared.borrow_mut();
+        if !state.filling.bytes.is_empty() {
+            Poll::Ready(true)
+        } else if state.closing {
+            Poll::Ready(false)
+        } else {
+            state.commit_waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Swaps the filling batch for the empty one, so appends fill it during the write.
+fn take_filling(shared: &RefCell<Shared>, in_flight: &mut Batch) {
+    let mut state = shared.borrow_mut();
+    assert!(in_flight.bytes.is_empty());
+    std::mem::swap(&mut state.filling, in_flight);
+    state.room_waiters.wake_all();
+}
+
+fn take_injected_failure(shared: &RefCell<Shared>) -> Option<String> {
+    #[cfg(test)]
+    {
+        let injected = shared.borrow_mut().injected_failure.take();
+        injected.map(str::to_string)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = shared;
+        None
+    }
+}
+
+fn record_commit(state: &mut Shared, batch: &Batch, sync_latencies_us: &[u64]) {
+    assert!(batch.last_sequence > state.durable_sequence);
+    state.durable_sequence = batch.last_sequence;
+    let stats = &mut state.stats;
+    stats.batches += 1;
+    stats.records += batch.records;
+    stats.bytes += batch.bytes.len() as u64;
+    stats.records_per_batch.saturating_record(batch.records);
+    for &latency_us in sync_latencies_us {
+        stats.fsync_latency_us.saturating_record(latency_us.max(1));
+    }
+    state.durable_waiters.wake_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::recovery::recover;
+    use crate::wal::segment::{segment_file_name, SEQUENCE_FIRST};
+    use crate::wal::writer::is_tmpfs;
+    use glommio::LocalExecutorBuilder;
+
+    /// Runs a test body on a glommio executor with little registered memory: the
+    /// locked-memory limit is shared by every executor of the test process.
+    fn run<F: Future<Output = ()>>(body: F) {
+        LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .expect("executor")
+            .run(body);
+    }
+
+    /// A directory on a real filesystem (direct I/O works there), under the target dir.
+    fn disk_dir() -> tempfile::TempDir {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        assert!(!is_tmpfs(dir.path()), "the target dir must not be tmpfs");
+        dir
+    }
+
+    fn options(durability: Durability, buffered_io: bool) -> LogOptions {
+        LogOptions {
+            durability,
+            segment_bytes_max: 16 << 20,
+            buffered_io,
+        }
+    }
+
+    fn payload_of(sequence_hint: usize, bytes: usize) -> Vec<u8> {
+        let mut payload = format!("record {sequence_hint} ").into_bytes();
+        payload.resize(bytes.max(payload.len()), b'.');
+        payload
+    }
+
+    /// Recovers `dir` and returns every record's (sequence, payload).
+    fn recovered(dir: &Path) -> (u64, Vec<(u64, Vec<u8>)>) {
+        let mut records = Vec::new();
+        let recovery = recover(dir, &mut |record| {
+            records.push((record.sequence, record.payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (recovery.next_sequence, records)
+    }
+
+    /// `tasks` concurrent tasks each append `rounds` records one after the other.
+    async fn append_concurrently(log: &Rc<ShardLog>, tasks: usize, rounds: usize, bytes: usize) {
+        let handles: Vec<_> = (0..tasks)
+            .map(|task| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for round in 0..rounds {
+                        let payload = payload_of(task * rounds + round, bytes);
+                        log.append(1, &payload).await.expect("append");
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await;
+        }
+    }
+
+    async fn concurrent_appends_are_grouped_and_recovered(dir: &Path, buffered_io: bool) {
+        let log = ShardLog::open_with(dir, options(Durability::Fsync, buffered_io), 1)
+            .await
+            .unwrap();
+        let expected_mode = if buffered_io {
+            IoMode::Buffered
+        } else {
+            IoMode::Direct
+        };
+        assert_eq!(log.io_mode(), expected_mode);
+        let log = Rc::new(log);
+        append_concurrently(&log, 50, 4, 100).await;
+        {
+            let stats = log.stats();
+            assert_eq!(stats.records, 200);
+            assert!(stats.batches < 200, "{} batches", stats.batches);
+            assert!(stats.records_per_batch.max() > 1);
+            assert_eq!(stats.fsync_latency_us.len(), stats.batches);
+        }
+        Rc::try_unwrap(log).ok().unwrap().close().await.unwrap();
+        let (next_sequence, records) = recovered(dir);
+        assert_eq!(next_sequence, 201);
+        let mut payloads: Vec<Vec<u8>> = records.into_iter().map(|(_, p)| p).collect();
+        payloads.sort();
+        let mut expected: Vec<Vec<u8>> = (0..200).map(|i| payload_of(i, 100)).collect();
+        expected.sort();
+        assert_eq!(payloads, expected);
+    }
+
+    #[test]
+    fn direct_io_groups_concurrent_appends_and_recovery_reads_them() {
+        let dir = disk_dir();
+        run(concurrent_appends_are_grouped_and_recovered(
+            dir.path(),
+            false,
+        ));
+    }
+
+    #[test]
+    fn buffered_io_groups_concurrent_appends_and_recovery_reads_them() {
+        let dir = disk_dir();
+        run(concurrent_appends_are_grouped_and_recovered(
+            dir.path(),
+            true,
+        ));
+    }
+
+    #[test]
+    fn tmpfs_falls_back_to_buffered_io() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() || !is_tmpfs(shm) {
+            eprintln!("no tmpfs at /dev/shm; fallback not exercised");
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open(&path, Durability::Fsync, 1, 16 << 20)
+                .await
+                .unwrap();
+            assert_eq!(log.io_mode(), IoMode::Buffered);
+            assert_eq!(log.append(2, b"on tmpfs").await, Ok(1));
+            log.close().await.unwrap();
+        });
+        assert_eq!(recovered(dir.path()).1, [(1, b"on tmpfs".to_vec())]);
+    }
+
+    #[test]
+    fn the_next_batch_fills_while_a_sync_is_in_flight() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .unwrap();
+            let first = log.append(1, b"first");
+            // Let the commit task take the batch and start its write.
+            while !log.shared.borrow().filling.bytes.is_empty() {
+                futures_lite::future::yield_now().await;
+            }
+            let second = log.append(1, b"second");
+            let third = log.append(1, b"third");
+            assert_eq!(log.shared.borrow().filling.records, 2);
+            assert_eq!(first.await, Ok(1));
+            assert_eq!((second.await, third.await), (Ok(2), Ok(3)));
+            let stats = log.stats();
+            assert_eq!((stats.batches, stats.records), (2, 3));
+            assert_eq!(stats.records_per_batch.max(), 2);
+        });
+    }
+
+    #[test]
+    fn sequence_numbers_follow_call_order() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 41)
+                .await
+                .unwrap();
+            let a = log.append(1, b"a");
+            let b = log.append(2, b"b");
+            assert_eq!(log.next_sequence(), 43);
+            // Awaited out of order: the numbers were taken at the call.
+            assert_eq!(b.await, Ok(42));
+            assert_eq!(a.await, Ok(41));
+            log.close().await.unwrap();
+        });
+        let (next_sequence, records) = recovered(dir.path());
+        assert_eq!(next_sequence, 43);
+        assert_eq!(records, [(41, b"a".to_vec()), (42, b"b".to_vec())]);
+    }
+
+    #[test]
+    fn segments_roll_over_and_a_reopened_log_continues_after_recovery() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        let segment_bytes_max = SEGMENT_BYTES_MIN;
+        let log_options = LogOptions {
+            durability: Durability::Fsync,
+            segment_bytes_max,
+            buffered_io: false,
+        };
+        run(async move {
+            let log = Rc::new(ShardLog::open_with(&path, log_options, 1).await.unwrap());
+            // 600 records of 1017 bytes: a little over two segments.
+            append_concurrently(&log, 20, 30, 1000).await;
+            Rc::try_unwrap(log).ok().unwrap().close().await.unwrap();
+        });
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(segments.len(), 3, "{segments:?}");
+        for segment in &segments[..2] {
+            let bytes = std::fs::metadata(&segment.path).unwrap().len();
+            // Records up to the limit, then at most a block of padding.
+            assert!(bytes <= segment_bytes_max + 4096, "{bytes}");
+            assert!(bytes > segment_bytes_max - 1017, "{bytes}");
+        }
+        let (next_sequence, records) = recovered(dir.path());
+        assert_eq!(next_sequence, 601);
+        assert_eq!(records.len(), 600);
+        assert_eq!(segments[1].first_sequence, records[257].0);
+
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, log_options, next_sequence)
+                .await
+                .unwrap();
+            assert_eq!(log.append(1, b"after restart").await, Ok(601));
+            log.close().await.unwrap();
+        });
+        assert!(dir.path().join(segment_file_name(601)).exists());
+        let (next_sequence, records) = recovered(dir.path());
+        assert_eq!(next_sequence, 602);
+        assert_eq!(records.last().unwrap(), &(601, b"after restart".to_vec()));
+        let sequences: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sequences, (1..=601).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn one_large_batch_rolls_over_several_segments_in_one_commit() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        let log_options = LogOptions {
+            durability: Durability::Fsync,
+            segment_bytes_max: SEGMENT_BYTES_MIN,
+            buffered_io: false,
+        };
+        run(async move {
+            let log = ShardLog::open_with(&path, log_options, 1).await.unwrap();
+            let payload = vec![3u8; RECORD_PAYLOAD_BYTES_MAX];
+            // Appended without a yield: all in one batch just under BATCH_BYTES_MAX.
+            let appends: Vec<_> = (0..15).map(|_| log.append(1, &payload)).collect();
+            for append in appends {
+                append.await.unwrap();
+            }
+            let stats = log.stats();
+            assert_eq!(stats.batches, 1);
+            // Four largest records fill a minimum segment: 4 + 4 + 4 + 3 records, so
+            // one sync before each of the three roll-overs and a last one.
+            assert_eq!(stats.fsync_latency_us.len(), 4);
+        });
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 4);
+        let (next_sequence, records) = recovered(dir.path());
+        assert_eq!((next_sequence, records.len()), (16, 15));
+    }
+
+    #[test]
+    fn a_full_batch_makes_appends_wait_for_room() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .unwrap();
+            let payload = vec![7u8; RECORD_PAYLOAD_BYTES_MAX];
+            // 40 largest records are 2.6 MB: more than two batches.
+            let appends: Vec<_> = (0..40).map(|_| log.append(1, &payload)).collect();
+            let filling = log.shared.borrow().filling.bytes.len();
+            assert!(filling <= BATCH_BYTES_MAX, "{filling}");
+            let queued = appends
+                .iter()
+                .filter(|a| matches!(a.state, AppendState::Queued { .. }))
+                .count();
+            assert!(queued >= 40 - BATCH_BYTES_MAX / RECORD_PAYLOAD_BYTES_MAX);
+            for append in appends {
+                append.await.unwrap();
+            }
+            assert!(log.stats().batches >= 3);
+            log.close().await.unwrap();
+        });
+        let (next_sequence, records) = recovered(dir.path());
+        assert_eq!((next_sequence, records.len()), (41, 40));
+    }
+
+    #[test]
+    fn durability_none_acknowledges_before_any_sync_and_close_syncs() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::None, false), 1)
+                .await
+                .unwrap();
+            for expected in 1..=10 {
+                assert_eq!(log.append(1, b"fast").await, Ok(expected));
+            }
+            // Nothing was committed yet: the acknowledgements came first.
+            assert_eq!(log.stats().batches, 0);
+            log.close().await.unwrap();
+        });
+        assert_eq!(recovered(dir.path()).1.len(), 10);
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_pending_and_later_append() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .unwrap();
+            assert_eq!(log.append(1, b"durable").await, Ok(1));
+            log.inject_failure("injected: fdatasync returned EIO");
+            let pending: Vec<_> = (0..5).map(|_| log.append(1, b"lost")).collect();
+            for append in pending {
+                let error = append.await.unwrap_err();
+                assert!(matches!(&error, LogError::Failed(reason) if reason.contains("EIO")));
+            }
+            assert!(log.failure().unwrap().contains("EIO"));
+            // Later appends fail at once, with the same reason.
+            let later = log.append(1, b"later").await;
+            assert_eq!(later, Err(LogError::Failed(log.failure().unwrap())));
+            assert!(matches!(log.close().await, Err(LogError::Failed(_))));
+        });
+        // What was acknowledged before the failure is still there.
+        assert_eq!(recovered(dir.path()).1, [(1, b"durable".to_vec())]);
+    }
+
+    #[test]
+    fn an_oversized_payload_is_refused() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .unwrap();
+            let payload = vec![0u8; RECORD_PAYLOAD_BYTES_MAX + 1];
+            let error = log.append(1, &payload).await.unwrap_err();
+            assert_eq!(
+                error,
+                LogError::PayloadTooLarge {
+                    bytes: RECORD_PAYLOAD_BYTES_MAX + 1
+                }
+            );
+            assert_eq!(log.next_sequence(), 1);
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn open_reuses_an_empty_segment_but_never_one_with_records() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let opened = ShardLog::open_with(&path, options(Durability::Fsync, false), 1).await;
+            opened.unwrap().close().await.unwrap();
+            // A crash right after creating a segment leaves it empty: open it again.
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .unwrap();
+            assert_eq!(log.append(1, b"x").await, Ok(1));
+            log.close().await.unwrap();
+            // Recovery was skipped: next_sequence 1 names a segment with records.
+            let error = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                error.to_string().contains("already holds records"),
+                "{error}"
+            );
+        });
+    }
+
+    #[test]
+    fn open_refuses_a_sequence_behind_existing_segments_and_bad_sizes() {
+        let dir = disk_dir();
+        std::fs::write(dir.path().join(segment_file_name(10)), b"").unwrap();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let behind = ShardLog::open_with(&path, options(Durability::Fsync, false), 5).await;
+            assert!(behind
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("recovery was not run"));
+            let small = LogOptions {
+                segment_bytes_max: SEGMENT_BYTES_MIN - 1,
+                ..options(Durability::Fsync, false)
+            };
+            let error = ShardLog::open_with(&path, small, 10).await.err().unwrap();
+            assert!(error.to_string().contains("segment size"), "{error}");
+            let zero = ShardLog::open_with(&path, options(Durability::Fsync, false), 0).await;
+            assert!(zero.is_err());
+        });
+        assert_eq!(SEQUENCE_FIRST, 1);
+    }
+}

@@ -1,0 +1,627 @@
+//! Recovery: reads one shard's segments in log order, hands every record to the shard, and
+//! decides where the log really ends, before the shard serves anything.
+//!
+//! The rules, from DESIGN.md "Durability":
+//!
+//! - A bad record at the very tail of the last segment is a torn write: it was never
+//!   acknowledged, so it is cut off. So is a zeroed tail (direct I/O pads every write).
+//! - Any other bad record is corruption and recovery fails, naming the file and offset:
+//!   a bad record in a segment that is not the last (a segment is synced before the next
+//!   one is created), a sequence number out of order, a gap between segments (a missing
+//!   file), or damage in the last segment with a valid later record behind it.
+//!
+//! A bad record in the last segment counts as a torn tail only when no record with a
+//! valid checksum and a later sequence number follows it. A power loss that persisted the
+//! blocks of the last, unacknowledged write out of order could look like corruption by
+//! that rule: recovery then refuses to start rather than guess, because skipping
+//! acknowledged records silently is the one outcome that must never happen.
+//!
+//! Recovery uses blocking `std::fs` calls: it runs at start-up, before the shard serves.
+
+use crate::wal::record::{
+    decode_record, peek_sequence, CorruptReason, DecodeOutcome, Record, RECORD_OVERHEAD_BYTES,
+};
+use crate::wal::segment::{list_segments, SegmentFile, SEGMENT_BYTES_CEILING, SEQUENCE_FIRST};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What recovery found in one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub first_sequence: u64,
+    pub records: u64,
+    /// Where the valid records end (the file may be longer: padding, a torn tail).
+    pub records_end: u64,
+}
+
+/// The end of the last segment that recovery cuts off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    pub path: PathBuf,
+    /// The file's length after the cut: the end of the last valid record.
+    pub offset: u64,
+    pub bytes_removed: u64,
+}
+
+/// The outcome of a successful recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// In log order.
+    pub segments: Vec<SegmentSummary>,
+    pub records: u64,
+    /// The sequence number the shard's next record takes.
+    pub next_sequence: u64,
+    /// The torn or zeroed tail of the last segment, if there was one.
+    pub truncation: Option<Truncation>,
+}
+
+/// Why recovery refuses to start the shard.
+#[derive(Debug)]
+pub struct RecoveryError {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub problem: RecoveryProblem,
+}
+
+#[derive(Debug)]
+pub enum RecoveryProblem {
+    Io(io::Error),
+    SegmentTooLarge {
+        bytes: u64,
+    },
+    /// The previous segment ended at `expected`, this one starts elsewhere.
+    MissingSegment {
+        expected: u64,
+        found: u64,
+    },
+    SequenceOutOfOrder {
+        expected: u64,
+        found: u64,
+    },
+    Corrupt(CorruptReason),
+    /// A segment that is not the last ends inside a record.
+    CutShort,
+    /// Non-zero bytes after zero padding in a segment that is not the last.
+    BytesAfterPadding,
+    /// Damage in the last segment with a valid later record at `valid_record_at`.
+    DamageBeforeValidRecord {
+        valid_record_at: u64,
+    },
+    /// The record is intact but the shard could not make sense of it.
+    Rejected(String),
+}
+
+impl fmt::Display for RecoveryProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryProblem::Io(error) => write!(f, "i/o error: {error}"),
+            RecoveryProblem::SegmentTooLarge { bytes } => write!(
+                f,
+                "segment of {bytes} bytes is above the {SEGMENT_BYTES_CEILING} bytes ceiling"
+            ),
+            RecoveryProblem::MissingSegment { expected, found } => write!(
+                f,
+                "a segment is missing: records from sequence {expected} on are absent, \
+                 this segment starts at {found}"
+            ),
+            RecoveryProblem::SequenceOutOfOrder { expected, found } => write!(
+                f,
+                "record has sequence {found} where {expected} was expected"
+            ),
+            RecoveryProblem::Corrupt(reason) => write!(f, "{reason}"),
+            RecoveryProblem::CutShort => write!(f, "segment ends inside a record"),
+            RecoveryProblem::BytesAfterPadding => {
+                write!(f, "non-zero bytes after the zero padding")
+            }
+            RecoveryProblem::DamageBeforeValidRecord { valid_record_at } => write!(
+                f,
+                "damaged record followed by a valid one at offset {valid_record_at}"
+            ),
+            RecoveryProblem::Rejected(reason) => write!(f, "record rejected: {reason}"),
+        }
+    }
+}
+
+impl fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write-ahead log recovery failed in {} at offset {}: {}; refusing to start this shard",
+            self.path.display(),
+            self.offset,
+            self.problem
+        )
+    }
+}
+
+impl std::error::Error for RecoveryError {}
+
+/// Called with every intact record in log order. An `Err` (a payload the shard cannot
+/// decode, say) fails recovery at that record's file and offset.
+pub type RecordVisitor<'v> = dyn FnMut(Record<'_>) -> Result<(), String> + 'v;
+
+/// Reads the shard's log and hands every record to `visit`, then cuts off the torn or
+/// zeroed tail of the last segment and syncs it. A shard directory that does not exist
+/// holds an empty log.
+///
+/// Records of the last segment reach `visit` before recovery knows whether damage
+/// follows them: on an error, the caller throws away what it rebuilt.
+pub fn recover(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery, RecoveryError> {
+    let recovery = scan(shard_dir, visit)?;
+    if let Some(truncation) = &recovery.truncation {
+        cut(truncation).map_err(|error| RecoveryError {
+            path: truncation.path.clone(),
+            offset: truncation.offset,
+            problem: RecoveryProblem::Io(error),
+        })?;
+    }
+    Ok(recovery)
+}
+
+/// Like `recover`, but changes nothing on disk: `truncation` is what `recover` would cut.
+pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery, RecoveryError> {
+    let segments = list_segments(shard_dir).map_err(|error| RecoveryError {
+        path: shard_dir.to_path_buf(),
+        offset: 0,
+        problem: RecoveryProblem::Io(error),
+    })?;
+    let mut recovery = Recovery {
+        segments: Vec::with_capacity(segments.len()),
+        records: 0,
+        next_sequence: segments
+            .first()
+            .map_or(SEQUENCE_FIRST, |s| s.first_sequence),
+        truncation: None,
+    };
+    for (index, segment) in segments.iter().enumerate() {
+        if segment.first_sequence != recovery.next_sequence {
+            return Err(RecoveryError {
+                path: segment.path.clone(),
+                offset: 0,
+                problem: RecoveryProblem::MissingSegment {
+                    expected: recovery.next_sequence,
+                    found: segment.first_sequence,
+                },
+            });
+        }
+        let data = read_segment(&segment.path)?;
+        let is_last = index + 1 == segments.len();
+        let summary = scan_segment(segment, &data, is_last, visit)?;
+        if is_last && summary.records_end < data.len() as u64 {
+            recovery.truncation = Some(Truncation {
+                path: segment.path.clone(),
+                offset: summary.records_end,
+                bytes_removed: data.len() as u64 - summary.records_end,
+            });
+        }
+        recovery.records += summary.records;
+        recovery.next_sequence = segment.first_sequence + summary.records;
+        recovery.segments.push(summary);
+    }
+    Ok(recovery)
+}
+
+fn read_segment(path: &Path) -> Result<Vec<u8>, RecoveryError> {
+    let error = |offset, problem| RecoveryError {
+        path: path.to_path_buf(),
+        offset,
+        problem,
+    };
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| error(0, RecoveryProblem::Io(e)))?
+        .len();
+    if bytes > SEGMENT_BYTES_CEILING {
+        return Err(error(0, RecoveryProblem::SegmentTooLarge { bytes }));
+    }
+    std::fs::read(path).map_err(|e| error(0, RecoveryProblem::Io(e)))
+}
+
+/// Walks one segment's records; returns where the valid ones end.
+fn scan_segment(
+    segment: &SegmentFile,
+    data: &[u8],
+    is_last: bool,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<SegmentSummary, RecoveryError> {
+    let error = |offset: usize, problem| RecoveryError {
+        path: segment.path.clone(),
+        offset: offset as u64,
+        problem,
+    };
+    let mut offset = 0;
+    let mut expected = segment.first_sequence;
+    // Bounded: every record moves the offset forward by at least RECORD_OVERHEAD_BYTES.
+    while offset < data.len() {
+        let damage = match decode_record(&data[offset..]) {
+            DecodeOutcome::Record(record) => {
+                if record.sequence != expected {
+                    let found = record.sequence;
+                    let problem = RecoveryProblem::SequenceOutOfOrder { expected, found };
+                    return Err(error(offset, problem));
+                }
+                visit(record).map_err(|reason| error(offset, RecoveryProblem::Rejected(reason)))?;
+                offset += record.length_total;
+                expected += 1;
+                continue;
+            }
+            DecodeOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
+            DecodeOutcome::ZeroTail => RecoveryProblem::BytesAfterPadding,
+            DecodeOutcome::Incomplete => RecoveryProblem::CutShort,
+            DecodeOutcome::Corrupt(reason) => RecoveryProblem::Corrupt(reason),
+        };
+        if !is_last {
+            return Err(error(offset, damage));
+        }
+        if let Some(valid_record_at) = valid_record_after(data, offset, expected) {
+            let valid_record_at = valid_record_at as u64;
+            let problem = RecoveryProblem::DamageBeforeValidRecord { valid_record_at };
+            return Err(error(offset, problem));
+        }
+        break;
+    }
+    Ok(SegmentSummary {
+        path: segment.path.clone(),
+        first_sequence: segment.first_sequence,
+        records: expected - segment.first_sequence,
+        records_end: offset as u64,
+    })
+}
+
+/// Finds a record after damaged bytes that must have been written after them: a valid
+/// checksum and a sequence number from `expected` on. Only sequence numbers that could
+/// fit in the remaining bytes are checksummed, which keeps the search cheap.
+fn valid_record_after(data: &[u8], damaged_at: usize, expected: u64) -> Option<usize> {
+    let records_room = ((data.len() - damaged_at) / RECORD_OVERHEAD_BYTES) as u64;
+    let sequence_max = expected.saturating_add(records_room);
+    (damaged_at + 1..data.len()).find(|&at| {
+        let plausible =
+            peek_sequence(&data[at..]).is_some_and(|s| (expected..=sequence_max).contains(&s));
+        plausible && matches!(decode_record(&data[at..]), DecodeOutcome::Record(_))
+    })
+}
+
+fn cut(truncation: &Truncation) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncation.path)?;
+    file.set_len(truncation.offset)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::encode_record;
+    use crate::wal::segment::segment_file_name;
+
+    /// Writes a segment holding records `first..first + count`, each with a payload that
+    /// names its sequence; returns the offset where each record starts.
+    fn write_segment(dir: &Path, first: u64, count: u64) -> Vec<usize> {
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::new();
+        for sequence in first..first + count {
+            offsets.push(bytes.len());
+            let payload = format!("record {sequence}");
+            encode_record(&mut bytes, 1, sequence, payload.as_bytes());
+        }
+        std::fs::write(dir.join(segment_file_name(first)), bytes).unwrap();
+        offsets
+    }
+
+    fn path_of(dir: &Path, first: u64) -> PathBuf {
+        dir.join(segment_file_name(first))
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        let mut data = std::fs::read(path).unwrap();
+        data.extend_from_slice(bytes);
+        std::fs::write(path, data).unwrap();
+    }
+
+    fn damage_byte(path: &Path, offset: usize) {
+        let mut data = std::fs::read(path).unwrap();
+        data[offset] ^= 0x40;
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// Recovers and returns the sequence numbers seen, checking each payload.
+    fn recover_sequences(dir: &Path) -> Result<(Recovery, Vec<u64>), RecoveryError> {
+        let mut seen = Vec::new();
+        let recovery = recover(dir, &mut |record| {
+            assert_eq!(
+                record.payload,
+                format!("record {}", record.sequence).as_bytes()
+            );
+            seen.push(record.sequence);
+            Ok(())
+        })?;
+        Ok((recovery, seen))
+    }
+
+    #[test]
+    fn absent_directory_is_an_empty_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recovery, seen) = recover_sequences(&dir.path().join("shard-0000")).unwrap();
+        assert_eq!(recovery.next_sequence, SEQUENCE_FIRST);
+        assert!(seen.is_empty() && recovery.segments.is_empty());
+    }
+
+    #[test]
+    fn clean_segments_are_replayed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 5, 3);
+        write_segment(dir.path(), 8, 4);
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert_eq!(seen, (5..12).collect::<Vec<u64>>());
+        assert_eq!(recovery.next_sequence, 12);
+        assert_eq!(recovery.records, 7);
+        assert_eq!(recovery.truncation, None);
+        assert_eq!(recovery.segments[1].first_sequence, 8);
+        assert_eq!(recovery.segments[1].records, 4);
+    }
+
+    #[test]
+    fn torn_tail_of_the_last_segment_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 2);
+        let offsets = write_segment(dir.path(), 3, 4);
+        let path = path_of(dir.path(), 3);
+        let full_length = std::fs::metadata(&path).unwrap().len();
+        // The last record was being written when the power went.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(full_length - 5)
+            .unwrap();
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2, 3, 4, 5]);
+        assert_eq!(recovery.next_sequence, 6);
+        let truncation = recovery.truncation.unwrap();
+        assert_eq!(truncation.offset, offsets[3] as u64);
+        assert_eq!(
+            truncation.bytes_removed,
+            full_length - 5 - offsets[3] as u64
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[3] as u64);
+        // A second recovery finds a clean log.
+        let (again, _) = recover_sequences(dir.path()).unwrap();
+        assert_eq!((again.next_sequence, again.truncation), (6, None));
+    }
+
+    #[test]
+    fn torn_tail_with_a_damaged_checksum_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 3);
+        damage_byte(&path_of(dir.path(), 1), offsets[2] + RECORD_OVERHEAD_BYTES);
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2]);
+        assert_eq!(recovery.truncation.unwrap().offset, offsets[2] as u64);
+    }
+
+    #[test]
+    fn zero_padded_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        let path = path_of(dir.path(), 1);
+        let records_end = std::fs::metadata(&path).unwrap().len();
+        append_bytes(&path, &vec![0; 4096 - records_end as usize % 4096]);
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        let truncation = recovery.truncation.unwrap();
+        assert_eq!(truncation.offset, records_end);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), records_end);
+    }
+
+    #[test]
+    fn zero_padding_ends_a_segment_that_is_not_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        append_bytes(&path_of(dir.path(), 1), &[0; 1000]);
+        write_segment(dir.path(), 4, 1);
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2, 3, 4]);
+        assert_eq!(recovery.truncation, None);
+    }
+
+    #[test]
+    fn corrupt_middle_of_the_last_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 5);
+        let path = path_of(dir.path(), 1);
+        damage_byte(&path, offsets[1] + RECORD_OVERHEAD_BYTES + 2);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(
+            (error.path.as_path(), error.offset),
+            (path.as_path(), offsets[1] as u64)
+        );
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::DamageBeforeValidRecord { valid_record_at } if valid_record_at == offsets[2] as u64
+        ));
+        let message = error.to_string();
+        assert!(message.contains(&segment_file_name(1)), "{message}");
+        assert!(
+            message.contains(&format!("offset {}", offsets[1])),
+            "{message}"
+        );
+        // Nothing was cut.
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as usize,
+            offsets[4] + 25
+        );
+    }
+
+    #[test]
+    fn corrupt_length_in_the_middle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 4);
+        damage_byte(&path_of(dir.path(), 1), offsets[2] + 1);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(error.offset, offsets[2] as u64);
+    }
+
+    #[test]
+    fn any_damage_in_a_segment_that_is_not_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 3);
+        write_segment(dir.path(), 4, 2);
+        let first = path_of(dir.path(), 1);
+        // Even at its tail: segments are synced before the next one is created.
+        damage_byte(&first, offsets[2] + RECORD_OVERHEAD_BYTES);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(
+            (error.path.as_path(), error.offset),
+            (first.as_path(), offsets[2] as u64)
+        );
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::Corrupt(CorruptReason::ChecksumMismatch)
+        ));
+    }
+
+    #[test]
+    fn cut_short_segment_that_is_not_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 3);
+        write_segment(dir.path(), 4, 2);
+        let first = path_of(dir.path(), 1);
+        let length = std::fs::metadata(&first).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap();
+        file.set_len(length - 1).unwrap();
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(error.offset, offsets[2] as u64);
+        assert!(matches!(error.problem, RecoveryProblem::CutShort));
+    }
+
+    #[test]
+    fn bytes_after_padding_in_a_segment_that_is_not_the_last_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 2);
+        let first = path_of(dir.path(), 1);
+        let records_end = std::fs::metadata(&first).unwrap().len();
+        append_bytes(&first, &[0, 0, 0, 0, 0, 0, 9, 0]);
+        write_segment(dir.path(), 3, 1);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(error.offset, records_end);
+        assert!(matches!(error.problem, RecoveryProblem::BytesAfterPadding));
+    }
+
+    #[test]
+    fn empty_last_segment_sets_the_next_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        write_segment(dir.path(), 4, 0);
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(recovery.next_sequence, 4);
+        assert_eq!(recovery.segments.len(), 2);
+        assert_eq!(recovery.truncation, None);
+    }
+
+    #[test]
+    fn lone_empty_segment_is_an_empty_log_that_starts_at_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 0x40, 0);
+        let (recovery, seen) = recover_sequences(dir.path()).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!(recovery.next_sequence, 0x40);
+    }
+
+    #[test]
+    fn empty_segment_that_is_not_the_last_leaves_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 2);
+        write_segment(dir.path(), 3, 0);
+        write_segment(dir.path(), 5, 1);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(error.path, path_of(dir.path(), 5));
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::MissingSegment {
+                expected: 3,
+                found: 5
+            }
+        ));
+    }
+
+    #[test]
+    fn missing_segment_is_refused_naming_the_file_after_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        write_segment(dir.path(), 4, 3);
+        write_segment(dir.path(), 7, 3);
+        std::fs::remove_file(path_of(dir.path(), 4)).unwrap();
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!((&error.path, error.offset), (&path_of(dir.path(), 7), 0));
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::MissingSegment {
+                expected: 4,
+                found: 7
+            }
+        ));
+        assert!(error.to_string().contains("missing"));
+    }
+
+    #[test]
+    fn overlapping_segments_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        write_segment(dir.path(), 3, 2);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(error.path, path_of(dir.path(), 3));
+    }
+
+    #[test]
+    fn record_with_the_wrong_sequence_is_refused_even_at_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 2);
+        let path = path_of(dir.path(), 1);
+        let mut stray = Vec::new();
+        encode_record(&mut stray, 1, 9, b"record 9");
+        append_bytes(&path, &stray);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!(error.offset, (offsets[1] + 25) as u64);
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::SequenceOutOfOrder {
+                expected: 3,
+                found: 9
+            }
+        ));
+    }
+
+    #[test]
+    fn rejected_record_fails_at_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_segment(dir.path(), 1, 3);
+        let error = recover(dir.path(), &mut |record| {
+            if record.sequence == 2 {
+                Err("unknown kind".to_string())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(error.offset, offsets[1] as u64);
+        assert!(error.to_string().contains("unknown kind"));
+    }
+
+    #[test]
+    fn scan_changes_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 2);
+        let path = path_of(dir.path(), 1);
+        append_bytes(&path, &[0; 100]);
+        let length = std::fs::metadata(&path).unwrap().len();
+        let recovery = scan(dir.path(), &mut |_| Ok(())).unwrap();
+        assert_eq!(recovery.truncation.unwrap().offset, length - 100);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), length);
+    }
+}

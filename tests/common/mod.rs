@@ -1,0 +1,900 @@
+//! Integration test harness: starts the real payd binary on a free loopback port and talks
+//! to it over raw TCP, so the tests see exactly the bytes a client would.
+//!
+//! Every wait here is bounded: a server that never gets ready, a response that never
+//! comes or a process that never exits fails the test with what was received so far,
+//! instead of hanging the test run.
+
+// Each test binary uses a different subset of the harness.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long `payd serve` may take to print its ready line.
+pub const READY_TIMEOUT_MS: u64 = 20_000;
+/// Socket read timeout: no single response in these tests should take longer.
+pub const READ_TIMEOUT_MS: u64 = 5_000;
+/// How long a `payd check-config` or a failing `payd serve` may run.
+pub const COMMAND_TIMEOUT_MS: u64 = 10_000;
+/// The line payd prints to stderr once every core is listening.
+pub const READY_PREFIX: &str = "payd: ready, listening on ";
+/// A response head larger than this is a server bug, not something to keep reading.
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Polling interval for conditions that become true asynchronously.
+pub const POLL_INTERVAL_MS: u64 = 20;
+
+/// The knobs tests turn; everything else is the config file's defaults.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub cores: Vec<usize>,
+    pub max_connections_per_core: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub access_log: bool,
+    /// TOML appended verbatim (extra sections such as `[[merchants]]`).
+    pub extra_toml: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions {
+            cores: vec![0],
+            max_connections_per_core: 1000,
+            max_header_bytes: 8192,
+            max_body_bytes: 16384,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            shutdown_timeout_ms: 5_000,
+            access_log: true,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// A TOML basic string holding `text`.
+pub fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl ServerOptions {
+    /// The config file text for a server whose data and logs live under `dir`.
+    pub fn config_text(&self, dir: &Path) -> String {
+        let cores: Vec<String> = self.cores.iter().map(|c| c.to_string()).collect();
+        format!(
+            "[server]\n\
+             listen = \"127.0.0.1:0\"\n\
+             cores = [{cores}]\n\
+             max_connections_per_core = {connections}\n\
+             shutdown_timeout_ms = {shutdown}\n\
+             \n\
+             [limits]\n\
+             max_header_bytes = {header}\n\
+             max_body_bytes = {body}\n\
+             request_timeout_ms = {request}\n\
+             idle_timeout_ms = {idle}\n\
+             \n\
+             [storage]\n\
+             data_dir = {data}\n\
+             durability = \"none\"\n\
+             \n\
+             [log]\n\
+             access_log = {access_log}\n\
+             dir = {logs}\n\
+             {extra}\n",
+            cores = cores.join(", "),
+            connections = self.max_connections_per_core,
+            shutdown = self.shutdown_timeout_ms,
+            header = self.max_header_bytes,
+            body = self.max_body_bytes,
+            request = self.request_timeout_ms,
+            idle = self.idle_timeout_ms,
+            data = toml_string(&dir.join("data").display().to_string()),
+            access_log = self.access_log,
+            logs = toml_string(&dir.join("logs").display().to_string()),
+            extra = self.extra_toml,
+        )
+    }
+}
+
+/// Lines a child process wrote to one of its pipes, collected by a reader thread.
+#[derive(Clone, Default)]
+pub struct CapturedLines {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl CapturedLines {
+    /// Drains `pipe` on a thread; every line is kept and also sent to `sender` if given.
+    fn capture(pipe: impl Read + Send + 'static, sender: Option<mpsc::Sender<String>>) -> Self {
+        let captured = CapturedLines::default();
+        let lines = captured.lines.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        lines.lock().unwrap().push(text.clone());
+                        if let Some(sender) = &sender {
+                            let _ = sender.send(text);
+                        }
+                    }
+                }
+            }
+        });
+        captured
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+/// A running `payd serve`, killed with SIGKILL when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stderr: CapturedLines,
+    pub stdout: CapturedLines,
+    exit_status: Option<ExitStatus>,
+}
+
+pub fn payd_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_payd")
+}
+
+impl Server {
+    pub fn start(options: ServerOptions) -> Server {
+        let dir = tempfile::tempdir().expect("create tempdir");
+        let config_path = dir.path().join("payd.toml");
+        std::fs::write(&config_path, options.config_text(dir.path())).expect("write config");
+        let mut child = Command::new(payd_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            // Relative defaults (./payd-data) must land in the tempdir, never in the repo.
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn payd");
+        let (sender, receiver) = mpsc::channel();
+        let stderr = CapturedLines::capture(child.stderr.take().unwrap(), Some(sender));
+        let stdout = CapturedLines::capture(child.stdout.take().unwrap(), None);
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr,
+            stdout,
+            exit_status: None,
+        };
+        server.addr = server.wait_ready(&receiver);
+        server
+    }
+
+    fn wait_ready(&mut self, receiver: &mpsc::Receiver<String>) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix(READY_PREFIX) {
+                        return addr.trim().parse().unwrap_or_else(|_| {
+                            panic!("ready line has no socket address: {line:?}")
+                        });
+                    }
+                }
+                Err(_) => {
+                    let status = self.wait_exit(Duration::from_millis(200));
+                    panic!(
+                        "payd never printed {READY_PREFIX:?} within {READY_TIMEOUT_MS} ms \
+                         (exit status: {status:?})\nstderr:\n{}\nstdout:\n{}",
+                        self.stderr.text(),
+                        self.stdout.text()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; the child is not reaped until we wait.
+        let result = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(result, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit_status.is_some() {
+            return self.exit_status;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exit_status = Some(status);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// GET /metrics on a fresh connection, parsed and checked for format errors.
+    pub fn metrics(&self) -> Metrics {
+        let mut client = self.connect();
+        client.metrics()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exit_status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs payd with `args` in `dir` to completion, killing it after `COMMAND_TIMEOUT_MS`.
+pub fn run_payd(args: &[&str], dir: &Path) -> CommandOutput {
+    let mut child = Command::new(payd_binary())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn payd");
+    let stdout = CapturedLines::capture(child.stdout.take().unwrap(), None);
+    let stderr = CapturedLines::capture(child.stderr.take().unwrap(), None);
+    let deadline = Instant::now() + Duration::from_millis(COMMAND_TIMEOUT_MS);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "payd {args:?} still running after {COMMAND_TIMEOUT_MS} ms\nstderr:\n{}\nstdout:\n{}",
+                stderr.text(),
+                stdout.text()
+            );
+        }
+        thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    };
+    // The reader threads finish at end of file; give them a moment to take the last lines.
+    thread::sleep(Duration::from_millis(50));
+    CommandOutput {
+        status,
+        stdout: stdout.text(),
+        stderr: stderr.text(),
+    }
+}
+
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One parsed HTTP response.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// The status line without its CRLF, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The value of the header `name` (case-insensitive); panics if it appears twice.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str());
+        let first = values.next();
+        assert!(
+            values.next().is_none(),
+            "header {name} sent twice in {self:?}"
+        );
+        first
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    /// True when the server announced it closes the connection after this response.
+    pub fn closes(&self) -> bool {
+        self.header("Connection")
+            .map(|value| value.eq_ignore_ascii_case("close"))
+            .unwrap_or(false)
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.header("X-Request-Id")
+            .unwrap_or_else(|| panic!("no X-Request-Id in {self:?}"))
+    }
+
+    /// The `error.code` of an error body, checking the body has exactly the contract's shape.
+    pub fn error_code(&self) -> String {
+        let error = parse_error_body(&self.body).unwrap_or_else(|problem| {
+            panic!("{problem} in {self:?} (body {:?})", self.body_text())
+        });
+        error.code
+    }
+}
+
+/// The `error` object of an error body.
+#[derive(Debug)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+/// Parses `{"error":{"code":"...","message":"..."[,"param":"..."]}}` and nothing else.
+pub fn parse_error_body(body: &[u8]) -> Result<ErrorBody, String> {
+    use simd_json::prelude::*;
+    let mut bytes = body.to_vec();
+    let value = simd_json::to_owned_value(&mut bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let top = value.as_object().ok_or("body is not a JSON object")?;
+    if top.len() != 1 {
+        return Err(format!(
+            "body has {} top-level keys, want only error",
+            top.len()
+        ));
+    }
+    let error = top
+        .get("error")
+        .and_then(|e| e.as_object())
+        .ok_or("no error object")?;
+    for key in error.keys() {
+        if !["code", "message", "param"].contains(&key.as_ref()) {
+            return Err(format!("unexpected key {key:?} in error"));
+        }
+    }
+    let text = |key: &str| error.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    Ok(ErrorBody {
+        code: text("code").ok_or("error.code is not a string")?,
+        message: text("message").ok_or("error.message is not a string")?,
+        param: match error.get("param") {
+            None => None,
+            Some(param) => Some(
+                param
+                    .as_str()
+                    .ok_or("error.param not a string")?
+                    .to_string(),
+            ),
+        },
+    })
+}
+
+/// Asserts the exact status line, the error code, JSON content type and framing headers.
+pub fn assert_error(response: &Response, status_line: &str, code: &str) {
+    assert_eq!(
+        response.status_line, status_line,
+        "status line of {response:?}"
+    );
+    assert_eq!(response.error_code(), code, "error code of {response:?}");
+    let content_type = response.header("Content-Type").unwrap_or("");
+    assert!(
+        content_type.starts_with("application/json"),
+        "Content-Type of an error is {content_type:?}"
+    );
+    // Every response, errors included, carries these (Content-Length is checked by framing).
+    for name in ["Date", "X-Request-Id"] {
+        assert!(response.header(name).is_some(), "no {name} in {response:?}");
+    }
+}
+
+/// What a read on a connection came to when it did not yield a full response.
+#[derive(Debug)]
+pub enum ReadFailure {
+    /// The peer closed (EOF or reset); the bytes received before are kept.
+    Closed {
+        received: Vec<u8>,
+        reset: bool,
+    },
+    TimedOut {
+        received: Vec<u8>,
+    },
+}
+
+/// A raw TCP connection with a buffer, so pipelined responses can be read one by one.
+pub struct Client {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(READ_TIMEOUT_MS))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        Client::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(READ_TIMEOUT_MS)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_millis(READ_TIMEOUT_MS)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write {} bytes: {e}", bytes.len()));
+    }
+
+    /// Sends, returning false instead of panicking if the server has closed.
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
+    /// Sends `bytes` and reads one response.
+    pub fn request(&mut self, bytes: &[u8]) -> Response {
+        self.send(bytes);
+        self.read_response()
+    }
+
+    /// GET `path` with keep-alive and the given request id.
+    pub fn get(&mut self, path: &str, request_id: &str) -> Response {
+        self.request(get_request(path, request_id).as_bytes())
+    }
+
+    pub fn metrics(&mut self) -> Metrics {
+        let response = self.get("/metrics", "metrics-scrape");
+        assert_eq!(response.status_line, "HTTP/1.1 200 OK", "{response:?}");
+        assert_eq!(
+            response.header("Content-Type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        Metrics::parse(&response.body_text()).unwrap_or_else(|problem| {
+            panic!("malformed /metrics: {problem}\n{}", response.body_text())
+        })
+    }
+
+    /// Reads more bytes into the buffer; Ok(0) at end of stream.
+    fn fill(&mut self) -> Result<usize, ReadFailure> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(count) => {
+                self.buffer.extend_from_slice(&chunk[..count]);
+                Ok(count)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(ReadFailure::TimedOut {
+                    received: std::mem::take(&mut self.buffer),
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(self.fill()?),
+            Err(_) => Err(ReadFailure::Closed {
+                received: std::mem::take(&mut self.buffer),
+                reset: true,
+            }),
+        }
+    }
+
+    /// Reads one response; `head_only` is for answers to HEAD, which carry no body.
+    pub fn try_read_response(&mut self, head_only: bool) -> Result<Response, ReadFailure> {
+        let head_length = loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                break end + 4;
+            }
+            assert!(
+                self.buffer.len() <= RESPONSE_HEAD_BYTES_MAX,
+                "response head over {RESPONSE_HEAD_BYTES_MAX} bytes: {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            );
+            if self.fill()? == 0 {
+                return Err(ReadFailure::Closed {
+                    received: std::mem::take(&mut self.buffer),
+                    reset: false,
+                });
+            }
+        };
+        let mut response = parse_head(&self.buffer[..head_length]);
+        let body_length = body_length(&response, head_only);
+        while self.buffer.len() < head_length + body_length {
+            if self.fill()? == 0 {
+                return Err(ReadFailure::Closed {
+                    received: std::mem::take(&mut self.buffer),
+                    reset: false,
+                });
+            }
+        }
+        response.body = self.buffer[head_length..head_length + body_length].to_vec();
+        self.buffer.drain(..head_length + body_length);
+        Ok(response)
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        self.try_read_response(false)
+            .unwrap_or_else(|failure| panic!("no complete response: {}", describe(&failure)))
+    }
+
+    pub fn read_head_response(&mut self) -> Response {
+        self.try_read_response(true)
+            .unwrap_or_else(|failure| panic!("no complete response: {}", describe(&failure)))
+    }
+
+    /// Reads one response, then asserts the server closes the connection right after it.
+    pub fn read_response_then_close(&mut self) -> Response {
+        let response = self.read_response();
+        self.expect_closed();
+        response
+    }
+
+    /// Asserts the next read sees the end of the stream (or a reset) with no more bytes.
+    pub fn expect_closed(&mut self) {
+        loop {
+            match self.fill() {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(ReadFailure::Closed { .. }) => {
+                    self.buffer.clear();
+                    return;
+                }
+                Err(ReadFailure::TimedOut { received }) => panic!(
+                    "connection still open after {READ_TIMEOUT_MS} ms; received {:?}",
+                    String::from_utf8_lossy(&received)
+                ),
+            }
+        }
+        assert!(
+            self.buffer.is_empty(),
+            "bytes after the last response before close: {:?}",
+            String::from_utf8_lossy(&self.buffer)
+        );
+    }
+
+    /// Reads everything until the peer closes; panics on a read timeout.
+    pub fn read_until_close(&mut self) -> Vec<u8> {
+        loop {
+            match self.fill() {
+                Ok(0) => return std::mem::take(&mut self.buffer),
+                Ok(_) => continue,
+                Err(ReadFailure::Closed { received, .. }) => return received,
+                Err(failure) => panic!("peer did not close: {}", describe(&failure)),
+            }
+        }
+    }
+
+    /// Reads exactly `count` bytes (for interim answers such as 100 Continue).
+    pub fn read_bytes(&mut self, count: usize) -> Vec<u8> {
+        while self.buffer.len() < count {
+            match self.fill() {
+                Ok(0) => panic!(
+                    "closed after {:?}, wanted {count} bytes",
+                    String::from_utf8_lossy(&self.buffer)
+                ),
+                Ok(_) => continue,
+                Err(failure) => panic!("reading {count} bytes: {}", describe(&failure)),
+            }
+        }
+        self.buffer.drain(..count).collect()
+    }
+
+    /// Half-closes our side: the server sees end of stream on its reads.
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+pub fn describe(failure: &ReadFailure) -> String {
+    match failure {
+        ReadFailure::Closed { received, reset } => format!(
+            "connection {} after {:?}",
+            if *reset { "reset" } else { "closed" },
+            String::from_utf8_lossy(received)
+        ),
+        ReadFailure::TimedOut { received } => format!(
+            "read timed out ({READ_TIMEOUT_MS} ms) after {:?}",
+            String::from_utf8_lossy(received)
+        ),
+    }
+}
+
+pub fn get_request(path: &str, request_id: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {request_id}\r\n\r\n")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Parses a response head strictly: CRLF line ends, `Name: value` headers.
+fn parse_head(head: &[u8]) -> Response {
+    let text = std::str::from_utf8(head)
+        .unwrap_or_else(|_| panic!("response head is not UTF-8: {head:?}"));
+    let mut lines = text[..text.len() - 4].split("\r\n");
+    let status_line = lines.next().unwrap().to_string();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    assert_eq!(version, "HTTP/1.1", "status line {status_line:?}");
+    let status: u16 = parts
+        .next()
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status code in {status_line:?}"));
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("header line without colon: {line:?} in {text:?}"));
+            assert!(
+                !name.is_empty() && !name.contains(' '),
+                "bad header name {line:?}"
+            );
+            (name.to_string(), value.trim().to_string())
+        })
+        .collect();
+    Response {
+        status_line,
+        status,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Body length from the framing payd uses: Content-Length on every final response.
+fn body_length(response: &Response, head_only: bool) -> usize {
+    if (100..200).contains(&response.status) || head_only {
+        return 0;
+    }
+    assert!(
+        response.header("Transfer-Encoding").is_none(),
+        "payd answers with Content-Length, not chunked: {response:?}"
+    );
+    response
+        .header("Content-Length")
+        .unwrap_or_else(|| panic!("response without Content-Length: {response:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("bad Content-Length in {response:?}"))
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    /// Parses the text format, rejecting what Prometheus itself would reject: malformed
+    /// lines, a family's TYPE twice or after its samples, a family split in two groups,
+    /// and the same series twice (a naive merge of per-core pages does all of these).
+    pub fn parse(text: &str) -> Result<Metrics, String> {
+        let mut samples = Vec::new();
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut finished_families: Vec<String> = Vec::new();
+        let mut current_family: Option<String> = None;
+        let mut series_seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split_whitespace();
+                let name = words.next().ok_or(format!("bad TYPE line {line:?}"))?;
+                let kind = words.next().ok_or(format!("bad TYPE line {line:?}"))?;
+                if types.insert(name.to_string(), kind.to_string()).is_some() {
+                    return Err(format!("TYPE of {name} given twice"));
+                }
+                if finished_families.iter().any(|f| f == name)
+                    || current_family.as_deref() == Some(name)
+                {
+                    return Err(format!("TYPE of {name} after its samples"));
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let sample = parse_sample(line)?;
+            let family = family_of(&sample.name, &types);
+            if current_family.as_deref() != Some(family.as_str()) {
+                if finished_families.contains(&family) {
+                    return Err(format!("samples of {family} are not in one group"));
+                }
+                if let Some(previous) = current_family.take() {
+                    finished_families.push(previous);
+                }
+                current_family = Some(family);
+            }
+            let mut key_labels = sample.labels.clone();
+            key_labels.sort();
+            if !series_seen.insert((sample.name.clone(), key_labels)) {
+                return Err(format!("series given twice: {line:?}"));
+            }
+            samples.push(sample);
+        }
+        Ok(Metrics { samples })
+    }
+
+    /// The value of the series with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|sample| {
+                sample.name == name
+                    && sample.labels.len() == labels.len()
+                    && labels.iter().all(|(key, value)| {
+                        sample.labels.iter().any(|(k, v)| k == key && v == value)
+                    })
+            })
+            .map(|sample| sample.value)
+    }
+
+    /// Like `get`, panicking with the whole family when the series is missing.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| {
+            let family: Vec<String> = self
+                .samples
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| format!("{:?} {}", s.labels, s.value))
+                .collect();
+            panic!("no series {name}{labels:?} in /metrics; {name} has {family:#?}")
+        })
+    }
+
+    /// The sum over all series of `name` (any labels).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|sample| sample.name == name)
+            .map(|sample| sample.value)
+            .sum()
+    }
+}
+
+/// The family a sample belongs to: summaries and histograms own their suffixed series.
+fn family_of(name: &str, types: &HashMap<String, String>) -> String {
+    for suffix in ["_sum", "_count", "_bucket"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if matches!(
+                types.get(base).map(String::as_str),
+                Some("summary" | "histogram")
+            ) {
+                return base.to_string();
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or(format!("no value in {line:?}"))?;
+    let name = &line[..name_end];
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !name_ok {
+        return Err(format!("bad metric name in {line:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if rest.starts_with('{') {
+        let (parsed, after) = parse_labels(&rest[1..]).map_err(|e| format!("{e} in {line:?}"))?;
+        labels = parsed;
+        rest = after;
+    }
+    let mut words = rest.split_whitespace();
+    let value_text = words.next().ok_or(format!("no value in {line:?}"))?;
+    let value: f64 = value_text
+        .parse()
+        .map_err(|_| format!("bad value in {line:?}"))?;
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Parses `k="v",k2="v2"}` and returns the labels and the text after `}`.
+fn parse_labels(mut text: &str) -> Result<(Labels, &str), String> {
+    let mut labels = Vec::new();
+    loop {
+        text = text.trim_start_matches([',', ' ']);
+        if let Some(after) = text.strip_prefix('}') {
+            return Ok((labels, after));
+        }
+        let equals = text.find('=').ok_or("label without =")?;
+        let key = text[..equals].trim().to_string();
+        let quoted = text[equals + 1..]
+            .strip_prefix('"')
+            .ok_or("label value not quoted")?;
+        let mut value = String::new();
+        let mut chars = quoted.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err("unterminated label value".to_string()),
+                Some((index, '"')) => break index,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, escaped)) => value.push(escaped),
+                    None => return Err("dangling escape".to_string()),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        labels.push((key, value));
+        text = &quoted[end + 1..];
+    }
+}
+
+/// Polls `condition` every `POLL_INTERVAL_MS` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    }
+}
