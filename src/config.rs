@@ -412,6 +412,12 @@ impl Config {
 
     fn validate_acquirer(&self) -> Result<(), ConfigError> {
         let acquirer = &self.acquirer;
+        if acquirer.mode == AcquirerMode::Http {
+            return Err(error(
+                "acquirer.mode",
+                "\"http\" is not built yet in this version; use \"simulated\"",
+            ));
+        }
         if !acquirer.url.starts_with("http://") {
             return Err(error("acquirer.url", "must be an http:// URL"));
         }

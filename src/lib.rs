@@ -13,6 +13,9 @@
 //! - `metrics` (beside the others): per-core counters and HDR histograms, merged on scrape.
 //! - `config`, `lifecycle`, `payment`: the config file, the process's ready/stopping
 //!   flags, and the payment domain types every layer speaks.
+//! - `wal`, `acquirer` (below `shard`): the write-ahead log, and the acquirer seam with
+//!   its retry policy and simulation.
+pub mod acquirer;
 pub mod api;
 pub mod auth;
 pub mod config;

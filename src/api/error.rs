@@ -188,6 +188,27 @@ pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    /// The messages say what to fix without revealing which merchants exist.
+    fn from(error: crate::auth::AuthError) -> ApiError {
+        use crate::auth::AuthError;
+        match error {
+            AuthError::AuthenticationRequired => ApiError::with_message(
+                ErrorKind::AuthenticationRequired,
+                "X-Payd-Merchant, X-Payd-Timestamp and X-Payd-Signature (v1= and 64 hex digits) are required",
+            ),
+            AuthError::TimestampOutOfRange => ApiError::with_message(
+                ErrorKind::TimestampOutOfRange,
+                "X-Payd-Timestamp is too far from the server's clock",
+            ),
+            AuthError::InvalidSignature => ApiError::with_message(
+                ErrorKind::InvalidSignature,
+                "the signature does not match the request",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

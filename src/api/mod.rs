@@ -5,9 +5,13 @@
 //! was answered on for metrics and the access log. Handlers reach the stateful part of
 //! payd only through `shard`.
 
+pub mod create_request;
 pub mod error;
 mod operations;
+mod payment_json;
+mod payments;
 
+use crate::auth::MerchantKeys;
 use crate::config::Config;
 use crate::http::{Method, Response, ResponseHeader};
 use crate::metrics::{CoreMetrics, Route};
@@ -20,6 +24,9 @@ use std::rc::Rc;
 #[derive(Clone)]
 pub struct Context {
     pub config: &'static Config,
+    pub keys: &'static MerchantKeys,
+    /// Shards in the data directory (fixed when it was created).
+    pub shard_count: u16,
     pub metrics: Rc<RefCell<CoreMetrics>>,
     pub peers: Rc<Peers>,
 }
@@ -63,11 +70,41 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
             operations::metrics(context, response).await;
             Route::Metrics
         }
+        b"/v1/payments" if request.method != Method::Post => {
+            method_not_allowed(response, "POST");
+            Route::CreatePayment
+        }
+        b"/v1/payments" => {
+            payments::create(context, request, response).await;
+            Route::CreatePayment
+        }
         _ => {
-            write_error(response, &ApiError::new(ErrorKind::NotFound));
-            Route::NotFound
+            if let Some(id) = resource(path, b"/v1/payments/") {
+                if is_get {
+                    payments::get(context, request, id, response).await;
+                } else {
+                    method_not_allowed(response, "GET, HEAD");
+                }
+                Route::GetPayment
+            } else if let Some(order_id) = resource(path, b"/v1/orders/") {
+                if is_get {
+                    payments::get_by_order(context, request, order_id, response).await;
+                } else {
+                    method_not_allowed(response, "GET, HEAD");
+                }
+                Route::GetOrder
+            } else {
+                write_error(response, &ApiError::new(ErrorKind::NotFound));
+                Route::NotFound
+            }
         }
     }
+}
+
+/// The single path segment after `prefix`, if the path is exactly `prefix` + segment.
+fn resource<'a>(path: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let rest = path.strip_prefix(prefix)?;
+    (!rest.is_empty() && !rest.contains(&b'/')).then_some(rest)
 }
 
 /// Fills `response` with an error: its status, and the JSON body of API.md section 2.

@@ -103,6 +103,17 @@ impl LatencySummary {
         self.histogram.len()
     }
 
+    /// Adds a histogram recorded elsewhere (the log's); its sum is estimated from its mean.
+    pub fn add_histogram(&mut self, other: &Histogram<u64>) {
+        // Values recorded elsewhere fit these bounds (1 to a minute), so adding cannot fail.
+        self.histogram
+            .add(other)
+            .expect("histogram values within bounds");
+        self.sum_us = self
+            .sum_us
+            .saturating_add((other.mean() * other.len() as f64) as u64);
+    }
+
     pub fn merge(&mut self, other: &LatencySummary) {
         // Same bounds on every core, so adding cannot fail.
         self.histogram
@@ -139,6 +150,9 @@ pub struct CoreMetrics {
     pub cpu: usize,
     requests: [[u64; STATUSES.len()]; Route::ALL.len()],
     latency: Vec<LatencySummary>,
+    /// The write-ahead log of this core's shards, filled in when a copy is taken.
+    pub wal_fsync_latency: LatencySummary,
+    pub wal_records_per_batch: LatencySummary,
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_rejected: u64,
@@ -154,6 +168,8 @@ impl CoreMetrics {
                 .iter()
                 .map(|_| LatencySummary::default())
                 .collect(),
+            wal_fsync_latency: LatencySummary::default(),
+            wal_records_per_batch: LatencySummary::default(),
             connections_open: 0,
             connections_accepted: 0,
             connections_rejected: 0,
@@ -183,6 +199,7 @@ type PerCoreMetric = (
 pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut String) {
     render_requests(cores, out);
     render_latency(cores, out);
+    render_wal(cores, out);
     let per_core: [PerCoreMetric; 4] = [
         (
             "payd_connections_open",
@@ -261,6 +278,30 @@ fn render_latency(cores: &[CoreMetrics], out: &mut String) {
         if merged.count() > 0 {
             merged.render(out, name, &format!("route=\"{}\"", route.label()));
         }
+    }
+}
+
+fn render_wal(cores: &[CoreMetrics], out: &mut String) {
+    let mut fsync = LatencySummary::default();
+    let mut batch = LatencySummary::default();
+    for core in cores {
+        fsync.merge(&core.wal_fsync_latency);
+        batch.merge(&core.wal_records_per_batch);
+    }
+    for (name, help, summary) in [
+        (
+            "payd_wal_fsync_latency_microseconds",
+            "Write-ahead log fdatasync latency.",
+            &fsync,
+        ),
+        (
+            "payd_wal_records_per_batch",
+            "Records made durable by each group commit.",
+            &batch,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
+        summary.render(out, name, "log=\"all\"");
     }
 }
 

@@ -8,12 +8,18 @@ use super::connection::{linger_close, Connection};
 use super::stamps::{DateCache, RequestIds};
 use super::stop::StopNotice;
 use super::{Started, REJECTED_LINGERING_MAX};
+use crate::acquirer::Acquirer;
 use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
+use crate::auth::MerchantKeys;
 use crate::config::Config;
 use crate::http::{ConnectionHeader, Response};
 use crate::metrics::{CoreMetrics, Route};
 use crate::shard::mesh::{Mesh, Peers};
+use crate::shard::recovery::rebuild;
+use crate::shard::runtime::Shard;
+use crate::shard::store::Store;
+use crate::wal::{DataDir, ShardLog, SEGMENT_BYTES_DEFAULT};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
@@ -36,6 +42,8 @@ pub struct Core {
 /// What the start-up thread hands each core.
 pub struct CoreStart {
     pub config: &'static Config,
+    pub keys: &'static MerchantKeys,
+    pub data_dir: &'static DataDir,
     pub index: usize,
     pub cpu: usize,
     pub listen: SocketAddr,
@@ -48,6 +56,8 @@ pub struct CoreStart {
 pub async fn run(start: CoreStart) {
     let CoreStart {
         config,
+        keys,
+        data_dir,
         index,
         cpu,
         listen,
@@ -85,8 +95,10 @@ pub async fn run(start: CoreStart) {
         index,
         api: api::Context {
             config,
+            keys,
+            shard_count: data_dir.shard_count(),
             metrics,
-            peers,
+            peers: Rc::clone(&peers),
         },
         access_log,
         stop,
@@ -94,8 +106,71 @@ pub async fn run(start: CoreStart) {
         date: DateCache::new(),
         rejected_lingering: Cell::new(0),
     });
-    accept_loop(&core, listener).await;
+    let accepting = glommio::spawn_local(accept_loop(Rc::clone(&core), listener));
+    match open_shards(config, keys, data_dir, index, peers.count()).await {
+        Ok(shards) => {
+            peers.set_local_shards(shards);
+            let _ = started.send(Started::Recovered);
+        }
+        Err(message) => {
+            let _ = started.send(Started::Failed(message));
+            core.stop.trigger();
+        }
+    }
+    accepting.await;
     drain(&core).await;
+}
+
+/// Recovers this core's shards from their logs, indexed by shard id: shard `s` lives on
+/// core `s % cores`. Log replay runs on glommio's blocking pool, so this core keeps
+/// answering `/healthz` and `/readyz` (503) meanwhile.
+async fn open_shards(
+    config: &'static Config,
+    keys: &'static MerchantKeys,
+    data_dir: &'static DataDir,
+    index: usize,
+    cores: usize,
+) -> Result<Vec<Option<Rc<Shard>>>, String> {
+    let acquirer = Rc::new(Acquirer::new(config));
+    let mut shards: Vec<Option<Rc<Shard>>> = vec![None; usize::from(data_dir.shard_count())];
+    for id in (0..data_dir.shard_count()).filter(|&id| usize::from(id) % cores == index) {
+        let dir = data_dir.shard_dir(id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let replay_dir = dir.clone();
+        let rebuilt = glommio::executor()
+            .spawn_blocking(move || rebuild(id, &replay_dir, keys))
+            .await
+            .map_err(|e| format!("shard {id}: recovery failed: {e}"))?;
+        let log = ShardLog::open(
+            &dir,
+            config.storage.durability,
+            rebuilt.recovery.next_sequence,
+            SEGMENT_BYTES_DEFAULT,
+        )
+        .await
+        .map_err(|e| format!("shard {id}: {e}"))?;
+        let payments = rebuilt.state.len();
+        let store = Store::new(log);
+        let shard = Rc::new(Shard::new(
+            id,
+            config,
+            keys,
+            rebuilt.state,
+            store,
+            Rc::clone(&acquirer),
+        ));
+        let pending = shard.resume_pending();
+        eprintln!(
+            "payd: shard {id} on core {index}: {payments} payments recovered, {pending} pending resumed{}",
+            match rebuilt.orphaned {
+                0 => String::new(),
+                orphaned => format!(", {orphaned} of merchants no longer configured left on disk"),
+            }
+        );
+        shards[usize::from(id)] = Some(shard);
+    }
+    Ok(shards)
 }
 
 async fn open_access_log(
@@ -114,7 +189,7 @@ async fn open_access_log(
         .map_err(|e| format!("cannot open the access log in {}: {e}", dir.display()))
 }
 
-async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
+async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     loop {
         let stopped = async {
             core.stop.wait().await;
@@ -124,7 +199,7 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
             futures_lite::future::or(async { Some(listener.accept().await) }, stopped).await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => admit(core, stream),
+            Some(Ok(stream)) => admit(&core, stream),
             Some(Err(error)) => {
                 // Out of file descriptors or a transient accept error: back off briefly
                 // rather than spin, and keep serving the connections we have.

@@ -13,9 +13,11 @@ mod core;
 mod stamps;
 mod stop;
 
+use crate::auth::MerchantKeys;
 use crate::config::Config;
 use crate::lifecycle;
 use crate::shard::mesh;
+use crate::wal::DataDir;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -36,22 +38,38 @@ const IO_MEMORY_RINGS: usize = 3;
 /// What a core reports to the start-up thread.
 pub enum Started {
     Listening(SocketAddr),
+    /// The core's shards are recovered and serving.
+    Recovered,
     Failed(String),
 }
 
 /// Serves until a signal asks to stop and the cores have drained. `cpus` are the CPU ids
 /// to pin one executor each to, already checked against the machine.
-pub fn serve(config: &'static Config, cpus: &[usize]) -> Result<(), String> {
+pub fn serve(
+    config: &'static Config,
+    keys: &'static MerchantKeys,
+    cpus: &[usize],
+) -> Result<(), String> {
     let signals = block_shutdown_signals();
     let io_memory = io_memory_bytes(cpus.len());
     let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
     let process_id = random_u32();
+    let shards_if_new = match config.storage.shards {
+        0 => u16::try_from(cpus.len()).expect("core count fits u16"),
+        shards => shards,
+    };
+    // Locked for the life of the process; the manifest fixes the shard count for ever.
+    let data_dir =
+        DataDir::open(&config.storage.data_dir, shards_if_new).map_err(|e| e.to_string())?;
+    let data_dir: &'static DataDir = Box::leak(Box::new(data_dir));
     let (started_sender, started) = mpsc::channel();
     let (exited_sender, exited) = mpsc::channel::<usize>();
     let mut listen = config.server.listen;
     for (index, &cpu) in cpus.iter().enumerate() {
         let start = core::CoreStart {
             config,
+            keys,
+            data_dir,
             index,
             cpu,
             listen,
@@ -74,7 +92,16 @@ pub fn serve(config: &'static Config, cpus: &[usize]) -> Result<(), String> {
         match started.recv() {
             Ok(Started::Listening(address)) => listen = address,
             Ok(Started::Failed(message)) => return Err(message),
-            Err(_) => return Err(format!("core {index} (cpu {cpu}) failed to start")),
+            Ok(Started::Recovered) | Err(_) => {
+                return Err(format!("core {index} (cpu {cpu}) failed to start"))
+            }
+        }
+    }
+    for _ in cpus {
+        match started.recv() {
+            Ok(Started::Recovered) => {}
+            Ok(Started::Failed(message)) => return Err(message),
+            Ok(Started::Listening(_)) | Err(_) => return Err("a core failed to recover".into()),
         }
     }
     lifecycle::set_ready();
@@ -164,8 +191,7 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> 
 }
 
 /// glommio registers each executor's I/O memory, which counts against the locked-memory
-/// limit (8 MiB for an ordinary user here) for every executor at once. Take a third of
-/// the limit, shared by all cores and their rings, within sane bounds.
+/// limit (8 MiB for an ordinary user here) for every executor at once.
 pub fn io_memory_bytes(cores: usize) -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -173,11 +199,18 @@ pub fn io_memory_bytes(cores: usize) -> usize {
     };
     // SAFETY: getrlimit writes into the struct it is given.
     let known = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
-    if !known || limit.rlim_cur == libc::RLIM_INFINITY {
+    let limit = (known && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur);
+    io_memory_bytes_within(limit, cores)
+}
+
+/// Half the locked-memory limit, shared by every core's rings, within sane bounds; the
+/// other half is headroom for the rings themselves and anything else that locks memory.
+fn io_memory_bytes_within(memlock_limit_bytes: Option<u64>, cores: usize) -> usize {
+    let Some(limit) = memlock_limit_bytes else {
         return IO_MEMORY_BYTES_MAX;
-    }
-    let share = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-        / (2 * IO_MEMORY_RINGS * cores.max(1));
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let share = limit / (2 * IO_MEMORY_RINGS * cores.max(1));
     share.clamp(IO_MEMORY_BYTES_MIN, IO_MEMORY_BYTES_MAX)
 }
 
@@ -186,4 +219,28 @@ fn random_u32() -> u32 {
     // Without entropy the ids are still unique per core within this process.
     let _ = getrandom::getrandom(&mut bytes);
     u32::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_memory_fits_the_locked_memory_limit_on_every_core() {
+        for cores in [1, 2, 4, 8, 16] {
+            let limit = 8 << 20;
+            let each = io_memory_bytes_within(Some(limit), cores);
+            assert!(
+                IO_MEMORY_RINGS * cores * each <= limit as usize / 2,
+                "{cores} cores: {each}"
+            );
+            assert!(each >= IO_MEMORY_BYTES_MIN);
+        }
+        assert_eq!(io_memory_bytes_within(Some(8 << 20), 2), 699_050);
+        assert_eq!(io_memory_bytes_within(None, 2), IO_MEMORY_BYTES_MAX);
+        assert_eq!(
+            io_memory_bytes_within(Some(1 << 40), 1),
+            IO_MEMORY_BYTES_MAX
+        );
+    }
 }

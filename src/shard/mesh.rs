@@ -6,6 +6,7 @@
 //! await anything but the next message: work a message asks for runs in its own task,
 //! so a full ring can never deadlock two cores waiting on each other (glommio #555).
 
+use super::runtime::{Command, Reply, Shard};
 use crate::metrics::CoreMetrics;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::sync::Semaphore;
@@ -18,6 +19,10 @@ use std::time::Duration;
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// A scrape gives up on a core that has not answered within this time.
 pub const SCRAPE_TIMEOUT_MS: u64 = 1000;
+/// A shard command gives up on its owner after this long. Owners answer creates within
+/// `acquirer.response_timeout_ms` plus their durable writes, so only a stalled disk or
+/// core gets here.
+pub const SHARD_REPLY_TIMEOUT_MS: u64 = 30_000;
 
 pub type Mesh = MeshBuilder<Message, Full>;
 
@@ -34,21 +39,44 @@ pub enum Message {
         token: u64,
         metrics: Box<CoreMetrics>,
     },
+    ShardRequest {
+        token: u64,
+        shard: u16,
+        command: Command,
+    },
+    ShardReply {
+        token: u64,
+        reply: Reply,
+    },
 }
 
-/// One core's end of the mesh: senders to every peer, and replies awaited by token.
+/// One core's end of the mesh: senders to every peer, the shards this core owns, and
+/// the replies it awaits, by token. A token's high 16 bits name the asking core.
 pub struct Peers {
     index: usize,
     count: usize,
     senders: Option<Senders<Message>>,
     metrics: Rc<RefCell<CoreMetrics>>,
+    /// Indexed by shard id; `Some` for the shards this core owns.
+    local_shards: RefCell<Vec<Option<Rc<Shard>>>>,
     next_token: Cell<u64>,
-    awaiting_metrics: RefCell<HashMap<u64, Rc<Scrape>>>,
+    awaiting: RefCell<HashMap<u64, Awaited>>,
+}
+
+enum Awaited {
+    Metrics(Rc<Scrape>),
+    Shard(Rc<ReplySlot>),
 }
 
 /// One scrape in progress: replies land here, and each one signals the semaphore.
 struct Scrape {
     replies: RefCell<Vec<CoreMetrics>>,
+    arrived: Semaphore,
+}
+
+/// Where one shard reply lands.
+struct ReplySlot {
+    reply: RefCell<Option<Reply>>,
     arrived: Semaphore,
 }
 
@@ -74,8 +102,9 @@ impl Peers {
             count,
             senders,
             metrics,
+            local_shards: RefCell::new(Vec::new()),
             next_token: Cell::new(0),
-            awaiting_metrics: RefCell::new(HashMap::new()),
+            awaiting: RefCell::new(HashMap::new()),
         });
         if let Some(mut receivers) = receivers {
             for (_, receiver) in receivers.streams() {
@@ -95,30 +124,118 @@ impl Peers {
         self.index
     }
 
+    /// Number of cores.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// Hands this core its shards, indexed by shard id, before it serves requests.
+    pub fn set_local_shards(&self, shards: Vec<Option<Rc<Shard>>>) {
+        *self.local_shards.borrow_mut() = shards;
+    }
+
+    pub fn local_shards(&self) -> Vec<Rc<Shard>> {
+        self.local_shards
+            .borrow()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn local_shard(&self, shard: u16) -> Option<Rc<Shard>> {
+        self.local_shards
+            .borrow()
+            .get(usize::from(shard))
+            .cloned()
+            .flatten()
+    }
+
+    /// Runs a command on the shard that owns it: a direct call when this core owns the
+    /// shard, a message over the mesh otherwise. A full ring answers `Overloaded` at once.
+    pub async fn submit(&self, shard: u16, command: Command) -> Reply {
+        let owner = usize::from(shard) % self.count;
+        if owner == self.index {
+            return match self.local_shard(shard) {
+                Some(local) => local.execute(command).await,
+                None => Reply::NotReady,
+            };
+        }
+        let Some(senders) = &self.senders else {
+            return Reply::NotReady;
+        };
+        let token = self.token();
+        let slot = Rc::new(ReplySlot {
+            reply: RefCell::new(None),
+            arrived: Semaphore::new(0),
+        });
+        self.awaiting
+            .borrow_mut()
+            .insert(token, Awaited::Shard(Rc::clone(&slot)));
+        if senders
+            .try_send_to(
+                owner,
+                Message::ShardRequest {
+                    token,
+                    shard,
+                    command,
+                },
+            )
+            .is_err()
+        {
+            self.awaiting.borrow_mut().remove(&token);
+            return Reply::Overloaded;
+        }
+        let deadline = Duration::from_millis(SHARD_REPLY_TIMEOUT_MS);
+        let arrived = glommio::timer::timeout(deadline, slot.arrived.acquire(1)).await;
+        self.awaiting.borrow_mut().remove(&token);
+        let reply = slot.reply.borrow_mut().take();
+        match (arrived, reply) {
+            (Ok(()), Some(reply)) => reply,
+            // The owner did not answer in time. The command may still take effect, which
+            // is safe: a create retried with the same order_id is answered idempotently.
+            _ => Reply::Overloaded,
+        }
     }
 
     fn dispatch(self: Rc<Self>, message: Message) {
         match message {
             Message::MetricsRequest { token } => {
-                let copy = Box::new(self.metrics.borrow().clone());
-                // The asking core is known by the token's high bits.
-                let to = usize::try_from(token >> 48).expect("core index fits usize");
+                let copy = Box::new(self.metrics_copy());
                 glommio::spawn_local(async move {
                     let reply = Message::MetricsReply {
                         token,
                         metrics: copy,
                     };
-                    self.send(to, reply).await;
+                    self.send(origin(token), reply).await;
+                })
+                .detach();
+            }
+            Message::ShardRequest {
+                token,
+                shard,
+                command,
+            } => {
+                glommio::spawn_local(async move {
+                    let reply = match self.local_shard(shard) {
+                        Some(local) => local.execute(command).await,
+                        None => Reply::NotReady,
+                    };
+                    self.send(origin(token), Message::ShardReply { token, reply })
+                        .await;
                 })
                 .detach();
             }
             Message::MetricsReply { token, metrics } => {
-                let scrape = self.awaiting_metrics.borrow_mut().remove(&token);
-                if let Some(scrape) = scrape {
+                if let Some(Awaited::Metrics(scrape)) = self.awaiting.borrow_mut().remove(&token) {
                     scrape.replies.borrow_mut().push(*metrics);
                     scrape.arrived.signal(1);
+                }
+            }
+            Message::ShardReply { token, reply } => {
+                if let Some(Awaited::Shard(slot)) = self.awaiting.borrow_mut().remove(&token) {
+                    *slot.reply.borrow_mut() = Some(reply);
+                    slot.arrived.signal(1);
                 }
             }
         }
@@ -131,11 +248,24 @@ impl Peers {
         }
     }
 
+    /// This core's metrics, with its shards' log statistics folded in.
+    fn metrics_copy(&self) -> CoreMetrics {
+        let mut copy = self.metrics.borrow().clone();
+        for shard in self.local_shards() {
+            let stats = shard.log().stats();
+            copy.wal_fsync_latency
+                .add_histogram(&stats.fsync_latency_us);
+            copy.wal_records_per_batch
+                .add_histogram(&stats.records_per_batch);
+        }
+        copy
+    }
+
     fn token(&self) -> u64 {
         let sequence = self.next_token.get();
         self.next_token
-            .set(sequence.wrapping_add(1) & ((1 << 48) - 1));
-        ((self.index as u64) << 48) | sequence
+            .set(sequence.wrapping_add(1) & TOKEN_SEQUENCE_MASK);
+        ((self.index as u64) << TOKEN_CORE_SHIFT) | sequence
     }
 
     /// Every core's metrics: this core's own, and a copy from each peer that answers
@@ -148,9 +278,9 @@ impl Peers {
         let mut tokens = Vec::with_capacity(self.count);
         for peer in (0..self.count).filter(|&peer| peer != self.index) {
             let token = self.token();
-            self.awaiting_metrics
+            self.awaiting
                 .borrow_mut()
-                .insert(token, Rc::clone(&scrape));
+                .insert(token, Awaited::Metrics(Rc::clone(&scrape)));
             tokens.push(token);
             self.send(peer, Message::MetricsRequest { token }).await;
         }
@@ -158,14 +288,22 @@ impl Peers {
         let expected = tokens.len() as u64;
         // A core that does not answer in time is left out rather than stalling the scrape.
         let _ = glommio::timer::timeout(deadline, scrape.arrived.acquire(expected)).await;
-        let mut awaiting = self.awaiting_metrics.borrow_mut();
+        let mut awaiting = self.awaiting.borrow_mut();
         for token in tokens {
             awaiting.remove(&token);
         }
         drop(awaiting);
         let mut all = std::mem::take(&mut *scrape.replies.borrow_mut());
-        all.push(self.metrics.borrow().clone());
+        all.push(self.metrics_copy());
         all.sort_by_key(|metrics| metrics.cpu);
         all
     }
+}
+
+const TOKEN_CORE_SHIFT: u32 = 48;
+const TOKEN_SEQUENCE_MASK: u64 = (1 << TOKEN_CORE_SHIFT) - 1;
+
+/// The core that asked, from a token.
+fn origin(token: u64) -> usize {
+    usize::try_from(token >> TOKEN_CORE_SHIFT).expect("core index fits usize")
 }

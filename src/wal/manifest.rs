@@ -116,6 +116,9 @@ impl DataDir {
     /// with `shards_if_new` shards when there is none. A manifest's count always wins.
     pub fn open(path: &Path, shards_if_new: u16) -> Result<DataDir, DataDirError> {
         std::fs::create_dir_all(path).map_err(io_error(path, "create"))?;
+        // Absolute from here on: glommio opens directories without the working directory
+        // (a relative path fails with EBADF), and a path that cannot move is clearer in logs.
+        let path = &std::fs::canonicalize(path).map_err(io_error(path, "resolve"))?;
         let lock = lock(path)?;
         let manifest_path = path.join(MANIFEST_FILE);
         let shard_count = if manifest_path.exists() {

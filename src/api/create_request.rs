@@ -1,0 +1,427 @@
+//! The create request of API.md section 3: the JSON body parsed in place by simd-json
+//! into a typed request (serde), then every rule checked, each failure with its exact
+//! `error.code` and `param`.
+//!
+//! Two stages keep the codes apart: simd-json first builds its tape, and anything it
+//! refuses there is not JSON (`invalid_json`); everything refused while deserializing the
+//! tape is a field at fault (`invalid_request`), named by `serde_path_to_error`. No error
+//! message ever quotes a value: a value could be card data.
+
+use super::error::{ApiError, ErrorKind};
+use crate::payment::{
+    Currency, MerchantIndex, PaymentTerms, AMOUNT_MAX, DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX,
+    METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX, ORDER_ID_LENGTH_MAX,
+    PAYMENT_METHOD_LENGTH_MAX,
+};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+/// A field name the client sent is echoed in `param` only if it is this short and plain.
+const ECHOED_FIELD_LENGTH_MAX: usize = 40;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest<'a> {
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
+    amount: Amount,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    payment_method: Cow<'a, str>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+/// Any JSON number is read, so that 1.5, 1e3 or 2^64 are reported on `amount` rather
+/// than as a type error deep inside serde.
+struct Amount(Option<u64>);
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Amount, D::Error> {
+        struct AmountVisitor;
+        impl Visitor<'_> for AmountVisitor {
+            type Value = Amount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer amount in minor units")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Amount, E> {
+                Ok(Amount(Some(value)))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Amount, E> {
+                Ok(Amount(u64::try_from(value).ok()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Amount, E> {
+                Ok(Amount(None))
+            }
+        }
+        deserializer.deserialize_any(AmountVisitor)
+    }
+}
+
+/// `metadata`: string keys to string values, insertion order kept, duplicates refused.
+struct Metadata(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Metadata, D::Error> {
+        struct MetadataVisitor;
+        impl<'de> Visitor<'de> for MetadataVisitor {
+            type Value = Metadata;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+                let mut entries: Vec<(String, String)> = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if entries.len() == METADATA_KEYS_MAX {
+                        return Err(de::Error::custom(format!(
+                            "at most {METADATA_KEYS_MAX} keys"
+                        )));
+                    }
+                    let value: Cow<'de, str> = map.next_value()?;
+                    if entries.iter().any(|(existing, _)| *existing == key) {
+                        return Err(de::Error::custom("a key appears twice"));
+                    }
+                    entries.push((key.into_owned(), value.into_owned()));
+                }
+                Ok(Metadata(entries))
+            }
+        }
+        deserializer.deserialize_map(MetadataVisitor)
+    }
+}
+
+/// Parses and validates a create body. `body` is parsed in place (simd-json).
+pub fn parse_create_request(
+    body: &mut [u8],
+    merchant: MerchantIndex,
+) -> Result<PaymentTerms, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::with_message(
+                ErrorKind::InvalidJson,
+                "the body is empty",
+            ))
+        }
+        // serde would take an array for a struct too; the contract wants an object.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::with_message(
+                ErrorKind::InvalidJson,
+                "the body must be a JSON object",
+            ))
+        }
+    }
+    let mut deserializer = simd_json::Deserializer::from_slice(body).map_err(|_| {
+        ApiError::with_message(ErrorKind::InvalidJson, "the body is not valid JSON")
+    })?;
+    let request: CreateRequest<'_> =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)?;
+    validate(request, merchant)
+}
+
+/// Turns a deserialization error into `invalid_request` naming its field, or
+/// `invalid_json` when the document itself is not an object.
+fn field_error(error: serde_path_to_error::Error<simd_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let message = error.inner().to_string();
+    if let Some(field) = quoted_field(&message, "missing field `") {
+        return invalid(field, "is required");
+    }
+    if let Some(field) = quoted_field(&message, "unknown field `") {
+        let param = if is_echoable(&field) {
+            field
+        } else {
+            "(unknown field)".to_string()
+        };
+        return invalid(param, "is not a known field");
+    }
+    if let Some(field) = quoted_field(&message, "duplicate field `") {
+        return invalid(field, "appears twice");
+    }
+    let top_level = path.is_empty() || path == ".";
+    if top_level {
+        return ApiError::with_message(ErrorKind::InvalidJson, "the body must be a JSON object");
+    }
+    let field = path
+        .split(['.', '['])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let reason = match field.as_str() {
+        "amount" => "must be an integer from 1 to 100000000000",
+        "metadata" => "must be an object of at most 20 keys with string values",
+        "description" => "must be a string or null",
+        _ => "must be a string",
+    };
+    invalid(field, reason)
+}
+
+/// `invalid_request` on `param`, with a message that names the field and never its value.
+fn invalid(param: impl Into<String>, reason: &str) -> ApiError {
+    let param = param.into();
+    let message = format!("{param} {reason}");
+    ApiError::invalid_param(param, message)
+}
+
+fn quoted_field(message: &str, prefix: &str) -> Option<String> {
+    let start = message.find(prefix)? + prefix.len();
+    message[start..].split('`').next().map(str::to_string)
+}
+
+fn is_echoable(field: &str) -> bool {
+    !field.is_empty()
+        && field.len() <= ECHOED_FIELD_LENGTH_MAX
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<PaymentTerms, ApiError> {
+    let order_id = request.order_id;
+    let order_id_ok = !order_id.is_empty()
+        && order_id.len() <= ORDER_ID_LENGTH_MAX
+        && order_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if !order_id_ok {
+        return Err(invalid(
+            "order_id",
+            "must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    let amount = match request.amount.0 {
+        Some(amount) if (1..=AMOUNT_MAX).contains(&amount) => amount,
+        _ => {
+            return Err(invalid(
+                "amount",
+                "must be an integer from 1 to 100000000000",
+            ))
+        }
+    };
+    let currency = Currency::parse(&request.currency)
+        .ok_or_else(|| invalid("currency", "must be 3 uppercase letters"))?;
+    let payment_method = request.payment_method;
+    if looks_like_card_number(&payment_method) {
+        let message = "payment_method looks like a card number; send a token from your card vault";
+        return Err(
+            ApiError::with_message(ErrorKind::RawCardDataRejected, message)
+                .with_param("payment_method"),
+        );
+    }
+    let method_length = payment_method.chars().count();
+    if method_length == 0 || method_length > PAYMENT_METHOD_LENGTH_MAX {
+        return Err(invalid(
+            "payment_method",
+            "must be a token of 1-128 characters",
+        ));
+    }
+    if request
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > DESCRIPTION_LENGTH_MAX)
+    {
+        return Err(invalid("description", "must be at most 256 characters"));
+    }
+    let metadata = request.metadata.map(|m| m.0).unwrap_or_default();
+    for (key, value) in &metadata {
+        let key_length = key.chars().count();
+        if key_length == 0 || key_length > METADATA_KEY_LENGTH_MAX {
+            return Err(invalid("metadata", "keys must be 1-40 characters"));
+        }
+        if value.chars().count() > METADATA_VALUE_LENGTH_MAX {
+            return Err(invalid("metadata", "values must be at most 500 characters"));
+        }
+    }
+    Ok(PaymentTerms {
+        merchant,
+        order_id: order_id.into_owned(),
+        amount,
+        currency,
+        payment_method: payment_method.into_owned(),
+        description: request.description.map(Cow::into_owned),
+        metadata,
+    })
+}
+
+/// 12 to 19 digits, spaces and dashes allowed between them: a primary account number.
+fn looks_like_card_number(value: &str) -> bool {
+    let mut digits = 0;
+    for b in value.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b' ' | b'-' => {}
+            _ => return false,
+        }
+    }
+    (12..=19).contains(&digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"{"order_id":"ord-20261122-0001","amount":1999,"currency":"CNY","payment_method":"tok_visa","description":"2 coffees","metadata":{"cart":"c-17","z":"y"}}"#;
+
+    fn parse(body: &str) -> Result<PaymentTerms, ApiError> {
+        let mut bytes = body.as_bytes().to_vec();
+        parse_create_request(&mut bytes, 3)
+    }
+
+    fn error(body: &str) -> (ErrorKind, Option<String>) {
+        let error = parse(body).expect_err(body);
+        (error.kind, error.param.map(|p| p.into_owned()))
+    }
+
+    fn with(field: &str, value: &str) -> String {
+        let mut object: Vec<(String, String)> = vec![
+            ("order_id".into(), r#""ord-1""#.into()),
+            ("amount".into(), "1999".into()),
+            ("currency".into(), r#""CNY""#.into()),
+            ("payment_method".into(), r#""tok_visa""#.into()),
+        ];
+        match object.iter_mut().find(|(name, _)| name == field) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => object.push((field.to_string(), value.to_string())),
+        }
+        let fields: Vec<String> = object.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    #[test]
+    fn a_valid_request_keeps_every_field_in_order() {
+        let terms = parse(VALID).unwrap();
+        assert_eq!(terms.merchant, 3);
+        assert_eq!(terms.order_id, "ord-20261122-0001");
+        assert_eq!(terms.amount, 1999);
+        assert_eq!(terms.currency.as_str(), "CNY");
+        assert_eq!(terms.payment_method, "tok_visa");
+        assert_eq!(terms.description.as_deref(), Some("2 coffees"));
+        assert_eq!(
+            terms.metadata,
+            vec![("cart".into(), "c-17".into()), ("z".into(), "y".into())]
+        );
+    }
+
+    #[test]
+    fn escapes_are_decoded() {
+        let terms = parse(&with("description", r#""caf\u00e9 \"x\"""#)).unwrap();
+        assert_eq!(terms.description.as_deref(), Some("café \"x\""));
+    }
+
+    #[test]
+    fn not_json_or_not_an_object_is_invalid_json() {
+        for body in [
+            "", "   ", "{", "nope", "[1,2]", "\"text\"", "42", "{\"a\":}", "null",
+        ] {
+            assert_eq!(error(body).0, ErrorKind::InvalidJson, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn amounts_out_of_range_name_amount() {
+        for amount in [
+            "1.5",
+            "1e3",
+            "18446744073709551616",
+            "1000000000000000000000000000000",
+            "-1",
+            "0",
+            "100000000001",
+            "\"5\"",
+            "null",
+        ] {
+            assert_eq!(
+                error(&with("amount", amount)),
+                (ErrorKind::InvalidRequest, Some("amount".into())),
+                "{amount}"
+            );
+        }
+        assert_eq!(
+            parse(&with("amount", "100000000000")).unwrap().amount,
+            AMOUNT_MAX
+        );
+    }
+
+    #[test]
+    fn missing_unknown_and_duplicate_fields_are_named() {
+        assert_eq!(
+            error(r#"{"amount":1,"currency":"CNY","payment_method":"t"}"#)
+                .1
+                .as_deref(),
+            Some("order_id")
+        );
+        assert_eq!(
+            error(&with("surprise", "1")),
+            (ErrorKind::InvalidRequest, Some("surprise".into()))
+        );
+        let duplicate =
+            r#"{"order_id":"a","amount":1,"amount":2,"currency":"CNY","payment_method":"t"}"#;
+        assert_eq!(
+            error(duplicate),
+            (ErrorKind::InvalidRequest, Some("amount".into()))
+        );
+    }
+
+    #[test]
+    fn each_field_rule_names_its_field() {
+        let cases = [
+            ("order_id", r#""""#),
+            ("order_id", &format!("\"{}\"", "a".repeat(65))),
+            ("order_id", r#""has space""#),
+            ("order_id", "7"),
+            ("currency", r#""cny""#),
+            ("currency", r#""CNYX""#),
+            ("payment_method", r#""""#),
+            ("payment_method", &format!("\"tok_{}\"", "a".repeat(125))),
+            ("description", &format!("\"{}\"", "d".repeat(257))),
+            ("metadata", "[]"),
+            ("metadata", r#"{"k":1}"#),
+            ("metadata", &format!("{{\"{}\":\"v\"}}", "k".repeat(41))),
+            ("metadata", &format!("{{\"k\":\"{}\"}}", "v".repeat(501))),
+            ("metadata", r#"{"k":"a","k":"b"}"#),
+        ];
+        for (field, value) in cases {
+            assert_eq!(
+                error(&with(field, value)),
+                (ErrorKind::InvalidRequest, Some(field.into())),
+                "{field}={value}"
+            );
+        }
+        let many: Vec<String> = (0..21).map(|i| format!("\"k{i}\":\"v\"")).collect();
+        assert_eq!(
+            error(&with("metadata", &format!("{{{}}}", many.join(","))))
+                .1
+                .as_deref(),
+            Some("metadata")
+        );
+        assert!(parse(&with("description", "null"))
+            .unwrap()
+            .description
+            .is_none());
+        assert!(parse(&with("description", &format!("\"{}\"", "é".repeat(256)))).is_ok());
+    }
+
+    #[test]
+    fn card_numbers_are_rejected_without_echo() {
+        for card in [
+            "4242424242424242",
+            "4242 4242 4242 4242",
+            "4242-4242-4242-4242",
+            "424242424242",
+        ] {
+            let error = parse(&with("payment_method", &format!("\"{card}\""))).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::RawCardDataRejected);
+            assert_eq!(error.param.as_deref(), Some("payment_method"));
+            let mut json = Vec::new();
+            error.write_json(&mut json);
+            assert!(!String::from_utf8(json).unwrap().contains("4242"));
+        }
+        assert!(parse(&with("payment_method", r#""12345678901""#)).is_ok());
+        assert!(parse(&with("payment_method", r#""tok_4242424242424242""#)).is_ok());
+    }
+}

@@ -1,0 +1,245 @@
+//! A shard at work: the pure state machine of `state`, driven by commands, with the store
+//! and the acquirer at its edges. This is the only place that reads the clock for a
+//! payment and the only place that awaits its I/O.
+//!
+//! The life of a create (DESIGN.md, steps 5 to 8): decide against the order index; for a
+//! new payment, make the pending record durable, then authorise in a task of its own and
+//! wait for it at most `acquirer.response_timeout_ms`; a final answer in time is made
+//! durable and answered 201, otherwise the client gets 202 `pending` and the task goes
+//! on to finalise the payment in the background.
+
+use super::state::{CreateDecision, Payment, ShardState};
+use super::store::Store;
+use crate::acquirer::{Acquirer, AuthorizeRequest};
+use crate::auth::MerchantKeys;
+use crate::config::Config;
+use crate::payment::{MerchantIndex, PaymentId, PaymentTerms};
+use crate::wal::{encode_created, encode_finalized, RecordKind};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a shard can be asked to do. Sent over the mesh, so it owns its data.
+pub enum Command {
+    Create(PaymentTerms),
+    Get {
+        merchant: MerchantIndex,
+        id: PaymentId,
+    },
+    GetByOrder {
+        merchant: MerchantIndex,
+        order_id: String,
+    },
+}
+
+/// What a shard answers. Payments travel as copies: the state stays on its core.
+pub enum Reply {
+    /// A new payment; `final` is false when the acquirer had not answered in time (202).
+    Created {
+        payment: Box<Payment>,
+        r#final: bool,
+    },
+    /// The same order again, first request answered: the payment as it is now.
+    Replayed(Box<Payment>),
+    Found(Box<Payment>),
+    NotFound,
+    InProgress,
+    Conflict,
+    /// The shard's queue is full.
+    Overloaded,
+    /// The shard cannot make payments durable: its log failed.
+    Unavailable,
+    /// The shard is still recovering (or its core is gone, during shutdown).
+    NotReady,
+}
+
+/// Capacities of the per-record payload buffers: most records fit without growing.
+const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
+const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
+
+pub struct Shard {
+    id: u16,
+    config: &'static Config,
+    merchants: &'static MerchantKeys,
+    state: RefCell<ShardState>,
+    store: Store,
+    acquirer: Rc<Acquirer>,
+    /// Creates between their first decision and their answer.
+    creates_in_flight: Cell<usize>,
+}
+
+impl Shard {
+    pub fn new(
+        id: u16,
+        config: &'static Config,
+        merchants: &'static MerchantKeys,
+        state: ShardState,
+        store: Store,
+        acquirer: Rc<Acquirer>,
+    ) -> Shard {
+        Shard {
+            id,
+            config,
+            merchants,
+            state: RefCell::new(state),
+            store,
+            acquirer,
+            creates_in_flight: Cell::new(0),
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    pub fn log(&self) -> &crate::wal::ShardLog {
+        self.store.log()
+    }
+
+    /// Finishes every payment the log left pending (a crash between the Created and
+    /// Finalized records): asks the acquirer again with the same idempotency key.
+    pub fn resume_pending(self: &Rc<Self>) -> usize {
+        let pending: Vec<PaymentId> = self.state.borrow().pending().map(Payment::id).collect();
+        for &id in &pending {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move {
+                let _ = shard.authorize(id).await;
+            })
+            .detach();
+        }
+        pending.len()
+    }
+
+    pub async fn execute(self: &Rc<Self>, command: Command) -> Reply {
+        match command {
+            Command::Create(terms) => self.create(terms).await,
+            Command::Get { merchant, id } => self.found(self.state.borrow().get(merchant, id)),
+            Command::GetByOrder { merchant, order_id } => {
+                self.found(self.state.borrow().get_by_order(merchant, &order_id))
+            }
+        }
+    }
+
+    fn found(&self, payment: Option<&Payment>) -> Reply {
+        payment.map_or(Reply::NotFound, |payment| {
+            Reply::Found(Box::new(payment.clone()))
+        })
+    }
+
+    fn snapshot(&self, id: PaymentId) -> Box<Payment> {
+        let state = self.state.borrow();
+        // Invariant: ids handed out by the state machine stay in it until retention.
+        Box::new(
+            state
+                .get_by_id(id)
+                .expect("payment of a decision exists")
+                .clone(),
+        )
+    }
+
+    async fn create(self: &Rc<Self>, terms: PaymentTerms) -> Reply {
+        if self.creates_in_flight.get() >= self.config.server.shard_inbox_capacity {
+            return Reply::Overloaded;
+        }
+        if self.store.failure().is_some() {
+            return Reply::Unavailable;
+        }
+        // The Created record is encoded before the decision moves the terms into the
+        // state: the id it will get is the state's next sequence, and nothing runs in
+        // between on this core. Replays throw the encoding away.
+        let now = now_ms();
+        let provisional = PaymentId {
+            shard: self.id,
+            sequence: self.state.borrow().next_sequence(),
+        };
+        let mut created = Vec::with_capacity(CREATED_PAYLOAD_BYTES_TYPICAL);
+        let merchant_id = self.merchants.merchant_id(terms.merchant);
+        encode_created(&mut created, provisional, merchant_id, &terms, now);
+        let decision = self.state.borrow_mut().begin_create(terms, now);
+        match decision {
+            CreateDecision::New(id) => {
+                assert_eq!(id, provisional, "a new payment takes the next sequence");
+                self.creates_in_flight.set(self.creates_in_flight.get() + 1);
+                let reply = self.create_new(id, &created).await;
+                self.creates_in_flight.set(self.creates_in_flight.get() - 1);
+                reply
+            }
+            CreateDecision::Replay(id) => Reply::Replayed(self.snapshot(id)),
+            CreateDecision::InProgress => Reply::InProgress,
+            CreateDecision::Conflict => Reply::Conflict,
+        }
+    }
+
+    async fn create_new(self: &Rc<Self>, id: PaymentId, created: &[u8]) -> Reply {
+        if let Err(error) = self.store.append(RecordKind::Created, created).await {
+            eprintln!("payd: shard {}: {}", self.id, error.0);
+            // Never acknowledged, so forgetting it is safe; a retry creates it afresh.
+            self.state.borrow_mut().abandon(id);
+            return Reply::Unavailable;
+        }
+        let shard = Rc::clone(self);
+        let authorization = glommio::spawn_local(async move { shard.authorize(id).await }).detach();
+        let wait = Duration::from_millis(self.config.acquirer.response_timeout_ms);
+        let outcome = glommio::timer::timeout(wait, async { Ok(authorization.await) }).await;
+        let reply = match outcome {
+            Ok(Some(Ok(()))) => Reply::Created {
+                payment: self.snapshot(id),
+                r#final: true,
+            },
+            Ok(Some(Err(()))) | Ok(None) => Reply::Unavailable,
+            // Still authorising: the pending record is durable, so 202 is safe.
+            Err(_) => Reply::Created {
+                payment: self.snapshot(id),
+                r#final: false,
+            },
+        };
+        self.state.borrow_mut().mark_answered(id);
+        reply
+    }
+
+    /// Asks the acquirer, makes the final status durable, then applies it, so nobody
+    /// sees a status that a crash could take back. Err when the store failed: the
+    /// payment stays pending in the log and recovery finishes it.
+    async fn authorize(self: Rc<Self>, id: PaymentId) -> Result<(), ()> {
+        let request = {
+            let state = self.state.borrow();
+            let payment = state
+                .get_by_id(id)
+                .expect("a payment being authorised exists");
+            AuthorizeRequest {
+                payment_id: id,
+                merchant_id: self.merchants.merchant_id(payment.merchant()).to_string(),
+                amount: payment.amount(),
+                currency: payment.currency(),
+                payment_method: payment.payment_method().to_string(),
+            }
+        };
+        let authorization = self.acquirer.authorize(&request).await;
+        let updated_at_ms = now_ms();
+        let mut finalized = Vec::with_capacity(FINALIZED_PAYLOAD_BYTES_TYPICAL);
+        let status = authorization.status();
+        encode_finalized(
+            &mut finalized,
+            id,
+            status,
+            authorization.decline_code(),
+            updated_at_ms,
+        );
+        if let Err(error) = self.store.append(RecordKind::Finalized, &finalized).await {
+            eprintln!("payd: shard {}: {}", self.id, error.0);
+            return Err(());
+        }
+        // Invariant: only this task finalises this payment.
+        self.state
+            .borrow_mut()
+            .finalize(id, &authorization, updated_at_ms)
+            .expect("a pending payment finalises once");
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
