@@ -40,7 +40,7 @@
 use super::retry::{RetrySchedule, Verdict};
 use super::sender::DeliveryOutcome;
 use crate::payment::{EventId, MerchantIndex, PaymentId};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// A reload is worth its scan of the log when this fraction of the backlog is free
 /// (or when fairness lets a starved merchant in; see `reload_wanted`).
@@ -165,6 +165,10 @@ struct Reload {
     unloaded_before: Vec<Option<u64>>,
     /// Each merchant's events left on disk during the reload.
     unloaded_after: Vec<Option<u64>>,
+    /// Events that finished while the reload ran: their `WebhookDelivered` lies beyond
+    /// its end, so the scan must not take them for owed. At most the completions of one
+    /// reload.
+    finished: HashSet<EventId>,
 }
 
 pub struct Outbox<P> {
@@ -294,6 +298,9 @@ impl<P> Outbox<P> {
             }
         };
         self.remove(event, now_ms);
+        if let Some(reload) = &mut self.reload {
+            reload.finished.insert(event);
+        }
         Completion::Finished { fate, attempts }
     }
 
@@ -350,6 +357,7 @@ impl<P> Outbox<P> {
             end,
             unloaded_after: vec![None; unloaded_before.len()],
             unloaded_before,
+            finished: HashSet::new(),
         });
         cursor
     }
@@ -369,6 +377,9 @@ impl<P> Outbox<P> {
             event.position < reload.end,
             "the reload reads up to its end"
         );
+        if reload.finished.contains(&event.event) {
+            return Offer::Finished;
+        }
         // Below where the merchant's events went to disk, every event was loaded once:
         // one not loaded now has finished.
         match reload.unloaded_before[merchant] {

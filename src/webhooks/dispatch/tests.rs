@@ -469,6 +469,32 @@ fn live_offers_inside_a_reloads_range_are_left_to_it() {
 }
 
 #[test]
+fn an_event_that_finishes_while_a_reload_runs_is_not_loaded_again() {
+    let mut outbox = started(limits(3, 4, 4), &[3600], 2);
+    for position in 1..=3 {
+        outbox.offer(event(0, position, position), NOW);
+    }
+    assert_eq!(drain(&mut outbox, NOW), vec![1, 2, 3]);
+    outbox.complete(id(1), &ERROR, NOW, 0);
+    // Merchant 1 takes the place of event 1, the only one not in flight: merchant 0's
+    // events are on disk from position 1 on, while 2 and 3 are still in flight.
+    assert_eq!(outbox.offer(event(1, 10, 10), NOW), Offer::Accepted);
+    assert_eq!(outbox.payload(id(1)), None);
+    drain(&mut outbox, NOW);
+    outbox.complete(id(10), &DELIVERED, NOW, 0);
+    assert_eq!(outbox.reload_wanted(), Some(1));
+    outbox.begin_reload(11);
+    // Event 3 ends while the scan runs; its WebhookDelivered is beyond the scan's end.
+    outbox.complete(id(3), &DELIVERED, NOW, 0);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Accepted);
+    assert_eq!(outbox.offer_reloaded(event(0, 2, 2)), Offer::Duplicate);
+    assert_eq!(outbox.offer_reloaded(event(0, 3, 3)), Offer::Finished);
+    outbox.end_reload(NOW);
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    assert_eq!(outbox.stats().loaded, 2);
+}
+
+#[test]
 fn events_refused_during_a_reload_are_on_disk_after_it() {
     let mut outbox = started(limits(2, 4, 4), &[1], 2);
     outbox.offer(event(0, 1, 1), NOW);
@@ -564,6 +590,11 @@ mod simulation {
         next_payment: u64,
         /// Events refused or evicted, over every outbox the crashes made.
         pressure: u64,
+        /// A reload under way: the next position to read and its end.
+        reload: Option<(u64, u64)>,
+        /// A reload reads up to this many records per step: the fewer, the more
+        /// happens while it runs.
+        reload_chunk_records_max: u64,
     }
 
     impl World {
@@ -643,21 +674,39 @@ mod simulation {
             }
         }
 
+        /// Starts a reload when the outbox wants one; it then reads a few records per
+        /// step while deliveries complete and events are made, as the runtime's does.
         fn reload_if_wanted(&mut self) {
-            let Some(cursor) = self.outbox.reload_wanted() else {
-                return;
-            };
-            let end = self.log.len() as u64 + 1;
-            assert_eq!(self.outbox.begin_reload(end), cursor);
-            for record in &self.log[cursor.saturating_sub(1) as usize..] {
-                match record {
+            if self.reload.is_none() {
+                let Some(cursor) = self.outbox.reload_wanted() else {
+                    return;
+                };
+                let end = self.log.len() as u64 + 1;
+                assert_eq!(self.outbox.begin_reload(end), cursor);
+                self.reload = Some((cursor.max(1), end));
+            }
+            let (next, end) = self.reload.expect("a reload under way");
+            let chunk_end = (next + 1 + self.below(self.reload_chunk_records_max)).min(end);
+            for position in next..chunk_end {
+                match &self.log[position as usize - 1] {
                     Record::Event(made) => {
                         self.outbox.offer_reloaded(made.clone());
                     }
                     Record::Delivered(event) => self.outbox.settled(*event, self.now),
                 }
             }
-            self.outbox.end_reload(self.now);
+            self.reload = Some((chunk_end, end));
+            if chunk_end == end {
+                self.outbox.end_reload(self.now);
+                self.reload = None;
+            }
+        }
+
+        /// The start-up reload reads the whole log before anything else happens.
+        fn recover(&mut self) {
+            while self.outbox.reload_wanted().is_some() || self.reload.is_some() {
+                self.reload_if_wanted();
+            }
         }
 
         /// A crash: memory and attempts under way are lost; the log is all there is.
@@ -665,8 +714,9 @@ mod simulation {
             let stats = self.outbox.stats();
             self.pressure += stats.evicted_total + stats.refused_total;
             self.in_flight.clear();
+            self.reload = None;
             self.outbox = World::outbox();
-            self.reload_if_wanted();
+            self.recover();
         }
 
         /// An attempt of an event only after every earlier event of its payment ended,
@@ -730,7 +780,7 @@ mod simulation {
         }
     }
 
-    fn run(seed: u64) {
+    fn run(seed: u64, reload_chunk_records_max: u64) {
         let mut world = World {
             seed,
             now: NOW,
@@ -741,8 +791,10 @@ mod simulation {
             healthy_latency_ms_max: 0,
             next_payment: 0,
             pressure: 0,
+            reload: None,
+            reload_chunk_records_max,
         };
-        world.reload_if_wanted();
+        world.recover();
         for step in 0..4_000 {
             world.step(true);
             if step % 700 == 699 {
@@ -793,8 +845,18 @@ mod simulation {
 
     #[test]
     fn seeded_runs_keep_every_rule() {
-        for seed in [1, 0x9e37_79b9_7f4a_7c15, 0xdead_beef, 42, 7_777_777] {
-            run(seed);
+        for (seed, reload_chunk_records_max) in [
+            (1, 200),
+            (0x9e37_79b9_7f4a_7c15, 50),
+            (0xdead_beef, 30),
+            (42, 100),
+            (7_777_777, 10),
+            // These two finish events while a reload runs that the reload would
+            // otherwise load again (see `Reload::finished`).
+            (10, 100),
+            (12, 100),
+        ] {
+            run(seed, reload_chunk_records_max);
         }
     }
 }
