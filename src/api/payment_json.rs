@@ -28,3 +28,49 @@ fn view<'a>(
         updated_at_ms: payment.updated_at_ms(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::{Authorization, PaymentStatus, PaymentTerms};
+    use crate::payment_object::{sample_snapshot, PaymentSnapshot};
+    use crate::shard::state::{CreateDecision, ShardState};
+
+    /// A shard's payment answers as the same payment in a webhook event would read.
+    #[test]
+    fn a_shard_payment_is_written_field_for_field() {
+        let expected = PaymentSnapshot {
+            status: PaymentStatus::Declined,
+            decline_code: Some("card_declined".to_string()),
+            ..sample_snapshot()
+        };
+        let keys = MerchantKeys::new(vec![
+            ("m_other".to_string(), vec![b"s0".to_vec()]),
+            (expected.merchant_id.clone(), vec![b"s1".to_vec()]),
+        ]);
+        let mut state = ShardState::new(expected.id.shard, expected.id.sequence);
+        let terms = PaymentTerms {
+            merchant: 1,
+            order_id: expected.order_id.clone(),
+            amount: expected.amount,
+            currency: expected.currency,
+            payment_method: "tok_visa".to_string(),
+            description: expected.description.clone(),
+            metadata: expected.metadata.clone(),
+        };
+        let decision = state.begin_create(terms, expected.created_at_ms);
+        assert_eq!(decision, CreateDecision::New(expected.id));
+        let declined = Authorization::Declined("card_declined".to_string());
+        let payment = state
+            .finalize(expected.id, &declined, expected.updated_at_ms)
+            .unwrap();
+        let (mut answer, mut event) = (Vec::new(), Vec::new());
+        write_payment(&mut answer, payment, &keys);
+        expected.view().write_json(&mut event);
+        assert_eq!(
+            std::str::from_utf8(&answer).unwrap(),
+            std::str::from_utf8(&event).unwrap()
+        );
+        assert!(!answer.windows(8).any(|w| w == b"tok_visa"));
+    }
+}
