@@ -23,6 +23,8 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod payment;
+pub mod payment_object;
 pub mod server;
 pub mod shard;
 pub mod wal;
+pub mod webhooks;

@@ -60,6 +60,43 @@ impl fmt::Display for PaymentId {
     }
 }
 
+/// A webhook event id: the shard that owns the event and a sequence unique within that
+/// shard for ever, rendered as `evt_` + 4 hex digits of shard + 16 hex digits of sequence.
+/// It is the `webhook-id` header, the same on every retry: receivers dedupe on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    pub shard: u16,
+    pub sequence: u64,
+}
+
+impl EventId {
+    pub const PREFIX: &'static str = "evt_";
+    pub const TEXT_LENGTH: usize = 4 + 4 + 16;
+
+    /// The event that tells a payment's final status. A payment reaches a final status
+    /// once, so it has one such event, and deriving the id from the payment's makes it the
+    /// same however often the event is rebuilt (a retry, a restart, a recovery that writes
+    /// an event whose record was lost with a torn tail).
+    pub fn of_final_status(payment: PaymentId) -> EventId {
+        EventId {
+            shard: payment.shard,
+            sequence: payment.sequence,
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{:04x}{:016x}",
+            Self::PREFIX,
+            self.shard,
+            self.sequence
+        )
+    }
+}
+
 /// ISO 4217 style currency code: exactly three uppercase ASCII letters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Currency(pub [u8; 3]);
@@ -172,6 +209,23 @@ mod tests {
         ] {
             assert_eq!(PaymentId::parse(text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn event_id_text_is_prefix_shard_and_sequence() {
+        let payment = PaymentId {
+            shard: 7,
+            sequence: 0x1234_5678_9abc,
+        };
+        let event = EventId::of_final_status(payment);
+        assert_eq!(event.to_string(), "evt_00070000123456789abc");
+        assert_eq!(event.to_string().len(), EventId::TEXT_LENGTH);
+        // Another payment, even of the same sequence on another shard, gets another id.
+        let other = EventId::of_final_status(PaymentId {
+            shard: 8,
+            ..payment
+        });
+        assert_ne!(event.to_string(), other.to_string());
     }
 
     #[test]

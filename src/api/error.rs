@@ -1,6 +1,7 @@
 //! The error catalogue of API.md section 2: one kind per `error.code`, each with its
 //! HTTP status. Every layer's error turns into an `ApiError` here, in one place.
 
+pub use crate::payment_object::write_json_string;
 use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,28 +165,6 @@ impl ApiError {
         }
         out.extend_from_slice(b"}}");
     }
-}
-
-/// Appends `text` as a JSON string literal, escaping what RFC 8259 requires.
-pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    for &byte in text.as_bytes() {
-        match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x00..=0x1f => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(byte >> 4) as usize]);
-                out.push(HEX[(byte & 0xf) as usize]);
-            }
-            _ => out.push(byte),
-        }
-    }
-    out.push(b'"');
 }
 
 impl From<crate::auth::AuthError> for ApiError {

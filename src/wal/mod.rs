@@ -6,7 +6,7 @@
 //! lock is ever taken. A log is a directory of *segment* files (`<data_dir>/shard-NNNN/`),
 //! each named by the sequence number of its first record and rolled over at a size
 //! limit. A *record* is framed as length, CRC32C, kind and sequence number, followed by a
-//! compact binary payload (`Created`, `Finalized`, later webhook events).
+//! compact binary payload (`Created`, `Finalized`, `WebhookEvent`, `WebhookDelivered`).
 //!
 //! Writes use *group commit*. `ShardLog::append` encodes the record into the batch that
 //! is filling and returns a future; one commit task per shard writes the whole batch with
@@ -50,6 +50,7 @@ mod record;
 mod recovery;
 mod retention;
 mod segment;
+mod webhook_payload;
 mod writer;
 
 pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
@@ -70,6 +71,7 @@ pub use retention::{dead_segment_prefix, delete_segments};
 pub use segment::{
     list_segments, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN, SEQUENCE_FIRST,
 };
+pub use webhook_payload::{WebhookDelivered, WebhookEvent, WebhookOutcome};
 pub use writer::{IoMode, BATCH_BYTES_MAX};
 
 /// A segment size for when the config has no say: large enough that roll-overs are

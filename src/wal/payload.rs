@@ -31,9 +31,10 @@ pub enum RecordKind {
     Created = 1,
     /// A payment reached its final status: `Finalized`.
     Finalized = 2,
-    /// Reserved for the webhooks issue: an event queued for delivery.
+    /// A webhook event owed to a merchant: `WebhookEvent` (webhook_payload.rs).
     WebhookEvent = 3,
-    /// Reserved for the webhooks issue: an event delivered or dead-lettered.
+    /// A webhook event's delivery ended (delivered, dead-lettered or gone):
+    /// `WebhookDelivered` (webhook_payload.rs).
     WebhookDelivered = 4,
 }
 
@@ -144,7 +145,6 @@ struct CreatedFields<'a> {
 
 impl CreatedFields<'_> {
     fn encode(&self, out: &mut Vec<u8>) {
-        assert!(self.metadata.len() <= METADATA_KEYS_MAX);
         put_id(out, self.id);
         out.extend_from_slice(&self.amount.to_le_bytes());
         out.extend_from_slice(&self.created_at_ms.to_le_bytes());
@@ -153,11 +153,7 @@ impl CreatedFields<'_> {
         put_str(out, self.order_id);
         put_str(out, self.payment_method);
         put_optional_str(out, self.description);
-        out.push(self.metadata.len() as u8);
-        for (key, value) in self.metadata {
-            put_str(out, key);
-            put_str(out, value);
-        }
+        put_metadata(out, self.metadata);
     }
 }
 
@@ -196,11 +192,7 @@ impl Created {
         let id = reader.id()?;
         let amount = reader.u64("amount")?;
         let created_at_ms = reader.u64("created_at_ms")?;
-        let currency_bytes = reader.bytes(3, "currency")?;
-        let currency = std::str::from_utf8(currency_bytes)
-            .ok()
-            .and_then(Currency::parse)
-            .ok_or(PayloadError::Invalid("currency"))?;
+        let currency = reader.currency()?;
         let merchant_id = reader.string("merchant_id", MERCHANT_ID_LENGTH_MAX)?;
         let order_id = reader.string("order_id", ORDER_ID_LENGTH_MAX)?;
         let payment_method = reader.string("payment_method", PAYMENT_METHOD_LENGTH_MAX)?;
@@ -235,12 +227,7 @@ impl Finalized {
     pub fn decode(payload: &[u8]) -> Result<Finalized, PayloadError> {
         let mut reader = Reader::new(payload);
         let id = reader.id()?;
-        let status = match reader.u8("status")? {
-            1 => PaymentStatus::Succeeded,
-            2 => PaymentStatus::Declined,
-            3 => PaymentStatus::Failed,
-            _ => return Err(PayloadError::Invalid("status")),
-        };
+        let status = reader.final_status()?;
         let decline_code = reader.optional_string("decline_code", DECLINE_CODE_LENGTH_MAX)?;
         let updated_at_ms = reader.u64("updated_at_ms")?;
         reader.finish()?;
@@ -253,7 +240,7 @@ impl Finalized {
     }
 }
 
-fn status_code(status: PaymentStatus) -> u8 {
+pub(super) fn status_code(status: PaymentStatus) -> u8 {
     match status {
         PaymentStatus::Pending => panic!("a finalized record needs a final status"),
         PaymentStatus::Succeeded => 1,
@@ -262,19 +249,19 @@ fn status_code(status: PaymentStatus) -> u8 {
     }
 }
 
-fn put_id(out: &mut Vec<u8>, id: PaymentId) {
+pub(super) fn put_id(out: &mut Vec<u8>, id: PaymentId) {
     out.extend_from_slice(&id.shard.to_le_bytes());
     out.extend_from_slice(&id.sequence.to_le_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, text: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, text: &str) {
     // Validation upstream bounds every string far below 64 KiB.
     let length = u16::try_from(text.len()).expect("payload string under 64 KiB");
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(text.as_bytes());
 }
 
-fn put_optional_str(out: &mut Vec<u8>, text: Option<&str>) {
+pub(super) fn put_optional_str(out: &mut Vec<u8>, text: Option<&str>) {
     match text {
         None => out.push(0),
         Some(text) => {
@@ -284,18 +271,31 @@ fn put_optional_str(out: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
+pub(super) fn put_metadata(out: &mut Vec<u8>, metadata: &[(String, String)]) {
+    assert!(metadata.len() <= METADATA_KEYS_MAX);
+    out.push(metadata.len() as u8);
+    for (key, value) in metadata {
+        put_str(out, key);
+        put_str(out, value);
+    }
+}
+
 /// A cursor over a payload that fails, never panics, when the bytes run out.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Reader<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Reader<'a> {
         Reader { buf, at: 0 }
     }
 
-    fn bytes(&mut self, count: usize, field: &'static str) -> Result<&'a [u8], PayloadError> {
+    pub(super) fn bytes(
+        &mut self,
+        count: usize,
+        field: &'static str,
+    ) -> Result<&'a [u8], PayloadError> {
         let end = self
             .at
             .checked_add(count)
@@ -306,23 +306,41 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
-    fn u8(&mut self, field: &'static str) -> Result<u8, PayloadError> {
+    pub(super) fn u8(&mut self, field: &'static str) -> Result<u8, PayloadError> {
         Ok(self.bytes(1, field)?[0])
     }
 
-    fn u16(&mut self, field: &'static str) -> Result<u16, PayloadError> {
+    pub(super) fn u16(&mut self, field: &'static str) -> Result<u16, PayloadError> {
         let mut bytes = [0u8; 2];
         bytes.copy_from_slice(self.bytes(2, field)?);
         Ok(u16::from_le_bytes(bytes))
     }
 
-    fn u64(&mut self, field: &'static str) -> Result<u64, PayloadError> {
+    pub(super) fn u64(&mut self, field: &'static str) -> Result<u64, PayloadError> {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(self.bytes(8, field)?);
         Ok(u64::from_le_bytes(bytes))
     }
 
-    fn id(&mut self) -> Result<PaymentId, PayloadError> {
+    pub(super) fn currency(&mut self) -> Result<Currency, PayloadError> {
+        let bytes = self.bytes(3, "currency")?;
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(Currency::parse)
+            .ok_or(PayloadError::Invalid("currency"))
+    }
+
+    /// A status written by `status_code`: final, never pending.
+    pub(super) fn final_status(&mut self) -> Result<PaymentStatus, PayloadError> {
+        match self.u8("status")? {
+            1 => Ok(PaymentStatus::Succeeded),
+            2 => Ok(PaymentStatus::Declined),
+            3 => Ok(PaymentStatus::Failed),
+            _ => Err(PayloadError::Invalid("status")),
+        }
+    }
+
+    pub(super) fn id(&mut self) -> Result<PaymentId, PayloadError> {
         let shard = self.u16("id.shard")?;
         let sequence = self.u64("id.sequence")?;
         Ok(PaymentId { shard, sequence })
@@ -330,7 +348,7 @@ impl<'a> Reader<'a> {
 
     /// A string of at most `characters_max` characters, bounded by its byte count first
     /// so a damaged length cannot ask for a large allocation.
-    fn string(
+    pub(super) fn string(
         &mut self,
         field: &'static str,
         characters_max: usize,
@@ -344,7 +362,7 @@ impl<'a> Reader<'a> {
         Ok(text.to_string())
     }
 
-    fn optional_string(
+    pub(super) fn optional_string(
         &mut self,
         field: &'static str,
         characters_max: usize,
@@ -356,7 +374,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn metadata(&mut self) -> Result<Vec<(String, String)>, PayloadError> {
+    pub(super) fn metadata(&mut self) -> Result<Vec<(String, String)>, PayloadError> {
         let count = self.u8("metadata")? as usize;
         if count > METADATA_KEYS_MAX {
             return Err(PayloadError::TooLong("metadata"));
@@ -370,7 +388,7 @@ impl<'a> Reader<'a> {
         Ok(metadata)
     }
 
-    fn finish(&self) -> Result<(), PayloadError> {
+    pub(super) fn finish(&self) -> Result<(), PayloadError> {
         if self.at == self.buf.len() {
             Ok(())
         } else {

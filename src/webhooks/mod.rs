@@ -1,0 +1,63 @@
+//! Webhooks: telling merchants that their payments are final (API.md section 5).
+//!
+//! # The model
+//!
+//! When a payment becomes final, its shard writes a `WebhookEvent` record (wal) in the
+//! same batch as the final status: that record *is* the outbox entry, so an event owed
+//! survives any crash. Each shard delivers its own events: the outbox (`dispatch`) picks
+//! the next attempt, the sender seam (`sender`) makes it, and when an event's delivery
+//! ends a `WebhookDelivered` record says so. Replaying the log therefore resumes exactly
+//! the undelivered events. Delivery is at least once, in order per payment; receivers
+//! dedupe on the event id, which is the same on every attempt and every restart.
+//!
+//! Everything here but `sender::attempt` is pure: the outbox takes the time and a random
+//! value from its caller, so every rule (retry schedule, `Retry-After`, 410, dead
+//! letters, bounds, fairness between merchants) is tested without sockets or disks.
+//!
+//! # Files
+//!
+//! - `event`: the event's id and JSON body, the payment object written by the shared
+//!   writer of `payment_object`, as the API writes it.
+//! - `signing`: the Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
+//!   `webhook-signature`) under the merchant's `whsec_` key.
+//! - `retry`: what an attempt's outcome means, and when the next attempt is due.
+//! - `dispatch`: the per-shard outbox state machine, its bounds and its fairness.
+//! - `sender`: the seam to the outbound HTTP client, with the per-attempt timeout.
+//!
+//! # Limits
+//!
+//! The constants below are the defaults of `OutboxLimits`; the retry schedule and the
+//! attempt timeout come from `[webhooks]` in the config.
+
+pub mod dispatch;
+pub mod event;
+pub mod retry;
+pub mod sender;
+pub mod signing;
+
+use dispatch::OutboxLimits;
+
+/// Events one shard holds in memory; the rest wait in its log for a reload. An event
+/// in memory is its payment object (a few hundred bytes, usually), so this bounds a
+/// shard's outbox to a few MiB at most.
+pub const BACKLOG_EVENTS_PER_SHARD_MAX: usize = 4096;
+/// Deliveries in flight on one shard beyond each merchant's first. A core with several
+/// shards has this many per shard.
+pub const SHARED_DELIVERIES_PER_SHARD_MAX: usize = 64;
+/// Deliveries in flight to one merchant from one shard: a slow endpoint holds at most
+/// this many attempts, each at most `webhooks.timeout_ms`.
+pub const MERCHANT_DELIVERIES_PER_SHARD_MAX: usize = 8;
+
+impl Default for OutboxLimits {
+    fn default() -> OutboxLimits {
+        OutboxLimits {
+            backlog_events_max: BACKLOG_EVENTS_PER_SHARD_MAX,
+            shared_in_flight_max: SHARED_DELIVERIES_PER_SHARD_MAX,
+            merchant_in_flight_max: MERCHANT_DELIVERIES_PER_SHARD_MAX,
+        }
+    }
+}
+
+// One merchant's attempts beyond its first take only part of the shared slots.
+const _: () = assert!(MERCHANT_DELIVERIES_PER_SHARD_MAX <= SHARED_DELIVERIES_PER_SHARD_MAX / 2);
+const _: () = assert!(MERCHANT_DELIVERIES_PER_SHARD_MAX >= 1);
