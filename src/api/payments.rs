@@ -15,7 +15,7 @@ use crate::shard::runtime::{Command, Reply};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub async fn create(context: &Context, request: Request<'_>, response: &mut Response) {
-    let merchant = match authenticate(context, &request, b"POST") {
+    let merchant = match authenticate(context, &request) {
         Ok(merchant) => merchant,
         Err(error) => return write_error(response, &error),
     };
@@ -34,7 +34,7 @@ pub async fn create(context: &Context, request: Request<'_>, response: &mut Resp
 
 /// `GET /v1/payments/{id}`.
 pub async fn get(context: &Context, request: Request<'_>, id: &[u8], response: &mut Response) {
-    let merchant = match authenticate(context, &request, b"GET") {
+    let merchant = match authenticate(context, &request) {
         Ok(merchant) => merchant,
         Err(error) => return write_error(response, &error),
     };
@@ -57,7 +57,7 @@ pub async fn get_by_order(
     order_id: &[u8],
     response: &mut Response,
 ) {
-    let merchant = match authenticate(context, &request, b"GET") {
+    let merchant = match authenticate(context, &request) {
         Ok(merchant) => merchant,
         Err(error) => return write_error(response, &error),
     };
@@ -82,11 +82,10 @@ fn is_order_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-fn authenticate(
-    context: &Context,
-    request: &Request<'_>,
-    method: &[u8],
-) -> Result<MerchantIndex, ApiError> {
+/// Checks the signature over the request as sent: its own method (a HEAD is signed as
+/// HEAD), target and body.
+fn authenticate(context: &Context, request: &Request<'_>) -> Result<MerchantIndex, ApiError> {
+    let method = request.method.as_str().as_bytes();
     let headers = SignedHeaders {
         merchant: request.merchant,
         timestamp: request.timestamp,

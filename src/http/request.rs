@@ -19,6 +19,18 @@ pub enum Method {
     Other,
 }
 
+impl Method {
+    /// The method's token as sent; `OTHER` for any method payd does not serve.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyFraming {
     /// No body, or `Content-Length: 0`.

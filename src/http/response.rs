@@ -88,8 +88,8 @@ impl Response {
         };
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type);
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "\r\nContent-Length: {}", self.body.len());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\nX-Request-Id: ");
         out.extend_from_slice(request_id);
         for header in self.headers.iter().flatten() {

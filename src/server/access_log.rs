@@ -11,10 +11,9 @@ use crate::http::Method;
 use crate::metrics::{CoreMetrics, Route};
 use glommio::io::{BufferedFile, OpenOptions};
 use std::cell::RefCell;
-use std::io::Write;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Lines wait at most this long in memory before they are written.
 pub const ACCESS_LOG_FLUSH_INTERVAL_MS: u64 = 200;
@@ -23,6 +22,7 @@ pub const ACCESS_LOG_BUFFER_BYTES_MAX: usize = 4 << 20;
 
 /// One line's worth of facts about a request.
 pub struct AccessRecord<'a> {
+    pub unix_ms: u64,
     pub method: Method,
     pub route: Route,
     pub status: u16,
@@ -99,23 +99,21 @@ impl AccessLog {
             self.metrics.borrow_mut().access_log_lines_dropped += 1;
             return;
         }
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let method = match record.method {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Other => "OTHER",
-        };
-        let _ = write!(
-            buffer,
-            "{unix_ms} {} {method} {} {} {} ",
-            self.cpu,
-            record.route.label(),
-            record.status,
-            record.latency_us
-        );
+        let method = record.method.as_str();
+        // itoa rather than format!: this runs for every request.
+        let mut number = itoa::Buffer::new();
+        buffer.extend_from_slice(number.format(record.unix_ms).as_bytes());
+        buffer.push(b' ');
+        buffer.extend_from_slice(number.format(self.cpu).as_bytes());
+        buffer.push(b' ');
+        buffer.extend_from_slice(method.as_bytes());
+        buffer.push(b' ');
+        buffer.extend_from_slice(record.route.label().as_bytes());
+        buffer.push(b' ');
+        buffer.extend_from_slice(number.format(record.status).as_bytes());
+        buffer.push(b' ');
+        buffer.extend_from_slice(number.format(record.latency_us).as_bytes());
+        buffer.push(b' ');
         buffer.extend_from_slice(record.request_id);
         buffer.push(b' ');
         match record

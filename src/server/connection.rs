@@ -6,6 +6,7 @@
 //! allocated per request once they have grown to fit.
 
 use super::core::Core;
+use super::stamps::Clock;
 use super::{LINGER_BYTES_MAX, LINGER_MS};
 use crate::api::error::{ApiError, ErrorKind};
 use crate::api::{self, Request};
@@ -115,7 +116,7 @@ impl Connection {
                 ReadOutcome::Data => {}
                 ReadOutcome::Finished => return Ok(false),
                 ReadOutcome::RequestTimeout => {
-                    self.answer_error(&ApiError::new(ErrorKind::RequestTimeout), None);
+                    self.answer_error(&ApiError::new(ErrorKind::RequestTimeout));
                     self.stream.write_all(&self.output).await?;
                     return Ok(true);
                 }
@@ -127,6 +128,9 @@ impl Connection {
     async fn answer_buffered(&mut self) -> Progress {
         let config: &'static Config = self.core.api.config;
         let limits = &config.limits;
+        // One wall-clock read per batch, one monotonic read per request: the end of one
+        // request is the start of the next.
+        let mut clock = self.core.stamps.clock();
         for _ in 0..PIPELINE_REQUESTS_MAX {
             if self.start == self.filled {
                 self.start = 0;
@@ -135,7 +139,7 @@ impl Connection {
                 return Progress::NeedInput;
             }
             if self.request_started.is_none() {
-                self.request_started = Some(Instant::now());
+                self.request_started = Some(clock.instant);
             }
             let buffered = &self.input[self.start..self.filled];
             let head = match parse_request(buffered, limits.max_header_bytes, limits.max_body_bytes)
@@ -155,7 +159,7 @@ impl Connection {
                 }
                 Err(error) => return self.answer_protocol_error(error),
             };
-            let close = self.answer_request(&head).await;
+            let close = self.answer_request(&head, &mut clock).await;
             self.start += consumed;
             self.request_started = None;
             self.continue_sent = false;
@@ -190,8 +194,8 @@ impl Connection {
     }
 
     /// Answers one complete request into the output buffer; returns whether to close.
-    async fn answer_request(&mut self, head: &RequestHead) -> bool {
-        let started = Instant::now();
+    async fn answer_request(&mut self, head: &RequestHead, clock: &mut Clock) -> bool {
+        let started = clock.instant;
         let buffered = &self.input[self.start..self.filled];
         let field = |range: &Option<std::ops::Range<usize>>| range.clone().map(|r| &buffered[r]);
         let request = Request {
@@ -214,24 +218,26 @@ impl Connection {
         let mut generated = [0u8; REQUEST_ID_BYTES_MAX];
         let request_id = match field(&head.request_id).filter(|id| is_valid_request_id(id)) {
             Some(id) => id,
-            None => self.core.request_ids.generate(&mut generated),
+            None => self.core.stamps.generate_request_id(&mut generated),
         };
-        let date = self.core.date.now();
         let body_omitted = head.method == Method::Head;
         self.response.write_to(
             &mut self.output,
             request_id,
-            &date,
+            &clock.date,
             connection,
             body_omitted,
         );
-        let latency_us = started.elapsed().as_micros() as u64;
+        let finished = Instant::now();
+        let latency_us = finished.duration_since(started).as_micros() as u64;
+        clock.instant = finished;
         self.core
             .api
             .metrics
             .borrow_mut()
             .record_request(route, self.response.status, latency_us);
         self.core.access_log.record(&AccessRecord {
+            unix_ms: clock.unix_ms,
             method: head.method,
             route,
             status: self.response.status,
@@ -249,22 +255,22 @@ impl Connection {
             ProtocolError::BodyTooLarge => ErrorKind::BodyTooLarge,
             ProtocolError::NotImplemented => ErrorKind::NotImplemented,
         };
-        self.answer_error(&ApiError::new(kind), None);
+        self.answer_error(&ApiError::new(kind));
         Progress::Close
     }
 
     /// Writes an error answered before routing, which always closes the connection:
     /// after a framing error nobody knows where the next request would start.
-    fn answer_error(&mut self, error: &ApiError, method: Option<Method>) {
+    fn answer_error(&mut self, error: &ApiError) {
         self.response.reset();
         api::write_error(&mut self.response, error);
         let mut generated = [0u8; REQUEST_ID_BYTES_MAX];
-        let request_id = self.core.request_ids.generate(&mut generated);
-        let date = self.core.date.now();
+        let request_id = self.core.stamps.generate_request_id(&mut generated);
+        let clock = self.core.stamps.clock();
         self.response.write_to(
             &mut self.output,
             request_id,
-            &date,
+            &clock.date,
             ConnectionHeader::Close,
             false,
         );
@@ -275,7 +281,8 @@ impl Connection {
             .borrow_mut()
             .record_request(Route::Unrouted, status, 0);
         self.core.access_log.record(&AccessRecord {
-            method: method.unwrap_or(Method::Other),
+            unix_ms: clock.unix_ms,
+            method: Method::Other,
             route: Route::Unrouted,
             status,
             latency_us: 0,

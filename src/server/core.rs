@@ -5,7 +5,7 @@
 
 use super::access_log::AccessLog;
 use super::connection::{linger_close, Connection};
-use super::stamps::{DateCache, RequestIds};
+use super::stamps::Stamps;
 use super::stop::StopNotice;
 use super::{Started, REJECTED_LINGERING_MAX};
 use crate::acquirer::Acquirer;
@@ -33,8 +33,7 @@ pub struct Core {
     pub api: api::Context,
     pub access_log: Rc<AccessLog>,
     pub stop: StopNotice,
-    pub request_ids: RequestIds,
-    pub date: DateCache,
+    pub stamps: Stamps,
     /// Connections refused at the limit that are still being closed gracefully.
     rejected_lingering: Cell<usize>,
 }
@@ -102,8 +101,7 @@ pub async fn run(start: CoreStart) {
         },
         access_log,
         stop,
-        request_ids: RequestIds::new(process_id, cpu),
-        date: DateCache::new(),
+        stamps: Stamps::new(process_id, cpu),
         rejected_lingering: Cell::new(0),
     });
     let accepting = glommio::spawn_local(accept_loop(Rc::clone(&core), listener));
@@ -246,11 +244,11 @@ fn reject(core: &Rc<Core>, stream: TcpStream) {
     api::write_error(&mut response, &ApiError::new(ErrorKind::Overloaded));
     let mut output = Vec::with_capacity(256);
     let mut request_id = [0u8; 64];
-    let request_id = core.request_ids.generate(&mut request_id);
+    let request_id = core.stamps.generate_request_id(&mut request_id);
     response.write_to(
         &mut output,
         request_id,
-        &core.date.now(),
+        &core.stamps.clock().date,
         ConnectionHeader::Close,
         false,
     );

@@ -899,6 +899,656 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Payments (issue 3): signed requests, the payment object, and servers on a kept directory.
+// Signing is an independent implementation of API.md section 1, not payd's own.
+// ---------------------------------------------------------------------------------------
+
+/// Two merchants: `m_a` with two active secrets (rotation) and `m_b` with one.
+pub const MERCHANT_A: &str = "m_a";
+pub const MERCHANT_A_SECRETS: [&str; 2] = ["secret-a-1", "secret-a-2"];
+pub const MERCHANT_B: &str = "m_b";
+pub const MERCHANT_B_SECRET: &str = "secret-b-1";
+/// The default `security.timestamp_tolerance_secs` of API.md section 1.
+pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
+
+/// The `[[merchants]]` sections for `MERCHANT_A` and `MERCHANT_B`.
+pub fn merchants_toml() -> String {
+    format!(
+        "\n[[merchants]]\nid = {}\nsecrets = [{}, {}]\n\n[[merchants]]\nid = {}\nsecrets = [{}]\n",
+        toml_string(MERCHANT_A),
+        toml_string(MERCHANT_A_SECRETS[0]),
+        toml_string(MERCHANT_A_SECRETS[1]),
+        toml_string(MERCHANT_B),
+        toml_string(MERCHANT_B_SECRET),
+    )
+}
+
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Lowercase hex of HMAC-SHA256(secret, timestamp \n METHOD \n target \n body).
+pub fn signature_hex(
+    secret: &str,
+    timestamp: u64,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    let mut message = format!("{timestamp}\n{method}\n{target}\n").into_bytes();
+    message.extend_from_slice(body);
+    mac.update(&message);
+    let digest = mac.finalize().into_bytes();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The parts of a signed request a test may want to get wrong on purpose.
+#[derive(Clone, Debug)]
+pub struct Signed<'a> {
+    pub merchant: &'a str,
+    pub secret: &'a str,
+    pub method: &'a str,
+    pub target: &'a str,
+    pub body: &'a [u8],
+    pub timestamp: u64,
+    /// Extra header lines, each without CRLF (e.g. `Content-Type: text/plain`).
+    pub headers: Vec<String>,
+    /// Sends no Content-Type at all when false (API: missing is accepted as JSON).
+    pub content_type_json: bool,
+}
+
+impl<'a> Signed<'a> {
+    /// A request by `MERCHANT_A` with its first secret, signed now.
+    pub fn new(method: &'a str, target: &'a str, body: &'a [u8]) -> Signed<'a> {
+        Signed {
+            merchant: MERCHANT_A,
+            secret: MERCHANT_A_SECRETS[0],
+            method,
+            target,
+            body,
+            timestamp: unix_now_secs(),
+            headers: Vec::new(),
+            content_type_json: method == "POST",
+        }
+    }
+
+    pub fn by(mut self, merchant: &'a str, secret: &'a str) -> Signed<'a> {
+        self.merchant = merchant;
+        self.secret = secret;
+        self
+    }
+
+    pub fn header(mut self, line: impl Into<String>) -> Signed<'a> {
+        self.headers.push(line.into());
+        self
+    }
+
+    /// The three authentication header lines of API.md section 1.
+    pub fn auth_headers(&self) -> [String; 3] {
+        let signature = signature_hex(
+            self.secret,
+            self.timestamp,
+            self.method,
+            self.target,
+            self.body,
+        );
+        [
+            format!("X-Payd-Merchant: {}", self.merchant),
+            format!("X-Payd-Timestamp: {}", self.timestamp),
+            format!("X-Payd-Signature: v1={signature}"),
+        ]
+    }
+
+    /// The raw request bytes with the three authentication headers.
+    pub fn bytes(&self) -> Vec<u8> {
+        let auth = self.auth_headers();
+        let mut lines: Vec<String> = auth.to_vec();
+        lines.extend(self.headers.iter().cloned());
+        request_bytes(
+            self.method,
+            self.target,
+            &lines,
+            self.body,
+            self.content_type_json,
+        )
+    }
+}
+
+/// A request with exactly the given header lines (plus Host, Content-Length for a body,
+/// and a JSON Content-Type when asked).
+pub fn request_bytes(
+    method: &str,
+    target: &str,
+    header_lines: &[String],
+    body: &[u8],
+    content_type_json: bool,
+) -> Vec<u8> {
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
+    for line in header_lines {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    if content_type_json {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A create body with the four required fields.
+pub fn create_body(order_id: &str, amount: u64, currency: &str, payment_method: &str) -> String {
+    format!(
+        "{{\"order_id\":\"{order_id}\",\"amount\":{amount},\"currency\":\"{currency}\",\"payment_method\":\"{payment_method}\"}}"
+    )
+}
+
+/// The payment object of API.md section 3, read strictly: every field must be present
+/// (`decline_code` and `description` as null when empty), nothing else may be (so the
+/// payment method is not echoed), and metadata keeps the order it was sent in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentJson {
+    pub id: String,
+    pub object: String,
+    pub merchant_id: String,
+    pub order_id: String,
+    pub amount: u64,
+    pub currency: String,
+    pub status: String,
+    #[serde(deserialize_with = "required_nullable")]
+    pub decline_code: Option<String>,
+    #[serde(deserialize_with = "required_nullable")]
+    pub description: Option<String>,
+    #[serde(deserialize_with = "ordered_string_map")]
+    pub metadata: Vec<(String, String)>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// `Option<String>` that must be present (null allowed): serde treats a missing plain
+/// `Option` field as None, which would let a server leave `decline_code` out.
+fn required_nullable<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer)
+}
+
+/// A JSON object of strings, in document order.
+fn ordered_string_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    struct OrderedVisitor;
+    impl<'de> serde::de::Visitor<'de> for OrderedVisitor {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = map.next_entry::<String, String>()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_map(OrderedVisitor)
+}
+
+impl Response {
+    /// The payment in the body, checked against the contract's shape; panics otherwise.
+    pub fn payment(&self) -> PaymentJson {
+        let content_type = self.header("Content-Type").unwrap_or("");
+        assert!(
+            content_type.starts_with("application/json"),
+            "Content-Type of a payment is {content_type:?}"
+        );
+        let mut bytes = self.body.clone();
+        let payment: PaymentJson = simd_json::serde::from_slice(&mut bytes)
+            .unwrap_or_else(|e| panic!("not a payment object ({e}): {:?}", self.body_text()));
+        assert_payment_invariants(&payment);
+        payment
+    }
+
+    /// The error's `param`, after checking the body's shape.
+    pub fn error_param(&self) -> Option<String> {
+        parse_error_body(&self.body)
+            .unwrap_or_else(|problem| panic!("{problem} in {self:?}"))
+            .param
+    }
+}
+
+/// What holds for every payment object, whatever its state.
+pub fn assert_payment_invariants(payment: &PaymentJson) {
+    assert!(payment.id.starts_with("pay_"), "id {:?}", payment.id);
+    assert!(payment.id.len() <= 40, "id over 40 chars: {:?}", payment.id);
+    assert!(
+        payment
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        "id not URL-safe: {:?}",
+        payment.id
+    );
+    assert_eq!(payment.object, "payment");
+    assert!(
+        ["pending", "succeeded", "declined", "failed"].contains(&payment.status.as_str()),
+        "status {:?}",
+        payment.status
+    );
+    let has_code = matches!(payment.status.as_str(), "declined" | "failed");
+    assert_eq!(
+        payment.decline_code.is_some(),
+        has_code,
+        "decline_code {:?} with status {:?}",
+        payment.decline_code,
+        payment.status
+    );
+    // Milliseconds since 2020 and before 2100: catches seconds or microseconds.
+    for stamp in [payment.created_at, payment.updated_at] {
+        assert!(
+            (1_577_836_800_000..4_102_444_800_000).contains(&stamp),
+            "timestamp {stamp} is not Unix milliseconds"
+        );
+    }
+    assert!(payment.updated_at >= payment.created_at, "{payment:?}");
+}
+
+impl Server {
+    /// Starts payd on a directory that may hold the data of an earlier server, with
+    /// `options` written as a fresh config file there.
+    pub fn start_in(dir: tempfile::TempDir, options: ServerOptions) -> Server {
+        let config_text = options.config_text(dir.path());
+        Server::start_with_config(dir, &config_text)
+    }
+
+    /// Starts payd on `dir` with exactly `config_text` as its config file.
+    pub fn start_with_config(dir: tempfile::TempDir, config_text: &str) -> Server {
+        let config_path = dir.path().join("payd.toml");
+        std::fs::write(&config_path, config_text).expect("write config");
+        let mut child = Command::new(payd_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn payd");
+        let (sender, receiver) = mpsc::channel();
+        let stderr = CapturedLines::capture(child.stderr.take().unwrap(), Some(sender));
+        let stdout = CapturedLines::capture(child.stdout.take().unwrap(), None);
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr,
+            stdout,
+            exit_status: None,
+        };
+        server.addr = server.wait_ready(&receiver);
+        server
+    }
+
+    /// Stops the server (SIGTERM, or SIGKILL when `crash`), waits for it to exit, and
+    /// hands back its directory so another server can start on the same data.
+    pub fn stop_keeping_dir(mut self, crash: bool) -> (tempfile::TempDir, ExitStatus) {
+        self.signal(if crash { libc::SIGKILL } else { libc::SIGTERM });
+        let status = self
+            .wait_exit(Duration::from_millis(COMMAND_TIMEOUT_MS))
+            .unwrap_or_else(|| {
+                panic!(
+                    "payd still running {COMMAND_TIMEOUT_MS} ms after the signal\nstderr:\n{}",
+                    self.stderr.text()
+                )
+            });
+        let placeholder = tempfile::tempdir().expect("create tempdir");
+        (std::mem::replace(&mut self.dir, placeholder), status)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// Every file under `dir`, recursively, with its bytes (for "never stored or logged").
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
+            }
+        }
+    }
+    files
+}
+
+/// True when `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+// ---------------------------------------------------------------------------------------
+// Block of tests/crash.rs (issue 4, the durable log): signed payment requests, servers
+// started on a data directory that outlives them, and a reader of the log's framing.
+// Kept in its own module so another helper's block cannot clash with its names.
+// ---------------------------------------------------------------------------------------
+
+/// Helpers for tests that restart payd on the same data directory and look at its log.
+pub mod durable {
+    use super::{CapturedLines, Client, Response, Server, ServerOptions};
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub const MERCHANT_ID: &str = "m_crash";
+    /// A test-only secret; nothing card-like, nothing real.
+    pub const MERCHANT_SECRET: &str = "crash-test-secret-1";
+    /// The framing of log records (src/wal/record.rs): length and CRC32C in front, then
+    /// kind and sequence, which the length covers.
+    pub const RECORD_HEADER_BYTES: usize = 8;
+    pub const RECORD_BODY_FIXED_BYTES: usize = 9;
+    /// A clean SIGTERM stop of an idle server must not take longer than this.
+    pub const CLEAN_STOP_TIMEOUT_MS: u64 = 10_000;
+
+    /// The `[[merchants]]` section of the test merchant.
+    pub fn merchant_toml() -> String {
+        format!("\n[[merchants]]\nid = \"{MERCHANT_ID}\"\nsecrets = [\"{MERCHANT_SECRET}\"]\n")
+    }
+
+    /// The harness's config with data in `base/data`, logs in `base/logs`, and the given
+    /// `storage.durability` instead of the harness's default "none".
+    pub fn config_text(options: &ServerOptions, base: &Path, durability: &str) -> String {
+        let text = options.config_text(base);
+        let harness_line = "durability = \"none\"\n";
+        assert!(
+            text.contains(harness_line),
+            "the harness config changed: {text}"
+        );
+        text.replace(harness_line, &format!("durability = \"{durability}\"\n"))
+    }
+
+    /// Writes the config file `name` into `base` and returns its path.
+    pub fn write_config(base: &Path, name: &str, text: &str) -> PathBuf {
+        let path = base.join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    pub fn data_dir(base: &Path) -> PathBuf {
+        base.join("data")
+    }
+
+    pub fn shard_dir(base: &Path, shard: u16) -> PathBuf {
+        data_dir(base).join(format!("shard-{shard:04}"))
+    }
+
+    /// Starts `payd serve` on a config whose data directory outlives the process; the
+    /// returned server's own tempdir is only its working directory.
+    pub fn start_server(config_path: &Path) -> Server {
+        let dir = tempfile::tempdir().expect("create tempdir");
+        let mut child = Command::new(super::payd_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn payd");
+        let (sender, receiver) = mpsc::channel();
+        let stderr = CapturedLines::capture(child.stderr.take().unwrap(), Some(sender));
+        let stdout = CapturedLines::capture(child.stdout.take().unwrap(), None);
+        let mut server = Server {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr,
+            stdout,
+            exit_status: None,
+        };
+        server.addr = server.wait_ready(&receiver);
+        server
+    }
+
+    /// SIGTERM, then asserts a successful exit within `CLEAN_STOP_TIMEOUT_MS`.
+    pub fn stop_cleanly(server: &mut Server) {
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(Duration::from_millis(CLEAN_STOP_TIMEOUT_MS));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "payd did not stop cleanly on SIGTERM (status {status:?})\nstderr:\n{}",
+            server.stderr.text()
+        );
+    }
+
+    pub fn unix_seconds() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+    }
+
+    /// API.md section 1, written from the contract rather than from payd's code.
+    pub fn signature_hex(
+        secret: &str,
+        timestamp: u64,
+        method: &str,
+        target: &str,
+        body: &str,
+    ) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(format!("{timestamp}\n{method}\n{target}\n{body}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A keep-alive request signed by the test merchant; a body makes it JSON.
+    pub fn signed_request(method: &str, target: &str, body: &str) -> String {
+        let timestamp = unix_seconds();
+        let signature = signature_hex(MERCHANT_SECRET, timestamp, method, target, body);
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: localhost\r\n\
+             X-Payd-Merchant: {MERCHANT_ID}\r\nX-Payd-Timestamp: {timestamp}\r\n\
+             X-Payd-Signature: v1={signature}\r\n"
+        );
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        request
+    }
+
+    pub fn create_body(order_id: &str, amount: u64, token: &str) -> String {
+        format!(
+            "{{\"order_id\":\"{order_id}\",\"amount\":{amount},\"currency\":\"CNY\",\
+             \"payment_method\":\"{token}\"}}"
+        )
+    }
+
+    pub fn create(client: &mut Client, order_id: &str, amount: u64, token: &str) -> Response {
+        let body = create_body(order_id, amount, token);
+        client.request(signed_request("POST", "/v1/payments", &body).as_bytes())
+    }
+
+    pub fn get_payment(client: &mut Client, id: &str) -> Response {
+        client.request(signed_request("GET", &format!("/v1/payments/{id}"), "").as_bytes())
+    }
+
+    pub fn get_order(client: &mut Client, order_id: &str) -> Response {
+        client.request(signed_request("GET", &format!("/v1/orders/{order_id}"), "").as_bytes())
+    }
+
+    /// The fields of a payment object these tests compare across restarts.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Payment {
+        pub id: String,
+        pub merchant_id: String,
+        pub order_id: String,
+        pub amount: u64,
+        pub currency: String,
+        pub status: String,
+        pub created_at: u64,
+    }
+
+    /// Parses a payment object; `Err` says what is wrong with the body.
+    pub fn parse_payment(body: &[u8]) -> Result<Payment, String> {
+        use simd_json::prelude::*;
+        let mut bytes = body.to_vec();
+        let value = simd_json::to_owned_value(&mut bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let text = |key: &str| {
+            value
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or(format!("{key} is not a string"))
+        };
+        let number = |key: &str| {
+            value
+                .get(key)
+                .and_then(|v| v.as_u64())
+                .ok_or(format!("{key} is not an unsigned integer"))
+        };
+        if text("object")? != "payment" {
+            return Err("object is not \"payment\"".to_string());
+        }
+        Ok(Payment {
+            id: text("id")?,
+            merchant_id: text("merchant_id")?,
+            order_id: text("order_id")?,
+            amount: number("amount")?,
+            currency: text("currency")?,
+            status: text("status")?,
+            created_at: number("created_at")?,
+        })
+    }
+
+    /// The segment files of a shard directory, in log order (their names sort so).
+    pub fn segment_paths(shard_dir: &Path) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(shard_dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", shard_dir.display()))
+            .map(|entry| entry.expect("directory entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// One record found by walking the framing of a segment.
+    #[derive(Clone, Copy, Debug)]
+    pub struct RecordSpan {
+        pub offset: usize,
+        pub length_total: usize,
+        pub kind: u8,
+    }
+
+    /// Walks the records of a segment by their length fields alone, stopping at zero
+    /// padding, at a length that cannot be, or at a record the file does not hold whole.
+    /// No checksum is checked: these are files a cleanly stopped payd wrote.
+    pub fn record_spans(bytes: &[u8]) -> Vec<RecordSpan> {
+        let mut spans = Vec::new();
+        let mut offset = 0;
+        while offset + RECORD_HEADER_BYTES + RECORD_BODY_FIXED_BYTES <= bytes.len() {
+            let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            let length_total = RECORD_HEADER_BYTES + length;
+            if length < RECORD_BODY_FIXED_BYTES || offset + length_total > bytes.len() {
+                break;
+            }
+            spans.push(RecordSpan {
+                offset,
+                length_total,
+                kind: bytes[offset + RECORD_HEADER_BYTES],
+            });
+            offset += length_total;
+        }
+        spans
+    }
+
+    /// Records of `kind` in every segment of a shard directory.
+    pub fn count_records(shard_dir: &Path, kind: u8) -> usize {
+        segment_paths(shard_dir)
+            .iter()
+            .map(|path| {
+                let bytes = std::fs::read(path).expect("read segment");
+                record_spans(&bytes)
+                    .iter()
+                    .filter(|span| span.kind == kind)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// A small seeded generator (SplitMix64): a failing run can be replayed by its seed.
+    pub struct SplitMix64 {
+        state: u64,
+    }
+
+    impl SplitMix64 {
+        pub fn new(seed: u64) -> SplitMix64 {
+            SplitMix64 { state: seed }
+        }
+
+        pub fn next_u64(&mut self) -> u64 {
+            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        /// A number in `low..=high`.
+        pub fn between(&mut self, low: u64, high: u64) -> u64 {
+            assert!(low <= high);
+            low + self.next_u64() % (high - low + 1)
+        }
+    }
+
+    /// The seed from `PAYD_TEST_SEED`, or a fresh one from the clock.
+    pub fn seed() -> u64 {
+        if let Ok(text) = std::env::var("PAYD_TEST_SEED") {
+            return text.parse().expect("PAYD_TEST_SEED is a u64");
+        }
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64
+    }
+}
+
 // ---- Block of issue 5 (acquirer over HTTP): the standalone simulator and signed creates.
 pub mod acq {
     use super::{CapturedLines, Client, Response, ServerOptions, POLL_INTERVAL_MS};

@@ -1,0 +1,167 @@
+# Shared by the benchmark scripts (sourced, not run): tools, build, servers, CPU time.
+#
+# The sourcing script sets SERVER_CPU, READY_TIMEOUT_S, PRIORITY_NICE and `work` (a
+# scratch directory) first. Everything listens on 127.0.0.1 only; `stop_server` runs
+# from the caller's EXIT trap so no server outlives a script.
+
+repository=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+server_pid=""
+clock_ticks_per_s=$(getconf CLK_TCK)
+# Other processes on the machine (builds) steal CPU from the server and from the load
+# generator; as root both run at PRIORITY_NICE so the figures measure the software more
+# than the neighbours.
+# REALTIME=1 runs them SCHED_FIFO instead: steadier figures on a busy machine, at the
+# cost of starving everything else on those two CPUs (the kernel still leaves it 5 %).
+priority=""
+if [ "$(id -u)" -eq 0 ]; then
+    if [ "${REALTIME:-0}" = 1 ]; then
+        priority="chrt -f 50"
+    else
+        priority="nice -n $PRIORITY_NICE"
+    fi
+fi
+
+log() { echo "bench: $*" >&2; }
+
+# Installs the Debian packages named, if their commands are missing. Benchmarks only.
+install_tools() {
+    local missing=() package
+    for package in "$@" util-linux curl; do
+        case $package in
+            nginx-light) [ -x /usr/sbin/nginx ] || missing+=(nginx-light) ;;
+            util-linux) command -v taskset >/dev/null || missing+=(util-linux) ;;
+            *) command -v "$package" >/dev/null || missing+=("$package") ;;
+        esac
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    # policy-rc.d keeps the package from starting a system nginx on port 80.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee $policy >/dev/null
+        $sudo chmod +x $policy
+        added_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ $added_policy -eq 0 ] || $sudo rm -f $policy
+}
+
+build() {
+    log "building payd and payd-loadtest in release"
+    (cd "$repository" && cargo build --release --quiet --workspace --bins)
+}
+
+# Starts "$@" pinned to SERVER_CPU in the background and waits until URL answers 200.
+start_server() {
+    local url=$1 stderr_file=$2
+    shift 2
+    $priority taskset -c "$SERVER_CPU" "$@" 2>"$stderr_file" >/dev/null &
+    server_pid=$!
+    local deadline=$((SECONDS + READY_TIMEOUT_S))
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null)" = 200 ]; do
+        if ! kill -0 "$server_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+            log "server did not become ready: $*"
+            sed 's/^/    /' "$stderr_file" >&2 || true
+            stop_server
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+stop_server() {
+    [ -n "$server_pid" ] || return 0
+    local children
+    children=$(pgrep -P "$server_pid" || true)
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$server_pid" $children 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+
+# CPU ticks (utime+stime, all threads) of the server and its child processes.
+server_cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$server_pid" $(pgrep -P "$server_pid" || true); do
+        [ -r "/proc/$pid/stat" ] || continue
+        # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+        fields=$(sed 's/^.*) //' "/proc/$pid/stat")
+        total=$((total + $(echo "$fields" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+
+# Prints CPU µs per request and CPU % from a tick delta, a request count and seconds.
+cpu_figures() {
+    awk -v ticks="$1" -v requests="$2" -v seconds="$3" -v hz="$clock_ticks_per_s" 'BEGIN {
+        cpu_s = ticks / hz
+        printf "%.2f %.0f\n", (requests ? cpu_s * 1e6 / requests : 0), cpu_s * 100 / seconds
+    }'
+}
+
+# Writes a payd config: payd_config FILE PORT ACCESS_LOG DURABILITY MERCHANT SECRET.
+payd_config() {
+    local file=$1 port=$2 access_log=$3 durability=$4 merchant=$5 secret=$6
+    rm -rf "$work/payd-data" "$work/payd-logs"
+    cat >"$file" <<CONFIG
+[server]
+listen = "127.0.0.1:$port"
+cores = [$SERVER_CPU]
+
+[storage]
+data_dir = "$work/payd-data"
+durability = "$durability"
+
+[log]
+access_log = $access_log
+dir = "$work/payd-logs"
+
+[[merchants]]
+id = "$merchant"
+secrets = ["$secret"]
+CONFIG
+}
+
+# Writes an nginx config serving `return 200 '{"status":"ok"}'` with one worker on
+# SERVER_CPU, no access log, and keep-alive connections that are never retired.
+nginx_config() {
+    local prefix=$1 port=$2 cpu_mask=1
+    mkdir -p "$prefix"
+    # worker_cpu_affinity takes a bit mask whose rightmost bit is CPU 0.
+    [ "$SERVER_CPU" -eq 0 ] || cpu_mask=1$(printf '0%.0s' $(seq 1 "$SERVER_CPU"))
+    cat >"$prefix/nginx.conf" <<CONFIG
+worker_processes 1;
+worker_cpu_affinity $cpu_mask;
+daemon off;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $prefix/body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            default_type application/json;
+            return 200 '{"status":"ok"}';
+        }
+    }
+}
+CONFIG
+}
+
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f\n", a / b }'
+}
