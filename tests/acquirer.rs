@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// Few attempts keep `tok_error` quick: backoffs of about 100 and 200 ms between them.
 const MAX_ATTEMPTS: u64 = 3;
 const FINAL_WAIT_MS: u64 = 10_000;
+/// How long a `tok_slow` call runs at the acquirer before the acquirer is killed.
+const IN_FLIGHT_HEAD_START_MS: u64 = 500;
 
 fn calls(metrics: &Metrics, outcome: &str) -> f64 {
     metrics.value("payd_acquirer_calls_total", &[("outcome", outcome)])
@@ -109,7 +111,19 @@ fn payd_recovers_when_the_acquirer_dies_and_comes_back() {
     let (_, before) = acq::create(server.addr, "ord-before", "tok_visa");
     assert_eq!(before.status, "succeeded");
 
+    // A slow authorisation is in flight at the acquirer when it dies.
+    let addr = server.addr;
+    let in_flight = thread::spawn(move || acq::create(addr, "ord-in-flight", "tok_slow"));
+    thread::sleep(Duration::from_millis(IN_FLIGHT_HEAD_START_MS));
     sim.kill();
+    // Its retries fail too, well within the 2 s the client waits: a final answer.
+    let (code, in_flight) = in_flight.join().expect("in-flight create");
+    assert_eq!(code, 201, "{in_flight:?}");
+    assert_eq!(
+        (in_flight.status.as_str(), in_flight.decline_code.as_deref()),
+        ("failed", Some("acquirer_unavailable")),
+        "the broken call was retried, then given up"
+    );
     for index in 0..4 {
         let (code, payment) = acq::create(server.addr, &format!("ord-down-{index}"), "tok_visa");
         assert_eq!(code, 201);
