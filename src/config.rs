@@ -412,14 +412,8 @@ impl Config {
 
     fn validate_acquirer(&self) -> Result<(), ConfigError> {
         let acquirer = &self.acquirer;
-        if acquirer.mode == AcquirerMode::Http {
-            return Err(error(
-                "acquirer.mode",
-                "\"http\" is not built yet in this version; use \"simulated\"",
-            ));
-        }
-        if !acquirer.url.starts_with("http://") {
-            return Err(error("acquirer.url", "must be an http:// URL"));
+        if let Err(problem) = crate::outbound::HttpUrl::parse(&acquirer.url) {
+            return Err(error("acquirer.url", problem.to_string()));
         }
         if acquirer.response_timeout_ms == 0 {
             return Err(error("acquirer.response_timeout_ms", "must be above 0"));

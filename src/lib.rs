@@ -15,6 +15,8 @@
 //!   flags, and the payment domain types every layer speaks.
 //! - `wal`, `acquirer` (below `shard`): the write-ahead log, and the acquirer seam with
 //!   its retry policy and simulation.
+//! - `outbound` (below `acquirer` and `webhooks`): the HTTP/1.1 client with its pool of
+//!   keep-alive connections, for every call payd makes to another service.
 pub mod acquirer;
 pub mod api;
 pub mod auth;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbound;
 pub mod payment;
 pub mod payment_object;
 pub mod server;

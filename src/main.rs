@@ -1,8 +1,9 @@
-//! The `payd` command line: `serve` (the default), `check-config`, `sign`.
+//! The `payd` command line: `serve` (the default), `check-config`, `sign`, `acquirer-sim`.
 
 use clap::{Args, Parser, Subcommand};
 use payd::auth::{self, MerchantKeys};
 use payd::config::{Config, MerchantConfig};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,6 +30,28 @@ enum Command {
     },
     /// Print the signature headers for a request (API.md section 1), or a curl command.
     Sign(SignArgs),
+    /// Run the simulated acquirer as a standalone HTTP server (API.md section 4), for
+    /// `acquirer.mode = "http"` in tests, demos and load tests.
+    AcquirerSim(AcquirerSimArgs),
+}
+
+#[derive(Args)]
+struct AcquirerSimArgs {
+    /// The address to listen on; port 0 picks a free port (printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// Base latency of every authorisation.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Uniform jitter added to the latency, 0 to this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Probability (0 to 1) that an authorisation answers 503 whatever its token.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// The CPU to pin the simulator to; the last available one by default.
+    #[arg(long)]
+    cpu: Option<usize>,
 }
 
 #[derive(Args)]
@@ -66,6 +89,7 @@ fn main() -> ExitCode {
         Some(Command::Serve { config }) => serve(config),
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Sign(args)) => sign(&args),
+        Some(Command::AcquirerSim(args)) => acquirer_sim(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +148,26 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
     let config: &'static Config = Box::leak(Box::new(config));
     let keys: &'static MerchantKeys = Box::leak(Box::new(keys));
     payd::server::serve(config, keys, &cpus)
+}
+
+fn acquirer_sim(args: AcquirerSimArgs) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        return Err("acquirer-sim: --fail-rate must be between 0 and 1".into());
+    }
+    if let Some(cpu) = args.cpu {
+        if !payd::config::available_cpus().contains(&cpu) {
+            return Err(format!(
+                "acquirer-sim: CPU {cpu} is not available to this process"
+            ));
+        }
+    }
+    payd::acquirer::sim_server::run(payd::acquirer::sim_server::SimSettings {
+        listen: args.listen,
+        latency_ms: args.latency_ms,
+        jitter_ms: args.jitter_ms,
+        fail_rate: args.fail_rate,
+        cpu: args.cpu,
+    })
 }
 
 fn check_config(path: &PathBuf) -> Result<(), String> {

@@ -2,13 +2,17 @@
 //! retried with exponential backoff under a per-attempt timeout.
 //!
 //! An attempt is any async function from the request to an `AttemptOutcome`: the in-process
-//! simulation (`simulated`) or, later, an HTTP client. `authorize` owns the policy around
+//! simulation (`simulated`) or a call over HTTP (`http`, on the pooled `outbound` client,
+//! behind a per-core circuit breaker, `breaker`). `authorize` owns the policy around
 //! it (timeouts, retries, backoff, the mapping to a payment's final status), so every
 //! acquirer behaves the same. The idempotency key is the payment id, which the request
 //! carries unchanged into every attempt.
 
+pub mod breaker;
 mod client;
+pub mod http;
 pub mod random;
+pub mod sim_server;
 pub mod simulated;
 
 pub use client::Acquirer;

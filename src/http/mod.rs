@@ -5,6 +5,7 @@
 //! request-smuggling defences); it knows nothing of payments. The connection loop in
 //! `server` feeds it bytes and gets back complete requests or a protocol error.
 
+pub mod chunked;
 pub mod request;
 pub mod response;
 

@@ -3,14 +3,13 @@
 //! Parsing works on the connection's read buffer and returns positions into it rather than
 //! borrowed slices, so the connection loop can keep reading into the same buffer.
 
+use super::chunked::{self, ChunkedError};
 use std::ops::Range;
+
+pub use super::chunked::ChunkedOutcome;
 
 /// RFC 9110 does not bound the header count; API.md does (431 above it).
 pub const HEADERS_COUNT_MAX: usize = 64;
-/// A chunk-size line longer than this is malformed (hex digits plus extensions).
-pub const CHUNK_LINE_BYTES_MAX: usize = 256;
-/// Trailer fields after the last chunk are read and discarded, up to this many bytes.
-pub const CHUNK_TRAILER_BYTES_MAX: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -230,76 +229,17 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// Result of decoding a chunked body that starts at the beginning of a buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChunkedOutcome {
-    Partial,
-    /// The whole body was decoded into the output; `consumed` bytes of input were used.
-    Complete {
-        consumed: usize,
-    },
-}
-
-/// Decodes a complete chunked body from `input` into `body` (cleared first). Returns
-/// `Partial` until the last chunk and the trailer section have arrived.
+/// Decodes a complete chunked request body from `input` into `body` (cleared first), as
+/// `chunked::decode_chunked` does, with its errors as the protocol errors they answer.
 pub fn decode_chunked(
     input: &[u8],
     body: &mut Vec<u8>,
     max_body_bytes: usize,
 ) -> Result<ChunkedOutcome, ProtocolError> {
-    body.clear();
-    let mut position = 0;
-    loop {
-        let size = match httparse::parse_chunk_size(&input[position..]) {
-            Ok(httparse::Status::Complete((used, size))) => {
-                position += used;
-                size
-            }
-            Ok(httparse::Status::Partial) if input.len() - position > CHUNK_LINE_BYTES_MAX => {
-                return Err(ProtocolError::BadRequest)
-            }
-            Ok(httparse::Status::Partial) => return Ok(ChunkedOutcome::Partial),
-            Err(_) => return Err(ProtocolError::BadRequest),
-        };
-        if size == 0 {
-            return decode_trailer(input, position);
-        }
-        let size = usize::try_from(size).map_err(|_| ProtocolError::BodyTooLarge)?;
-        if size > max_body_bytes || body.len() + size > max_body_bytes {
-            return Err(ProtocolError::BodyTooLarge);
-        }
-        let available = input.len() - position;
-        if available < size + 2 {
-            return Ok(ChunkedOutcome::Partial);
-        }
-        body.extend_from_slice(&input[position..position + size]);
-        position += size;
-        if &input[position..position + 2] != b"\r\n" {
-            return Err(ProtocolError::BadRequest);
-        }
-        position += 2;
-    }
-}
-
-/// Skips the trailer section after the last chunk, up to its empty line.
-fn decode_trailer(input: &[u8], start: usize) -> Result<ChunkedOutcome, ProtocolError> {
-    let mut position = start;
-    loop {
-        let rest = &input[position..];
-        match rest.windows(2).position(|pair| pair == b"\r\n") {
-            Some(0) => {
-                return Ok(ChunkedOutcome::Complete {
-                    consumed: position + 2,
-                })
-            }
-            Some(line_end) => position += line_end + 2,
-            None if rest.len() > CHUNK_TRAILER_BYTES_MAX => return Err(ProtocolError::BadRequest),
-            None => return Ok(ChunkedOutcome::Partial),
-        }
-        if position - start > CHUNK_TRAILER_BYTES_MAX {
-            return Err(ProtocolError::BadRequest);
-        }
-    }
+    chunked::decode_chunked(input, body, max_body_bytes).map_err(|error| match error {
+        ChunkedError::Malformed => ProtocolError::BadRequest,
+        ChunkedError::TooLarge => ProtocolError::BodyTooLarge,
+    })
 }
 
 #[cfg(test)]

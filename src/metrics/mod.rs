@@ -144,6 +144,108 @@ impl LatencySummary {
     }
 }
 
+/// What one acquirer attempt came to: the `outcome` label of `payd_acquirer_calls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcquirerOutcome {
+    Approved,
+    Declined,
+    /// A final 4xx: the payment fails with `acquirer_rejected`.
+    Rejected,
+    /// 408, 429 or 5xx: retried.
+    RetryableStatus,
+    /// A 200 whose body was not the contract's JSON, or bytes that were not HTTP.
+    BadResponse,
+    ConnectionError,
+    /// Over `acquirer.attempt_timeout_ms`.
+    Timeout,
+    /// Failed fast by the open circuit breaker, without a call.
+    BreakerOpen,
+    /// Every pooled connection busy and the waiting queue full.
+    PoolBusy,
+}
+
+impl AcquirerOutcome {
+    pub const ALL: [AcquirerOutcome; 9] = [
+        AcquirerOutcome::Approved,
+        AcquirerOutcome::Declined,
+        AcquirerOutcome::Rejected,
+        AcquirerOutcome::RetryableStatus,
+        AcquirerOutcome::BadResponse,
+        AcquirerOutcome::ConnectionError,
+        AcquirerOutcome::Timeout,
+        AcquirerOutcome::BreakerOpen,
+        AcquirerOutcome::PoolBusy,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AcquirerOutcome::Approved => "approved",
+            AcquirerOutcome::Declined => "declined",
+            AcquirerOutcome::Rejected => "rejected",
+            AcquirerOutcome::RetryableStatus => "retryable_status",
+            AcquirerOutcome::BadResponse => "bad_response",
+            AcquirerOutcome::ConnectionError => "connection_error",
+            AcquirerOutcome::Timeout => "timeout",
+            AcquirerOutcome::BreakerOpen => "breaker_open",
+            AcquirerOutcome::PoolBusy => "pool_busy",
+        }
+    }
+}
+
+/// The circuit breaker's state as exported: one series per state, 1 for the current.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BreakerGauge {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerGauge {
+    pub const ALL: [BreakerGauge; 3] = [
+        BreakerGauge::Closed,
+        BreakerGauge::Open,
+        BreakerGauge::HalfOpen,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BreakerGauge::Closed => "closed",
+            BreakerGauge::Open => "open",
+            BreakerGauge::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// One core's acquirer client: attempts, their latency, its pool and its breaker.
+#[derive(Clone, Debug, Default)]
+pub struct AcquirerMetrics {
+    calls: [u64; AcquirerOutcome::ALL.len()],
+    pub attempt_latency: LatencySummary,
+    /// Attempts after the first of a payment.
+    pub retries: u64,
+    pub pool_size: u64,
+    pub pool_connections_in_use: u64,
+    /// The most connections ever in use at once on this core.
+    pub pool_connections_in_use_max: u64,
+    pub pool_connections_open: u64,
+    pub pool_waiting: u64,
+    pub pool_connects: u64,
+    pub breaker_state: BreakerGauge,
+    pub breaker_opened: u64,
+}
+
+impl AcquirerMetrics {
+    pub fn record_call(&mut self, outcome: AcquirerOutcome, latency_us: u64) {
+        self.calls[outcome as usize] += 1;
+        self.attempt_latency.record(latency_us);
+    }
+
+    pub fn calls(&self, outcome: AcquirerOutcome) -> u64 {
+        self.calls[outcome as usize]
+    }
+}
+
 /// One core's metrics. Recorded without locks by its own core; copied on scrape.
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {
@@ -157,6 +259,7 @@ pub struct CoreMetrics {
     pub connections_accepted: u64,
     pub connections_rejected: u64,
     pub access_log_lines_dropped: u64,
+    pub acquirer: AcquirerMetrics,
 }
 
 impl CoreMetrics {
@@ -174,6 +277,7 @@ impl CoreMetrics {
             connections_accepted: 0,
             connections_rejected: 0,
             access_log_lines_dropped: 0,
+            acquirer: AcquirerMetrics::default(),
         }
     }
 
@@ -200,6 +304,7 @@ pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut Strin
     render_requests(cores, out);
     render_latency(cores, out);
     render_wal(cores, out);
+    render_acquirer(cores, out);
     let per_core: [PerCoreMetric; 4] = [
         (
             "payd_connections_open",
@@ -226,12 +331,7 @@ pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut Strin
             |m| m.access_log_lines_dropped,
         ),
     ];
-    for (name, kind, help, value) in per_core {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for core in cores {
-            let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", core.cpu, value(core));
-        }
-    }
+    render_per_core(cores, &per_core, out);
     let _ = writeln!(
         out,
         "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
@@ -305,6 +405,108 @@ fn render_wal(cores: &[CoreMetrics], out: &mut String) {
     }
 }
 
+fn render_acquirer(cores: &[CoreMetrics], out: &mut String) {
+    let name = "payd_acquirer_calls_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Attempts to authorise with the acquirer, by outcome.\n# TYPE {name} counter"
+    );
+    for outcome in AcquirerOutcome::ALL {
+        let total: u64 = cores.iter().map(|core| core.acquirer.calls(outcome)).sum();
+        let _ = writeln!(out, "{name}{{outcome=\"{}\"}} {total}", outcome.label());
+    }
+    let mut latency = LatencySummary::default();
+    for core in cores {
+        latency.merge(&core.acquirer.attempt_latency);
+    }
+    let name = "payd_acquirer_attempt_latency_microseconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of one attempt to authorise with the acquirer.\n# TYPE {name} summary"
+    );
+    latency.render(out, name, "acquirer=\"all\"");
+    let name = "payd_acquirer_retries_total";
+    let retries: u64 = cores.iter().map(|core| core.acquirer.retries).sum();
+    let _ = writeln!(
+        out,
+        "# HELP {name} Attempts after the first for a payment.\n# TYPE {name} counter\n{name} {retries}"
+    );
+    render_acquirer_pool(cores, out);
+    let name = "payd_acquirer_breaker_state";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The acquirer circuit breaker of each core: 1 for its current state.\n# TYPE {name} gauge"
+    );
+    for core in cores {
+        for state in BreakerGauge::ALL {
+            let value = u8::from(core.acquirer.breaker_state == state);
+            let _ = writeln!(
+                out,
+                "{name}{{core=\"{}\",state=\"{}\"}} {value}",
+                core.cpu,
+                state.label()
+            );
+        }
+    }
+}
+
+fn render_acquirer_pool(cores: &[CoreMetrics], out: &mut String) {
+    let per_core: [PerCoreMetric; 7] = [
+        (
+            "payd_acquirer_pool_size",
+            "gauge",
+            "Connections the acquirer pool may open (acquirer.pool_size; 0 when simulated).",
+            |m| m.acquirer.pool_size,
+        ),
+        (
+            "payd_acquirer_pool_connections_in_use",
+            "gauge",
+            "Acquirer connections carrying a request.",
+            |m| m.acquirer.pool_connections_in_use,
+        ),
+        (
+            "payd_acquirer_pool_connections_in_use_max",
+            "gauge",
+            "The most acquirer connections ever in use at once.",
+            |m| m.acquirer.pool_connections_in_use_max,
+        ),
+        (
+            "payd_acquirer_pool_connections_open",
+            "gauge",
+            "Acquirer connections open, idle or in use.",
+            |m| m.acquirer.pool_connections_open,
+        ),
+        (
+            "payd_acquirer_pool_waiting",
+            "gauge",
+            "Attempts waiting for a free acquirer connection.",
+            |m| m.acquirer.pool_waiting,
+        ),
+        (
+            "payd_acquirer_pool_connects_total",
+            "counter",
+            "Connections opened to the acquirer.",
+            |m| m.acquirer.pool_connects,
+        ),
+        (
+            "payd_acquirer_breaker_opened_total",
+            "counter",
+            "Times the acquirer circuit breaker opened.",
+            |m| m.acquirer.breaker_opened,
+        ),
+    ];
+    render_per_core(cores, &per_core, out);
+}
+
+fn render_per_core(cores: &[CoreMetrics], metrics: &[PerCoreMetric], out: &mut String) {
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for core in cores {
+            let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", core.cpu, value(core));
+        }
+    }
+}
+
 /// Resident set size of this process, from /proc/self/statm (0 if unavailable).
 pub fn resident_memory_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -351,6 +553,39 @@ mod tests {
         assert!(text.contains("payd_connections_accepted_total{core=\"1\"} 3\n"));
         assert!(text.contains("process_resident_memory_bytes 4096\n"));
         assert!(!text.contains("route=\"get_payment\""));
+    }
+
+    #[test]
+    fn acquirer_metrics_merge_calls_and_keep_gauges_per_core() {
+        let mut first = CoreMetrics::new(0);
+        let mut second = CoreMetrics::new(1);
+        first
+            .acquirer
+            .record_call(AcquirerOutcome::Approved, 20_000);
+        second
+            .acquirer
+            .record_call(AcquirerOutcome::Approved, 40_000);
+        second
+            .acquirer
+            .record_call(AcquirerOutcome::Timeout, 5_000_000);
+        second.acquirer.retries = 1;
+        first.acquirer.pool_size = 64;
+        first.acquirer.pool_connections_in_use_max = 7;
+        second.acquirer.breaker_state = BreakerGauge::Open;
+        let mut text = String::new();
+        render(&[first, second], 0, &mut text);
+        assert!(text.contains("payd_acquirer_calls_total{outcome=\"approved\"} 2\n"));
+        assert!(text.contains("payd_acquirer_calls_total{outcome=\"timeout\"} 1\n"));
+        assert!(text.contains("payd_acquirer_calls_total{outcome=\"breaker_open\"} 0\n"));
+        assert!(
+            text.contains("payd_acquirer_attempt_latency_microseconds_count{acquirer=\"all\"} 3\n")
+        );
+        assert!(text.contains("payd_acquirer_retries_total 1\n"));
+        assert!(text.contains("payd_acquirer_pool_size{core=\"0\"} 64\n"));
+        assert!(text.contains("payd_acquirer_pool_connections_in_use_max{core=\"0\"} 7\n"));
+        assert!(text.contains("payd_acquirer_breaker_state{core=\"0\",state=\"closed\"} 1\n"));
+        assert!(text.contains("payd_acquirer_breaker_state{core=\"1\",state=\"closed\"} 0\n"));
+        assert!(text.contains("payd_acquirer_breaker_state{core=\"1\",state=\"open\"} 1\n"));
     }
 
     #[test]

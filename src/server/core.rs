@@ -105,7 +105,8 @@ pub async fn run(start: CoreStart) {
         rejected_lingering: Cell::new(0),
     });
     let accepting = glommio::spawn_local(accept_loop(Rc::clone(&core), listener));
-    match open_shards(config, keys, data_dir, index, peers.count()).await {
+    let acquirer = Rc::new(Acquirer::new(config, Rc::clone(&core.api.metrics)));
+    match open_shards(config, keys, data_dir, index, peers.count(), acquirer).await {
         Ok(shards) => {
             peers.set_local_shards(shards);
             let _ = started.send(Started::Recovered);
@@ -128,8 +129,8 @@ async fn open_shards(
     data_dir: &'static DataDir,
     index: usize,
     cores: usize,
+    acquirer: Rc<Acquirer>,
 ) -> Result<Vec<Option<Rc<Shard>>>, String> {
-    let acquirer = Rc::new(Acquirer::new(config));
     let mut shards: Vec<Option<Rc<Shard>>> = vec![None; usize::from(data_dir.shard_count())];
     for id in (0..data_dir.shard_count()).filter(|&id| usize::from(id) % cores == index) {
         let dir = data_dir.shard_dir(id);

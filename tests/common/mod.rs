@@ -1548,3 +1548,217 @@ pub mod durable {
             .as_nanos() as u64
     }
 }
+
+// ---- Block of issue 5 (acquirer over HTTP): the standalone simulator and signed creates.
+pub mod acq {
+    use super::{CapturedLines, Client, Response, ServerOptions, POLL_INTERVAL_MS};
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    pub const MERCHANT_ID: &str = "m_acq";
+    /// A test secret, nothing like a real one.
+    pub const MERCHANT_SECRET: &str = "acquirer-test-secret";
+    /// What `payd acquirer-sim` prints once it accepts connections.
+    pub const SIM_READY_PREFIX: &str = "payd acquirer-sim: listening on ";
+    pub const SIM_READY_TIMEOUT_MS: u64 = 10_000;
+
+    /// A running `payd acquirer-sim`, killed with SIGKILL when dropped.
+    pub struct AcquirerSim {
+        child: Option<Child>,
+        pub addr: SocketAddr,
+        pub stderr: CapturedLines,
+    }
+
+    impl AcquirerSim {
+        /// Starts the simulator on `listen` (port 0 for any) with extra arguments
+        /// such as `--latency-ms 20`, and waits for its ready line.
+        pub fn start(listen: &str, args: &[&str]) -> AcquirerSim {
+            let mut child = Command::new(super::payd_binary())
+                .args(["acquirer-sim", "--listen", listen])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn payd acquirer-sim");
+            let (sender, receiver) = mpsc::channel();
+            let stderr = CapturedLines::capture(child.stderr.take().unwrap(), Some(sender));
+            let deadline = Instant::now() + Duration::from_millis(SIM_READY_TIMEOUT_MS);
+            let addr = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match receiver.recv_timeout(left) {
+                    Ok(line) => {
+                        if let Some(addr) = line.strip_prefix(SIM_READY_PREFIX) {
+                            break addr.trim().parse().expect("a socket address");
+                        }
+                    }
+                    Err(_) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!(
+                            "acquirer-sim never became ready; stderr:\n{}",
+                            stderr.text()
+                        );
+                    }
+                }
+            };
+            AcquirerSim {
+                child: Some(child),
+                addr,
+                stderr,
+            }
+        }
+
+        /// SIGKILL, as a crash would: no goodbye on any connection.
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        pub fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// `GET /calls`: the total and the calls per Idempotency-Key.
+        pub fn calls(&self) -> (u64, HashMap<String, u64>) {
+            use simd_json::prelude::*;
+            let mut client = Client::connect(self.addr);
+            let response = client.get("/calls", "calls");
+            assert_eq!(response.status, 200, "{response:?}");
+            let mut body = response.body.clone();
+            let value = simd_json::to_owned_value(&mut body).expect("/calls is JSON");
+            let total = value["total"].as_u64().expect("total");
+            let by_key = value["by_key"]
+                .as_object()
+                .expect("by_key")
+                .iter()
+                .map(|(key, count)| (key.to_string(), count.as_u64().expect("a count")))
+                .collect();
+            (total, by_key)
+        }
+    }
+
+    impl Drop for AcquirerSim {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// Server options for payd calling the acquirer at `url` over HTTP, with the test
+    /// merchant and `acquirer_toml` lines added to the `[acquirer]` section.
+    pub fn options_with_http_acquirer(url: &str, acquirer_toml: &str) -> ServerOptions {
+        ServerOptions {
+            extra_toml: format!(
+                "[acquirer]\nmode = \"http\"\nurl = \"{url}\"\n{acquirer_toml}\n\n\
+                 [[merchants]]\nid = \"{MERCHANT_ID}\"\nsecrets = [\"{MERCHANT_SECRET}\"]\n"
+            ),
+            ..ServerOptions::default()
+        }
+    }
+
+    pub fn unix_seconds() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+    }
+
+    /// API.md section 1, from the contract: HMAC-SHA256 of timestamp, method, target
+    /// and body, each on its own line.
+    pub fn signature_hex(timestamp: u64, method: &str, target: &str, body: &str) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(MERCHANT_SECRET.as_bytes()).expect("any key length");
+        mac.update(format!("{timestamp}\n{method}\n{target}\n{body}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A keep-alive request signed by the test merchant; a body makes it JSON.
+    pub fn signed_request(method: &str, target: &str, body: &str) -> String {
+        let timestamp = unix_seconds();
+        let signature = signature_hex(timestamp, method, target, body);
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: localhost\r\n\
+             X-Payd-Merchant: {MERCHANT_ID}\r\nX-Payd-Timestamp: {timestamp}\r\n\
+             X-Payd-Signature: v1={signature}\r\n"
+        );
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        request
+    }
+
+    pub fn create_request(order_id: &str, token: &str) -> String {
+        let body = format!(
+            "{{\"order_id\":\"{order_id}\",\"amount\":1999,\"currency\":\"CNY\",\"payment_method\":\"{token}\"}}"
+        );
+        signed_request("POST", "/v1/payments", &body)
+    }
+
+    /// The fields of a payment body the acquirer tests look at.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct PaymentView {
+        pub id: String,
+        pub status: String,
+        pub decline_code: Option<String>,
+    }
+
+    pub fn payment_view(response: &Response) -> PaymentView {
+        use simd_json::prelude::*;
+        let mut body = response.body.clone();
+        let value = simd_json::to_owned_value(&mut body)
+            .unwrap_or_else(|_| panic!("payment body is not JSON: {response:?}"));
+        PaymentView {
+            id: value["id"].as_str().expect("id").to_string(),
+            status: value["status"].as_str().expect("status").to_string(),
+            decline_code: value["decline_code"].as_str().map(str::to_string),
+        }
+    }
+
+    /// Creates one payment on a fresh connection: the status code and the payment.
+    pub fn create(server_addr: SocketAddr, order_id: &str, token: &str) -> (u16, PaymentView) {
+        let mut client = Client::connect(server_addr);
+        let response = client.request(create_request(order_id, token).as_bytes());
+        assert!(
+            matches!(response.status, 201 | 202),
+            "create {order_id} with {token}: {response:?} {}",
+            response.body_text()
+        );
+        (response.status, payment_view(&response))
+    }
+
+    /// Polls `GET /v1/payments/{id}` until the payment is final, at most `timeout`.
+    pub fn wait_final(server_addr: SocketAddr, id: &str, timeout: Duration) -> PaymentView {
+        let deadline = Instant::now() + timeout;
+        let mut client = Client::connect(server_addr);
+        loop {
+            let target = format!("/v1/payments/{id}");
+            let response = client.request(signed_request("GET", &target, "").as_bytes());
+            assert_eq!(response.status, 200, "{response:?}");
+            let view = payment_view(&response);
+            if view.status != "pending" {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "payment {id} still pending after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        }
+    }
+
+    /// A loopback port that was free a moment ago (to restart a process on it).
+    pub fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    }
+}

@@ -1,0 +1,155 @@
+//! Chunked transfer coding (RFC 9112 section 7.1), decoded from a buffer: a leaf module,
+//! shared by the request parser of this layer and the outbound client's responses.
+//!
+//! It imports nothing from payd, so a lower layer may use it without reaching up into
+//! the server's request handling.
+
+/// A chunk-size line longer than this is malformed (hex digits plus extensions).
+pub const CHUNK_LINE_BYTES_MAX: usize = 256;
+/// Trailer fields after the last chunk are read and discarded, up to this many bytes.
+pub const CHUNK_TRAILER_BYTES_MAX: usize = 1024;
+
+/// Result of decoding a chunked body that starts at the beginning of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkedOutcome {
+    Partial,
+    /// The whole body was decoded into the output; `consumed` bytes of input were used.
+    Complete {
+        consumed: usize,
+    },
+}
+
+/// Why a chunked body cannot be decoded. Either way the framing of the stream is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkedError {
+    Malformed,
+    /// The decoded body would be over the caller's limit.
+    TooLarge,
+}
+
+/// Decodes a complete chunked body from `input` into `body` (cleared first). Returns
+/// `Partial` until the last chunk and the trailer section have arrived.
+pub fn decode_chunked(
+    input: &[u8],
+    body: &mut Vec<u8>,
+    max_body_bytes: usize,
+) -> Result<ChunkedOutcome, ChunkedError> {
+    body.clear();
+    let mut position = 0;
+    loop {
+        let size = match httparse::parse_chunk_size(&input[position..]) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                position += used;
+                size
+            }
+            Ok(httparse::Status::Partial) if input.len() - position > CHUNK_LINE_BYTES_MAX => {
+                return Err(ChunkedError::Malformed)
+            }
+            Ok(httparse::Status::Partial) => return Ok(ChunkedOutcome::Partial),
+            Err(_) => return Err(ChunkedError::Malformed),
+        };
+        if size == 0 {
+            return decode_trailer(input, position);
+        }
+        let size = usize::try_from(size).map_err(|_| ChunkedError::TooLarge)?;
+        if size > max_body_bytes || body.len() + size > max_body_bytes {
+            return Err(ChunkedError::TooLarge);
+        }
+        let available = input.len() - position;
+        if available < size + 2 {
+            return Ok(ChunkedOutcome::Partial);
+        }
+        body.extend_from_slice(&input[position..position + size]);
+        position += size;
+        if &input[position..position + 2] != b"\r\n" {
+            return Err(ChunkedError::Malformed);
+        }
+        position += 2;
+    }
+}
+
+/// Skips the trailer section after the last chunk, up to its empty line.
+fn decode_trailer(input: &[u8], start: usize) -> Result<ChunkedOutcome, ChunkedError> {
+    let mut position = start;
+    loop {
+        let rest = &input[position..];
+        match rest.windows(2).position(|pair| pair == b"\r\n") {
+            Some(0) => {
+                return Ok(ChunkedOutcome::Complete {
+                    consumed: position + 2,
+                })
+            }
+            Some(line_end) => position += line_end + 2,
+            None if rest.len() > CHUNK_TRAILER_BYTES_MAX => return Err(ChunkedError::Malformed),
+            None => return Ok(ChunkedOutcome::Partial),
+        }
+        if position - start > CHUNK_TRAILER_BYTES_MAX {
+            return Err(ChunkedError::Malformed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_chunks_extensions_and_trailers() {
+        let mut body = Vec::new();
+        let input = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let outcome = decode_chunked(input, &mut body, 100).unwrap();
+        assert_eq!(
+            outcome,
+            ChunkedOutcome::Complete {
+                consumed: input.len() - 4
+            }
+        );
+        assert_eq!(body, b"abcde");
+    }
+
+    #[test]
+    fn every_prefix_of_a_body_is_partial() {
+        let input = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut body = Vec::new();
+        for end in 0..input.len() {
+            assert_eq!(
+                decode_chunked(&input[..end], &mut body, 100),
+                Ok(ChunkedOutcome::Partial),
+                "prefix of {end} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_and_malformed_input() {
+        let mut body = Vec::new();
+        assert_eq!(
+            decode_chunked(b"3\r\nabcXY", &mut body, 100),
+            Err(ChunkedError::Malformed)
+        );
+        assert_eq!(
+            decode_chunked(b"65\r\n", &mut body, 100),
+            Err(ChunkedError::TooLarge)
+        );
+        // Two chunks each within the limit, over it together.
+        assert_eq!(
+            decode_chunked(b"3\r\nabc\r\n3\r\ndef\r\n", &mut body, 5),
+            Err(ChunkedError::TooLarge)
+        );
+        assert_eq!(
+            decode_chunked(b"zz\r\n", &mut body, 100),
+            Err(ChunkedError::Malformed)
+        );
+        let long_line = vec![b'1'; CHUNK_LINE_BYTES_MAX + 1];
+        assert_eq!(
+            decode_chunked(&long_line, &mut body, usize::MAX),
+            Err(ChunkedError::Malformed)
+        );
+        let mut long_trailer = b"0\r\n".to_vec();
+        long_trailer.extend(vec![b'x'; CHUNK_TRAILER_BYTES_MAX + 1]);
+        assert_eq!(
+            decode_chunked(&long_trailer, &mut body, 100),
+            Err(ChunkedError::Malformed)
+        );
+    }
+}
