@@ -250,7 +250,7 @@ impl Default for AcquirerConfig {
             max_attempts: 5,
             latency_ms: 0,
             jitter_ms: 0,
-            pool_size: 64,
+            pool_size: 256,
         }
     }
 }
