@@ -11,10 +11,13 @@
 //! - `api`: routes and handlers, and the error catalogue of API.md.
 //! - `shard`: the stateful part; shards and the cross-core mesh that reaches them.
 //! - `metrics` (beside the others): per-core counters and HDR histograms, merged on scrape.
-//! - `config`, `lifecycle`, `payment`: the config file, the process's ready/stopping
-//!   flags, and the payment domain types every layer speaks.
-//! - `wal`, `acquirer` (below `shard`): the write-ahead log, and the acquirer seam with
-//!   its retry policy and simulation.
+//! - `config`, `lifecycle`, `payment`, `payment_object`: the config file, the process's
+//!   ready/stopping flags, the payment domain types every layer speaks, and the payment
+//!   object's JSON (shared by the API and webhooks).
+//! - `auth`: request signatures, used by `api`.
+//! - `wal`, `acquirer`, `webhooks` (below `shard`): the write-ahead log; the acquirer with
+//!   its retry policy, circuit breaker, HTTP attempt and simulation; webhook signing,
+//!   events and the outbox state machine (not wired into the shards yet).
 //! - `outbound` (below `acquirer` and `webhooks`): the HTTP/1.1 client with its pool of
 //!   keep-alive connections, for every call payd makes to another service.
 pub mod acquirer;
