@@ -55,7 +55,7 @@ mod writer;
 pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
 pub use manifest::{DataDir, DataDirError, MANIFEST_FORMAT_VERSION};
 pub use payload::{
-    encode_created, encode_finalized, Created, Finalized, PayloadError, RecordKind,
+    encode_created, encode_finalized, Checkpoint, Created, Finalized, PayloadError, RecordKind,
     DECLINE_CODE_LENGTH_MAX, MERCHANT_ID_LENGTH_MAX,
 };
 pub use record::{
@@ -63,8 +63,8 @@ pub use record::{
     RECORD_PAYLOAD_BYTES_MAX,
 };
 pub use recovery::{
-    recover, scan, RecordVisitor, Recovery, RecoveryError, RecoveryProblem, SegmentSummary,
-    Truncation,
+    recover, replay_closed_segment, scan, RecordVisitor, Recovery, RecoveryError, RecoveryProblem,
+    SegmentSummary, Truncation,
 };
 pub use retention::{dead_segment_prefix, delete_segments};
 pub use segment::{
