@@ -68,7 +68,8 @@ pub use recovery::{
 };
 pub use retention::{dead_segment_prefix, delete_segments};
 pub use segment::{
-    list_segments, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN, SEQUENCE_FIRST,
+    list_segments, segment_file_name, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN,
+    SEQUENCE_FIRST,
 };
 pub use writer::{IoMode, BATCH_BYTES_MAX};
 
