@@ -154,3 +154,72 @@ fn restore_created(
     let payment = Payment::pending(created.id, terms, created.created_at_ms);
     state.restore_created(payment).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::PaymentStatus;
+    use crate::wal::{encode_record, segment_file_name};
+
+    fn finalized(sequence: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Finalized {
+            id: PaymentId { shard: 0, sequence },
+            status: PaymentStatus::Succeeded,
+            decline_code: None,
+            updated_at_ms: 5,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn checkpoint(next_payment_sequence: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Checkpoint {
+            next_payment_sequence,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    /// A log whose segments with the creations were deleted: it starts at record 40.
+    fn write_log(dir: &Path, records: &[(RecordKind, Vec<u8>)]) {
+        let mut bytes = Vec::new();
+        for (offset, (kind, payload)) in records.iter().enumerate() {
+            encode_record(&mut bytes, kind.as_u8(), 40 + offset as u64, payload);
+        }
+        std::fs::write(dir.join(segment_file_name(40)), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_ids_unique_after_every_creation_was_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MerchantKeys::new(vec![("m".to_string(), vec![b"s".to_vec()])]);
+        // The finalisation of payment 6 outlived its creation; the checkpoint follows it.
+        write_log(
+            dir.path(),
+            &[
+                (RecordKind::Finalized, finalized(6)),
+                (RecordKind::Checkpoint, checkpoint(9)),
+            ],
+        );
+        let rebuilt = rebuild(0, dir.path(), &keys).unwrap();
+        assert_eq!(rebuilt.state.next_sequence(), 9);
+        assert!(rebuilt.state.is_empty());
+    }
+
+    #[test]
+    fn a_finalisation_without_creation_above_the_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MerchantKeys::new(vec![("m".to_string(), vec![b"s".to_vec()])]);
+        write_log(
+            dir.path(),
+            &[
+                (RecordKind::Checkpoint, checkpoint(9)),
+                (RecordKind::Finalized, finalized(12)),
+            ],
+        );
+        let error = rebuild(0, dir.path(), &keys).err().unwrap();
+        assert!(error.contains("no record of its creation"), "{error}");
+    }
+}
