@@ -14,6 +14,13 @@ pub const MAX_HEADER_BYTES_CEILING: usize = 64 * 1024;
 pub const MAX_BODY_BYTES_CEILING: usize = 1024 * 1024;
 pub const MAX_CONNECTIONS_PER_CORE_CEILING: usize = 1_000_000;
 pub const SHARDS_MAX: u16 = 4096;
+/// Ten years: a longer retention is a typo, and it keeps the milliseconds within a u64.
+pub const RETENTION_HOURS_MAX: f64 = 87_600.0;
+/// Expiry runs this often by default: cheap (it touches only what expires) and frequent
+/// enough that memory follows the retention closely.
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// A check at most once a day: retention must keep up with the load.
+pub const RETENTION_CHECK_INTERVAL_MS_MAX: u64 = 86_400_000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,7 +101,12 @@ pub enum Durability {
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub durability: Durability,
-    pub retention_hours: u64,
+    /// Fractional hours are allowed (tests use seconds); integers parse too.
+    pub retention_hours: f64,
+    /// How often each shard expires old payments and deletes dead segments.
+    pub retention_check_interval_ms: u64,
+    /// A log segment rolls over at this size; retention deletes whole segments.
+    pub segment_bytes: u64,
     /// Shard count used when the data directory is created; 0 means one per core.
     /// Afterwards the manifest's count wins.
     pub shards: u16,
@@ -234,7 +246,9 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./payd-data"),
             durability: Durability::Fsync,
-            retention_hours: 168,
+            retention_hours: 168.0,
+            retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            segment_bytes: crate::wal::SEGMENT_BYTES_DEFAULT,
             shards: 0,
         }
     }
@@ -338,6 +352,13 @@ impl Config {
         }
     }
 
+    /// `storage.retention_hours` in milliseconds (validated: finite, positive, bounded).
+    pub fn retention_ms(&self) -> u64 {
+        (self.storage.retention_hours * 3_600_000.0)
+            .round()
+            .max(1.0) as u64
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_server()?;
         self.validate_limits()?;
@@ -401,8 +422,31 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(error("storage.data_dir", "must not be empty"));
         }
-        if self.storage.retention_hours == 0 {
-            return Err(error("storage.retention_hours", "must be at least 1"));
+        let hours = self.storage.retention_hours;
+        if !(hours.is_finite() && hours > 0.0 && hours <= RETENTION_HOURS_MAX) {
+            return Err(error(
+                "storage.retention_hours",
+                format!("must be above 0 and at most {RETENTION_HOURS_MAX}"),
+            ));
+        }
+        let interval = self.storage.retention_check_interval_ms;
+        if !(1..=RETENTION_CHECK_INTERVAL_MS_MAX).contains(&interval) {
+            return Err(error(
+                "storage.retention_check_interval_ms",
+                format!("must be 1..={RETENTION_CHECK_INTERVAL_MS_MAX}"),
+            ));
+        }
+        let segment = self.storage.segment_bytes;
+        let segment_range = crate::wal::SEGMENT_BYTES_MIN..=crate::wal::SEGMENT_BYTES_CEILING;
+        if !segment_range.contains(&segment) {
+            return Err(error(
+                "storage.segment_bytes",
+                format!(
+                    "must be {}..={}",
+                    segment_range.start(),
+                    segment_range.end()
+                ),
+            ));
         }
         if self.storage.shards > SHARDS_MAX {
             return Err(error("storage.shards", format!("must be 0..={SHARDS_MAX}")));
@@ -570,6 +614,27 @@ mod tests {
         assert!(!error.to_string().contains("sk_live_1"), "{error}");
         let error = Config::parse("[limits]\nmax_body_bytes = 0\n").unwrap_err();
         assert_eq!(error.key, "limits.max_body_bytes");
+    }
+
+    #[test]
+    fn retention_hours_take_integers_and_fractions_above_zero() {
+        let parse = |text: &str| Config::parse(&format!("[storage]\n{text}\n"));
+        let whole = parse("retention_hours = 2").unwrap();
+        assert_eq!(whole.retention_ms(), 7_200_000);
+        let second = parse("retention_hours = 0.000277777777").unwrap();
+        assert_eq!(second.retention_ms(), 1_000);
+        for bad in ["0", "-1", "0.0", "87601", "nan", "inf"] {
+            let error = parse(&format!("retention_hours = {bad}")).unwrap_err();
+            assert_eq!(error.key, "storage.retention_hours", "{bad}");
+        }
+        let error = parse("retention_check_interval_ms = 0").unwrap_err();
+        assert_eq!(error.key, "storage.retention_check_interval_ms");
+        let error = parse("segment_bytes = 1024").unwrap_err();
+        assert_eq!(error.key, "storage.segment_bytes");
+        assert_eq!(
+            Config::default().storage.retention_check_interval_ms,
+            RETENTION_CHECK_INTERVAL_MS_DEFAULT
+        );
     }
 
     #[test]

@@ -17,9 +17,10 @@ use crate::http::{ConnectionHeader, Response};
 use crate::metrics::{CoreMetrics, Route};
 use crate::shard::mesh::{Mesh, Peers};
 use crate::shard::recovery::rebuild;
+use crate::shard::retention;
 use crate::shard::runtime::Shard;
 use crate::shard::store::Store;
-use crate::wal::{DataDir, ShardLog, SEGMENT_BYTES_DEFAULT};
+use crate::wal::{DataDir, ShardLog};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
@@ -145,7 +146,7 @@ async fn open_shards(
             &dir,
             config.storage.durability,
             rebuilt.recovery.next_sequence,
-            SEGMENT_BYTES_DEFAULT,
+            config.storage.segment_bytes,
         )
         .await
         .map_err(|e| format!("shard {id}: {e}"))?;
@@ -160,6 +161,7 @@ async fn open_shards(
             Rc::clone(&acquirer),
         ));
         let pending = shard.resume_pending();
+        retention::spawn(&shard, dir);
         eprintln!(
             "payd: shard {id} on core {index}: {payments} payments recovered, {pending} pending resumed{}",
             match rebuilt.orphaned {

@@ -1,16 +1,23 @@
 //! Rebuilding a shard's state from its log at start.
 //!
 //! Every record is replayed in log order into a fresh `ShardState`: `Created` restores a
-//! pending payment, `Finalized` its final status. The log stores merchant ids, not
+//! pending payment, `Finalized` its final status, `Checkpoint` the next payment sequence
+//! that retention saved before deleting segments. The log stores merchant ids, not
 //! config indexes, so a config that changed order still maps every payment to its
 //! merchant. Payments of a merchant no longer in the config cannot be served; they are
 //! counted and reported, and stay on disk until retention.
+//!
+//! Retention makes two orders legitimate that a log without deletions never shows. A
+//! payment carried forward has its `Created` again after its old `Finalized`, so a
+//! finalisation of a payment not (yet) in memory waits until the end of the replay for
+//! its creation. One still waiting then must be of a payment whose creation retention
+//! deleted: its sequence is below a checkpoint. Any other is refused: a record was lost.
 
-use super::state::{Payment, ShardState};
+use super::state::{Payment, RestoreError, ShardState};
 use crate::auth::MerchantKeys;
 use crate::payment::{PaymentId, PaymentTerms};
-use crate::wal::{self, Created, Finalized, Record, RecordKind, Recovery};
-use std::collections::HashSet;
+use crate::wal::{self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// A shard's rebuilt state and what recovery found.
@@ -25,35 +32,16 @@ pub struct Rebuilt {
 /// shard serves). Any record that does not decode refuses the start, with its file and
 /// offset.
 pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebuilt, String> {
-    let mut state = ShardState::new(shard, 0);
-    let mut orphans: HashSet<PaymentId> = HashSet::new();
-    let mut visit = |record: Record<'_>| -> Result<(), String> {
-        match RecordKind::from_u8(record.kind) {
-            Some(RecordKind::Created) => {
-                let created = Created::decode(record.payload).map_err(|e| e.to_string())?;
-                restore_created(&mut state, &mut orphans, keys, created)
-            }
-            Some(RecordKind::Finalized) => {
-                let finalized = Finalized::decode(record.payload).map_err(|e| e.to_string())?;
-                if orphans.contains(&finalized.id) {
-                    return Ok(());
-                }
-                let Finalized {
-                    id,
-                    status,
-                    decline_code,
-                    updated_at_ms,
-                } = finalized;
-                state
-                    .restore_finalized(id, status, decline_code.as_deref(), updated_at_ms)
-                    .map_err(|e| e.to_string())
-            }
-            // Kinds of later versions (webhook events) are not this version's business.
-            Some(_) => Ok(()),
-            None => Err(format!("unknown record kind {}", record.kind)),
-        }
+    let mut replay = Replay {
+        state: ShardState::new(shard, 0),
+        orphans: HashSet::new(),
+        waiting: HashMap::new(),
+        checkpoint_sequence: 0,
+        keys,
     };
-    let recovery = wal::recover(shard_dir, &mut visit).map_err(|e| e.to_string())?;
+    let recovery =
+        wal::recover(shard_dir, &mut |record| replay.apply(record)).map_err(|e| e.to_string())?;
+    replay.check_waiting()?;
     if let Some(truncation) = &recovery.truncation {
         eprintln!(
             "payd: shard {shard}: cut {} bytes of padding or unacknowledged tail at offset {} of {}",
@@ -63,10 +51,85 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         );
     }
     Ok(Rebuilt {
-        state,
+        state: replay.state,
         recovery,
-        orphaned: orphans.len(),
+        orphaned: replay.orphans.len(),
     })
+}
+
+/// The state being rebuilt and what the replay must remember until its end.
+struct Replay<'k> {
+    state: ShardState,
+    orphans: HashSet<PaymentId>,
+    /// Finalisations of payments whose creation was not replayed (yet).
+    waiting: HashMap<PaymentId, Finalized>,
+    /// The highest checkpoint seen: payments below it may have lost their creation.
+    checkpoint_sequence: u64,
+    keys: &'k MerchantKeys,
+}
+
+impl Replay<'_> {
+    fn apply(&mut self, record: Record<'_>) -> Result<(), String> {
+        match RecordKind::from_u8(record.kind) {
+            Some(RecordKind::Created) => {
+                let created = Created::decode(record.payload).map_err(|e| e.to_string())?;
+                let id = created.id;
+                restore_created(&mut self.state, &mut self.orphans, self.keys, created)?;
+                match self.waiting.remove(&id) {
+                    Some(finalized) if !self.orphans.contains(&id) => self.finalize(finalized),
+                    _ => Ok(()),
+                }
+            }
+            Some(RecordKind::Finalized) => {
+                let finalized = Finalized::decode(record.payload).map_err(|e| e.to_string())?;
+                if self.orphans.contains(&finalized.id) {
+                    return Ok(());
+                }
+                self.finalize(finalized)
+            }
+            Some(RecordKind::Checkpoint) => {
+                let checkpoint = Checkpoint::decode(record.payload).map_err(|e| e.to_string())?;
+                let sequence = checkpoint.next_payment_sequence;
+                self.checkpoint_sequence = self.checkpoint_sequence.max(sequence);
+                self.state.restore_next_sequence(sequence);
+                Ok(())
+            }
+            // Kinds of later versions (webhook events) are not this version's business.
+            Some(_) => Ok(()),
+            None => Err(format!("unknown record kind {}", record.kind)),
+        }
+    }
+
+    fn finalize(&mut self, finalized: Finalized) -> Result<(), String> {
+        let restored = self.state.restore_finalized(
+            finalized.id,
+            finalized.status,
+            finalized.decline_code.as_deref(),
+            finalized.updated_at_ms,
+        );
+        match restored {
+            Err(RestoreError::UnknownPayment(id)) => {
+                self.waiting.insert(id, finalized);
+                Ok(())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Every finalisation still waiting must be of a payment retention deleted.
+    fn check_waiting(&self) -> Result<(), String> {
+        let lost = self
+            .waiting
+            .keys()
+            .filter(|id| id.sequence >= self.checkpoint_sequence)
+            .min_by_key(|id| id.sequence);
+        match lost {
+            Some(id) => Err(format!(
+                "the log finalises payment {id} but holds no record of its creation"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 fn restore_created(
@@ -90,4 +153,73 @@ fn restore_created(
     };
     let payment = Payment::pending(created.id, terms, created.created_at_ms);
     state.restore_created(payment).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::PaymentStatus;
+    use crate::wal::{encode_record, segment_file_name};
+
+    fn finalized(sequence: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Finalized {
+            id: PaymentId { shard: 0, sequence },
+            status: PaymentStatus::Succeeded,
+            decline_code: None,
+            updated_at_ms: 5,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn checkpoint(next_payment_sequence: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Checkpoint {
+            next_payment_sequence,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    /// A log whose segments with the creations were deleted: it starts at record 40.
+    fn write_log(dir: &Path, records: &[(RecordKind, Vec<u8>)]) {
+        let mut bytes = Vec::new();
+        for (offset, (kind, payload)) in records.iter().enumerate() {
+            encode_record(&mut bytes, kind.as_u8(), 40 + offset as u64, payload);
+        }
+        std::fs::write(dir.join(segment_file_name(40)), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_ids_unique_after_every_creation_was_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MerchantKeys::new(vec![("m".to_string(), vec![b"s".to_vec()])]);
+        // The finalisation of payment 6 outlived its creation; the checkpoint follows it.
+        write_log(
+            dir.path(),
+            &[
+                (RecordKind::Finalized, finalized(6)),
+                (RecordKind::Checkpoint, checkpoint(9)),
+            ],
+        );
+        let rebuilt = rebuild(0, dir.path(), &keys).unwrap();
+        assert_eq!(rebuilt.state.next_sequence(), 9);
+        assert!(rebuilt.state.is_empty());
+    }
+
+    #[test]
+    fn a_finalisation_without_creation_above_the_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MerchantKeys::new(vec![("m".to_string(), vec![b"s".to_vec()])]);
+        write_log(
+            dir.path(),
+            &[
+                (RecordKind::Checkpoint, checkpoint(9)),
+                (RecordKind::Finalized, finalized(12)),
+            ],
+        );
+        let error = rebuild(0, dir.path(), &keys).err().unwrap();
+        assert!(error.contains("no record of its creation"), "{error}");
+    }
 }

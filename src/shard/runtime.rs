@@ -9,12 +9,12 @@
 //! on to finalise the payment in the background.
 
 use super::state::{CreateDecision, Payment, ShardState};
-use super::store::Store;
+use super::store::{Store, StoreError};
 use crate::acquirer::{Acquirer, AuthorizeRequest};
 use crate::auth::MerchantKeys;
 use crate::config::Config;
 use crate::payment::{MerchantIndex, PaymentId, PaymentTerms};
-use crate::wal::{encode_created, encode_finalized, RecordKind};
+use crate::wal::{encode_created, encode_finalized, Checkpoint, RecordKind};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,6 +94,75 @@ impl Shard {
 
     pub fn log(&self) -> &crate::wal::ShardLog {
         self.store.log()
+    }
+
+    pub fn config(&self) -> &'static Config {
+        self.config
+    }
+
+    /// Retention: final payments untouched for `retention_ms` leave memory.
+    pub fn expire(&self, now_ms: u64, retention_ms: u64) -> usize {
+        self.state.borrow_mut().expire(now_ms, retention_ms)
+    }
+
+    /// Retention: appends again every payment of `ids` still in memory (its `Created`
+    /// and, once final, its `Finalized`), then a `Checkpoint` of the payment sequence,
+    /// and waits until all of it is durable. Returns how many payments were carried.
+    ///
+    /// The records are encoded from the state and queued in one step, with no await in
+    /// between, so they say what the state said at one instant. A finalisation racing
+    /// with it may land before the carried `Created`: recovery lets it wait for it.
+    pub async fn carry_forward(&self, ids: &[PaymentId]) -> Result<usize, StoreError> {
+        let (records, carried) = self.carried_records(ids);
+        let log = self.store.log();
+        let appends: Vec<_> = records
+            .iter()
+            .map(|(kind, payload)| log.append(kind.as_u8(), payload))
+            .collect();
+        for append in appends {
+            append
+                .await
+                .map_err(|error| StoreError(error.to_string()))?;
+        }
+        Ok(carried)
+    }
+
+    fn carried_records(&self, ids: &[PaymentId]) -> (Vec<(RecordKind, Vec<u8>)>, usize) {
+        let state = self.state.borrow();
+        let mut records = Vec::new();
+        let mut carried = 0;
+        for payment in ids.iter().filter_map(|&id| state.get_by_id(id)) {
+            carried += 1;
+            let mut created = Vec::with_capacity(CREATED_PAYLOAD_BYTES_TYPICAL);
+            let merchant_id = self.merchants.merchant_id(payment.merchant());
+            let terms = payment.terms();
+            encode_created(
+                &mut created,
+                payment.id(),
+                merchant_id,
+                &terms,
+                payment.created_at_ms(),
+            );
+            records.push((RecordKind::Created, created));
+            if payment.status().is_final() {
+                let mut finalized = Vec::with_capacity(FINALIZED_PAYLOAD_BYTES_TYPICAL);
+                encode_finalized(
+                    &mut finalized,
+                    payment.id(),
+                    payment.status(),
+                    payment.decline_code(),
+                    payment.updated_at_ms(),
+                );
+                records.push((RecordKind::Finalized, finalized));
+            }
+        }
+        let mut checkpoint = Vec::new();
+        Checkpoint {
+            next_payment_sequence: state.next_sequence(),
+        }
+        .encode(&mut checkpoint);
+        records.push((RecordKind::Checkpoint, checkpoint));
+        (records, carried)
     }
 
     /// Finishes every payment the log left pending (a crash between the Created and
@@ -238,7 +307,7 @@ impl Shard {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -238,6 +238,23 @@ impl Payment {
         self.answered
     }
 
+    /// The terms this payment was created with, copied: retention re-encodes them when
+    /// it carries the payment forward in the log.
+    pub fn terms(&self) -> PaymentTerms {
+        PaymentTerms {
+            merchant: self.merchant,
+            order_id: self.order_id().to_string(),
+            amount: self.amount,
+            currency: self.currency,
+            payment_method: self.payment_method().to_string(),
+            description: self.description().map(str::to_string),
+            metadata: self
+                .metadata()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        }
+    }
+
     /// Bytes this payment holds on the heap, counted as glibc malloc chunks.
     pub fn heap_bytes(&self) -> usize {
         let mut bytes = malloc_chunk_bytes(self.order_and_method.len());
@@ -531,6 +548,12 @@ impl ShardState {
             }
         }
         Ok(())
+    }
+
+    /// Replays a checkpoint from the log: every sequence below `next_sequence` was handed
+    /// out once, even if retention deleted its records since, so none is handed out again.
+    pub fn restore_next_sequence(&mut self, next_sequence: u64) {
+        self.next_sequence = self.next_sequence.max(next_sequence);
     }
 
     /// Replays a finalisation from the log. Replaying the same one twice is harmless.

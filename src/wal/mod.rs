@@ -56,7 +56,7 @@ mod writer;
 pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
 pub use manifest::{DataDir, DataDirError, MANIFEST_FORMAT_VERSION};
 pub use payload::{
-    encode_created, encode_finalized, Created, Finalized, PayloadError, RecordKind,
+    encode_created, encode_finalized, Checkpoint, Created, Finalized, PayloadError, RecordKind,
     DECLINE_CODE_LENGTH_MAX, MERCHANT_ID_LENGTH_MAX,
 };
 pub use record::{
@@ -64,12 +64,13 @@ pub use record::{
     RECORD_PAYLOAD_BYTES_MAX,
 };
 pub use recovery::{
-    recover, scan, RecordVisitor, Recovery, RecoveryError, RecoveryProblem, SegmentSummary,
-    Truncation,
+    recover, replay_closed_segment, scan, RecordVisitor, Recovery, RecoveryError, RecoveryProblem,
+    SegmentSummary, Truncation,
 };
 pub use retention::{dead_segment_prefix, delete_segments};
 pub use segment::{
-    list_segments, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN, SEQUENCE_FIRST,
+    list_segments, segment_file_name, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN,
+    SEQUENCE_FIRST,
 };
 pub use webhook_payload::{WebhookDelivered, WebhookEvent, WebhookOutcome};
 pub use writer::{IoMode, BATCH_BYTES_MAX};

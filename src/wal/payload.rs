@@ -36,6 +36,8 @@ pub enum RecordKind {
     /// A webhook event's delivery ended (delivered, dead-lettered or gone):
     /// `WebhookDelivered` (webhook_payload.rs).
     WebhookDelivered = 4,
+    /// Written by retention before it deletes segments: `Checkpoint`.
+    Checkpoint = 5,
 }
 
 impl RecordKind {
@@ -45,6 +47,7 @@ impl RecordKind {
             2 => Some(RecordKind::Finalized),
             3 => Some(RecordKind::WebhookEvent),
             4 => Some(RecordKind::WebhookDelivered),
+            5 => Some(RecordKind::Checkpoint),
             _ => None,
         }
     }
@@ -240,6 +243,33 @@ impl Finalized {
     }
 }
 
+/// What a shard must remember when retention deletes the segments that said it.
+///
+/// Payment ids must stay unique for ever: once the records of the newest payments of a
+/// deleted segment are gone, only this says where the payment sequence stood. It also
+/// tells recovery that a finalisation of a payment below `next_payment_sequence` whose
+/// creation it never saw was deleted by retention, not lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The shard's next payment sequence when the checkpoint was written.
+    pub next_payment_sequence: u64,
+}
+
+impl Checkpoint {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.next_payment_sequence.to_le_bytes());
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Checkpoint, PayloadError> {
+        let mut reader = Reader::new(payload);
+        let next_payment_sequence = reader.u64("next_payment_sequence")?;
+        reader.finish()?;
+        Ok(Checkpoint {
+            next_payment_sequence,
+        })
+    }
+}
+
 pub(super) fn status_code(status: PaymentStatus) -> u8 {
     match status {
         PaymentStatus::Pending => panic!("a finalized record needs a final status"),
@@ -401,6 +431,21 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::wal::record::{decode_record, encode_record, RECORD_PAYLOAD_BYTES_MAX};
+
+    #[test]
+    fn a_checkpoint_round_trips_and_refuses_a_wrong_length() {
+        let checkpoint = Checkpoint {
+            next_payment_sequence: 0x0102_0304_0506_0708,
+        };
+        let mut out = Vec::new();
+        checkpoint.encode(&mut out);
+        assert_eq!(out.len(), 8);
+        assert_eq!(Checkpoint::decode(&out), Ok(checkpoint));
+        assert!(Checkpoint::decode(&out[..7]).is_err());
+        out.push(0);
+        assert_eq!(Checkpoint::decode(&out), Err(PayloadError::TrailingBytes));
+        assert_eq!(RecordKind::from_u8(5), Some(RecordKind::Checkpoint));
+    }
 
     fn sample_created() -> Created {
         Created {
@@ -567,11 +612,12 @@ mod tests {
             RecordKind::Finalized,
             RecordKind::WebhookEvent,
             RecordKind::WebhookDelivered,
+            RecordKind::Checkpoint,
         ] {
             assert_eq!(RecordKind::from_u8(kind.as_u8()), Some(kind));
         }
         assert_eq!(RecordKind::from_u8(0), None);
-        assert_eq!(RecordKind::from_u8(5), None);
+        assert_eq!(RecordKind::from_u8(6), None);
     }
 
     /// xorshift64*: a seeded generator so a failing case can be replayed.

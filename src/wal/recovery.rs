@@ -203,6 +203,17 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
     Ok(recovery)
 }
 
+/// Hands every record of one segment that is no longer written (not the last) to
+/// `visit`, with the same checks as recovery: any damage in it is corruption. Retention
+/// reads the segments it is about to delete with this.
+pub fn replay_closed_segment(
+    segment: &SegmentFile,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<SegmentSummary, RecoveryError> {
+    let data = read_segment(&segment.path)?;
+    scan_segment(segment, &data, false, visit)
+}
+
 fn read_segment(path: &Path) -> Result<Vec<u8>, RecoveryError> {
     let error = |offset, problem| RecoveryError {
         path: path.to_path_buf(),

@@ -1762,3 +1762,23 @@ pub mod acq {
         listener.local_addr().expect("address").port()
     }
 }
+
+// ---- Retention helpers (tests/retention.rs) ----
+
+/// Payments big enough that a minimum-size segment rolls over every couple of hundred.
+pub mod retention {
+    use super::durable::signed_request;
+    use super::{Client, Response};
+
+    /// A create with a long description and metadata: about 1.3 KB in the log.
+    pub fn create_padded(client: &mut Client, order_id: &str, token: &str) -> Response {
+        let description = "d".repeat(200);
+        let value = "v".repeat(500);
+        let body = format!(
+            "{{\"order_id\":\"{order_id}\",\"amount\":100,\"currency\":\"CNY\",\
+             \"payment_method\":\"{token}\",\"description\":\"{description}\",\
+             \"metadata\":{{\"a\":\"{value}\",\"b\":\"{value}\"}}}}"
+        );
+        client.request(signed_request("POST", "/v1/payments", &body).as_bytes())
+    }
+}

@@ -778,3 +778,29 @@ fn random_operations_agree_with_a_naive_model() {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_keeps_new_ids_above_every_deleted_one() {
+    let mut state = ShardState::new(SHARD, 0);
+    state.restore_created(restored(3, "ord-3", 5)).unwrap();
+    state.restore_next_sequence(90);
+    // A lower checkpoint (an older one replayed later) never moves the sequence back.
+    state.restore_next_sequence(10);
+    assert_eq!(state.next_sequence(), 90);
+    let fresh = new_id(state.begin_create(visa("ord-3-again"), 6));
+    assert_eq!(fresh.sequence, 90);
+    check_invariants(&state);
+}
+
+#[test]
+fn terms_copy_what_the_payment_was_created_with() {
+    let mut original = terms(2, "ord-t", 500, "tok_visa");
+    original.description = Some("two mugs".to_string());
+    original.metadata = vec![("k".to_string(), "v".to_string())];
+    let id = PaymentId {
+        shard: SHARD,
+        sequence: 1,
+    };
+    let payment = Payment::pending(id, original.clone(), 7);
+    assert_eq!(payment.terms(), original);
+}

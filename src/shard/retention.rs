@@ -1,0 +1,345 @@
+//! Retention of one shard: old payments leave memory, and old segments leave the disk.
+//!
+//! A task on the shard's core wakes every `storage.retention_check_interval_ms` and:
+//!
+//! 1. expires from memory the final payments (and their order ids) untouched for
+//!    `storage.retention_hours` (`ShardState::expire`);
+//! 2. finds the oldest closed segments whose every record was appended more than the
+//!    retention ago (`AppendMarks` remembers when each record sequence was reached);
+//! 3. reads them and carries forward every payment they mention that is still in memory
+//!    (pending ones, and final ones not yet expired): its `Created` record and, if final,
+//!    its `Finalized` record are appended again, followed by a `Checkpoint` that keeps the
+//!    payment sequence, and all of it is made durable;
+//! 4. only then deletes those segments (never the one being written).
+//!
+//! A crash anywhere in between is safe: before the deletion the old records are still
+//! there and recovery accepts the repeated ones; after it, the carried ones are durable.
+
+use super::runtime::Shard;
+use crate::payment::PaymentId;
+use crate::wal::{
+    self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
+    SegmentFile,
+};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+/// The most append marks kept per shard (16 bytes each). Marks are spaced at least
+/// `retention / (APPEND_MARKS_MAX / 2)` apart, so they span twice the retention: the
+/// oldest are always old enough to free segments, which frees marks in turn.
+pub const APPEND_MARKS_MAX: usize = 4096;
+
+/// When the log reached a record sequence: every record below `next_sequence` had been
+/// appended by `at_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AppendMark {
+    next_sequence: u64,
+    at_ms: u64,
+}
+
+/// A bounded, coarse map from record sequences to the times they were appended. Coarse
+/// in the safe direction only: a record is never taken for older than it is.
+#[derive(Debug, Default)]
+pub struct AppendMarks {
+    marks: VecDeque<AppendMark>,
+}
+
+impl AppendMarks {
+    pub fn new() -> AppendMarks {
+        AppendMarks {
+            marks: VecDeque::with_capacity(APPEND_MARKS_MAX),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.marks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    /// Notes that every record below `next_sequence` was appended by `now_ms`. Skipped
+    /// when nothing was appended since the last mark (that mark is the tighter bound), when
+    /// the last mark is too recent, or when the marks are full: the records meanwhile
+    /// are then bounded by a later mark, which only makes them look younger.
+    pub fn record(&mut self, next_sequence: u64, now_ms: u64, retention_ms: u64) {
+        let spacing_ms = retention_ms / (APPEND_MARKS_MAX as u64 / 2);
+        if let Some(last) = self.marks.back() {
+            assert!(next_sequence >= last.next_sequence, "the log only grows");
+            let too_soon = now_ms < last.at_ms.saturating_add(spacing_ms);
+            if next_sequence == last.next_sequence || too_soon {
+                return;
+            }
+        }
+        if self.marks.len() >= APPEND_MARKS_MAX {
+            return;
+        }
+        // The wall clock may step back; a mark never claims an earlier time than the last.
+        let at_ms = self
+            .marks
+            .back()
+            .map_or(now_ms, |last| now_ms.max(last.at_ms));
+        self.marks.push_back(AppendMark {
+            next_sequence,
+            at_ms,
+        });
+    }
+
+    /// Every record below the returned sequence was appended at least `retention_ms`
+    /// before `now_ms` (0 when no record is known to be that old).
+    pub fn horizon(&self, now_ms: u64, retention_ms: u64) -> u64 {
+        self.marks
+            .iter()
+            .take_while(|mark| mark.at_ms.saturating_add(retention_ms) <= now_ms)
+            .last()
+            .map_or(0, |mark| mark.next_sequence)
+    }
+
+    /// Drops the marks that bound only records of deleted segments.
+    pub fn forget_below(&mut self, first_sequence: u64) {
+        while self
+            .marks
+            .front()
+            .is_some_and(|mark| mark.next_sequence <= first_sequence)
+        {
+            self.marks.pop_front();
+        }
+    }
+}
+
+/// The oldest closed segments all of whose records are below `horizon`: the ones
+/// retention may free. The last segment (being written) is never among them.
+pub fn segments_past_horizon(segments: &[SegmentFile], horizon: u64) -> &[SegmentFile] {
+    dead_segment_prefix(segments, |sequences| sequences.end > horizon)
+}
+
+/// Starts the retention task of `shard` on the current executor. It holds the shard
+/// weakly and stops once the shard is gone.
+pub fn spawn(shard: &Rc<Shard>, shard_dir: PathBuf) {
+    let interval = Duration::from_millis(shard.config().storage.retention_check_interval_ms);
+    let weak = Rc::downgrade(shard);
+    glommio::spawn_local(async move {
+        let mut marks = AppendMarks::new();
+        loop {
+            if !check(&weak, &shard_dir, &mut marks).await {
+                break;
+            }
+            glommio::timer::sleep(interval).await;
+        }
+    })
+    .detach();
+}
+
+/// One retention pass. False when the task should stop: the shard is gone, or its log
+/// failed (the shard answers 503 and says why; deleting anything now would be unsafe).
+async fn check(weak: &Weak<Shard>, shard_dir: &Path, marks: &mut AppendMarks) -> bool {
+    let Some(shard) = weak.upgrade() else {
+        return false;
+    };
+    if shard.log().failure().is_some() {
+        return false;
+    }
+    let now_ms = super::runtime::now_ms();
+    let retention_ms = shard.config().retention_ms();
+    shard.expire(now_ms, retention_ms);
+    marks.record(shard.log().next_sequence(), now_ms, retention_ms);
+    let horizon = marks.horizon(now_ms, retention_ms);
+    let segments = match wal::list_segments(shard_dir) {
+        Ok(segments) => segments,
+        Err(error) => {
+            eprintln!(
+                "payd: shard {}: retention cannot list segments: {error}",
+                shard.id()
+            );
+            return true;
+        }
+    };
+    let expired = segments_past_horizon(&segments, horizon).to_vec();
+    if expired.is_empty() {
+        return true;
+    }
+    match free_segments(&shard, shard_dir, &expired).await {
+        Ok(carried) => {
+            let first_left = segments[expired.len()].first_sequence;
+            marks.forget_below(first_left);
+            eprintln!(
+                "payd: shard {}: retention deleted {} segments, carried {carried} payments forward",
+                shard.id(),
+                expired.len()
+            );
+            true
+        }
+        Err(error) => {
+            eprintln!("payd: shard {}: retention: {error}", shard.id());
+            shard.log().failure().is_none()
+        }
+    }
+}
+
+/// Carries forward what is live in `expired`, then deletes them. Returns how many
+/// payments were carried.
+async fn free_segments(
+    shard: &Rc<Shard>,
+    shard_dir: &Path,
+    expired: &[SegmentFile],
+) -> Result<usize, String> {
+    let to_read = expired.to_vec();
+    let mentioned = glommio::executor()
+        .spawn_blocking(move || payments_mentioned(&to_read))
+        .await?;
+    let carried = shard
+        .carry_forward(&mentioned)
+        .await
+        .map_err(|error| format!("carrying payments forward failed: {}", error.0))?;
+    delete_segments(shard_dir, expired).await?;
+    Ok(carried)
+}
+
+/// Every payment id that `segments` have a record of, sorted, each once.
+fn payments_mentioned(segments: &[SegmentFile]) -> Result<Vec<PaymentId>, String> {
+    let mut ids = Vec::new();
+    for segment in segments {
+        let mut visit = |record: wal::Record<'_>| -> Result<(), String> {
+            let id = match RecordKind::from_u8(record.kind) {
+                Some(RecordKind::Created) => Created::decode(record.payload).map(|c| c.id),
+                Some(RecordKind::Finalized) => Finalized::decode(record.payload).map(|f| f.id),
+                Some(RecordKind::Checkpoint) => {
+                    Checkpoint::decode(record.payload).map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+                // No other kind is written by this version; refuse to delete what we
+                // cannot read rather than lose it.
+                _ => return Err(format!("record kind {} is not understood", record.kind)),
+            };
+            ids.push(id.map_err(|e| e.to_string())?);
+            Ok(())
+        };
+        wal::replay_closed_segment(segment, &mut visit).map_err(|e| e.to_string())?;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::segment_file_name;
+
+    const RETENTION_MS: u64 = 1_000;
+
+    fn segments(firsts: &[u64]) -> Vec<SegmentFile> {
+        firsts
+            .iter()
+            .map(|&first_sequence| SegmentFile {
+                first_sequence,
+                path: PathBuf::from(segment_file_name(first_sequence)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_horizon_is_the_newest_mark_older_than_the_retention() {
+        let mut marks = AppendMarks::new();
+        assert_eq!(marks.horizon(10_000, RETENTION_MS), 0);
+        marks.record(10, 1_000, RETENTION_MS);
+        marks.record(50, 1_500, RETENTION_MS);
+        marks.record(90, 2_200, RETENTION_MS);
+        assert_eq!(marks.horizon(1_999, RETENTION_MS), 0);
+        assert_eq!(marks.horizon(2_000, RETENTION_MS), 10);
+        assert_eq!(marks.horizon(2_600, RETENTION_MS), 50);
+        assert_eq!(marks.horizon(9_000, RETENTION_MS), 90);
+    }
+
+    #[test]
+    fn marks_are_skipped_when_idle_or_too_close_and_a_clock_step_back_is_ignored() {
+        let mut marks = AppendMarks::new();
+        marks.record(10, 1_000, RETENTION_MS);
+        // Nothing appended since: the older mark stays the bound.
+        marks.record(10, 5_000, RETENTION_MS);
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks.horizon(2_000, RETENTION_MS), 10);
+        // A long retention spaces marks: one a second later is too close.
+        let long_ms = 3_600_000;
+        let mut hourly = AppendMarks::new();
+        hourly.record(10, 0, long_ms);
+        hourly.record(20, 1_000, long_ms);
+        assert_eq!(hourly.len(), 1);
+        hourly.record(20, long_ms, long_ms);
+        assert_eq!(hourly.len(), 2);
+        // The clock stepped back: no mark claims a time before the last one.
+        marks.record(20, 500, RETENTION_MS);
+        assert_eq!(marks.horizon(2_000, RETENTION_MS), 10);
+        marks.record(20, 1_200, RETENTION_MS);
+        assert_eq!(marks.horizon(2_199, RETENTION_MS), 10);
+        assert_eq!(marks.horizon(2_200, RETENTION_MS), 20);
+    }
+
+    #[test]
+    fn marks_stay_within_their_bound_and_are_forgotten_with_their_segments() {
+        let mut marks = AppendMarks::new();
+        for step in 0..(APPEND_MARKS_MAX as u64 + 100) {
+            marks.record(step + 1, step * 1_000, RETENTION_MS);
+        }
+        assert_eq!(marks.len(), APPEND_MARKS_MAX);
+        // Full: later records are bounded by no mark yet, so they never look old.
+        assert_eq!(
+            marks.horizon(u64::MAX / 2, RETENTION_MS),
+            APPEND_MARKS_MAX as u64
+        );
+        marks.forget_below(100);
+        assert_eq!(marks.len(), APPEND_MARKS_MAX - 100);
+        marks.record(APPEND_MARKS_MAX as u64 + 500, u64::MAX / 4, RETENTION_MS);
+        assert_eq!(marks.len(), APPEND_MARKS_MAX - 99);
+    }
+
+    #[test]
+    fn only_closed_segments_wholly_below_the_horizon_are_freed() {
+        let all = segments(&[1, 100, 200, 300]);
+        assert!(segments_past_horizon(&all, 0).is_empty());
+        assert!(segments_past_horizon(&all, 99).is_empty());
+        assert_eq!(segments_past_horizon(&all, 100), &all[..1]);
+        assert_eq!(segments_past_horizon(&all, 250), &all[..2]);
+        // The segment being written is never freed, however old.
+        assert_eq!(segments_past_horizon(&all, u64::MAX), &all[..3]);
+    }
+
+    #[test]
+    fn payments_mentioned_lists_each_id_once_and_refuses_unknown_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |sequence| PaymentId { shard: 1, sequence };
+        let mut bytes = Vec::new();
+        let mut finalized = Vec::new();
+        Finalized {
+            id: id(7),
+            status: crate::payment::PaymentStatus::Succeeded,
+            decline_code: None,
+            updated_at_ms: 5,
+        }
+        .encode(&mut finalized);
+        let mut checkpoint = Vec::new();
+        Checkpoint {
+            next_payment_sequence: 9,
+        }
+        .encode(&mut checkpoint);
+        wal::encode_record(&mut bytes, RecordKind::Finalized.as_u8(), 1, &finalized);
+        wal::encode_record(&mut bytes, RecordKind::Checkpoint.as_u8(), 2, &checkpoint);
+        wal::encode_record(&mut bytes, RecordKind::Finalized.as_u8(), 3, &finalized);
+        let path = dir.path().join(segment_file_name(1));
+        std::fs::write(&path, &bytes).unwrap();
+        let segment = SegmentFile {
+            first_sequence: 1,
+            path: path.clone(),
+        };
+        assert_eq!(
+            payments_mentioned(std::slice::from_ref(&segment)),
+            Ok(vec![id(7)])
+        );
+        wal::encode_record(&mut bytes, RecordKind::WebhookEvent.as_u8(), 4, b"?");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(payments_mentioned(&[segment]).is_err());
+    }
+}
