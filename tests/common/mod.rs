@@ -938,7 +938,8 @@ pub fn unix_now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Lowercase hex of HMAC-SHA256(secret, timestamp \n METHOD \n target \n body).
+/// Lowercase hex of HMAC-SHA256(secret, timestamp \n METHOD \n target \n body): API.md
+/// section 1 written from the contract, independent of payd's own signing.
 pub fn signature_hex(
     secret: &str,
     timestamp: u64,
@@ -1266,8 +1267,6 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 /// Helpers for tests that restart payd on the same data directory and look at its log.
 pub mod durable {
     use super::{CapturedLines, Client, Response, Server, ServerOptions};
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
     use std::sync::mpsc;
@@ -1355,14 +1354,9 @@ pub mod durable {
         );
     }
 
-    pub fn unix_seconds() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs()
-    }
+    pub use super::unix_now_secs as unix_seconds;
 
-    /// API.md section 1, written from the contract rather than from payd's code.
+    /// API.md section 1: the harness's one independent signing, for a text body.
     pub fn signature_hex(
         secret: &str,
         timestamp: u64,
@@ -1370,9 +1364,7 @@ pub mod durable {
         target: &str,
         body: &str,
     ) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-        mac.update(format!("{timestamp}\n{method}\n{target}\n{body}").as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        super::signature_hex(secret, timestamp, method, target, body.as_bytes())
     }
 
     /// A keep-alive request signed by the test merchant; a body makes it JSON.
@@ -1552,13 +1544,11 @@ pub mod durable {
 // ---- Block of issue 5 (acquirer over HTTP): the standalone simulator and signed creates.
 pub mod acq {
     use super::{CapturedLines, Client, Response, ServerOptions, POLL_INTERVAL_MS};
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
     use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::process::{Child, Command, Stdio};
     use std::sync::mpsc;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant};
 
     pub const MERCHANT_ID: &str = "m_acq";
     /// A test secret, nothing like a real one.
@@ -1663,20 +1653,11 @@ pub mod acq {
         }
     }
 
-    pub fn unix_seconds() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs()
-    }
+    pub use super::unix_now_secs as unix_seconds;
 
-    /// API.md section 1, from the contract: HMAC-SHA256 of timestamp, method, target
-    /// and body, each on its own line.
+    /// API.md section 1, signed with the test merchant's secret.
     pub fn signature_hex(timestamp: u64, method: &str, target: &str, body: &str) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(MERCHANT_SECRET.as_bytes()).expect("any key length");
-        mac.update(format!("{timestamp}\n{method}\n{target}\n{body}").as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        super::signature_hex(MERCHANT_SECRET, timestamp, method, target, body.as_bytes())
     }
 
     /// A keep-alive request signed by the test merchant; a body makes it JSON.
