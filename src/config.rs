@@ -4,6 +4,8 @@
 //! so an operator learns about a typo before traffic does. Unknown keys are rejected with
 //! their name. The config is read-only after start and shared by reference with every core.
 
+use crate::outbound::HttpUrl;
+use crate::webhooks::signing::WebhookKey;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -518,11 +520,19 @@ impl Config {
                 }
             }
             if let Some(source) = &merchant.webhook_secret {
-                resolve_secret(source).map_err(|message| error(&key("webhook_secret"), message))?;
+                let secret = resolve_secret(source)
+                    .map_err(|message| error(&key("webhook_secret"), message))?;
+                // The key's own error names the rule broken, never the secret.
+                WebhookKey::parse(&secret)
+                    .map_err(|e| error(&key("webhook_secret"), e.to_string()))?;
             }
             if let Some(url) = &merchant.webhook_url {
-                if !url.starts_with("http://") {
-                    return Err(error(&key("webhook_url"), "must be an http:// URL"));
+                HttpUrl::parse(url).map_err(|e| error(&key("webhook_url"), e.to_string()))?;
+                if merchant.webhook_secret.is_none() {
+                    return Err(error(
+                        &key("webhook_secret"),
+                        "is required when webhook_url is set (events are signed)",
+                    ));
                 }
             }
         }
