@@ -627,6 +627,31 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_url_needs_a_valid_whsec_secret_and_errors_hide_it() {
+        let merchant = |extra: &str| {
+            Config::parse(&format!(
+                "[[merchants]]\nid = \"m\"\nsecrets = [\"s\"]\n{extra}\n"
+            ))
+        };
+        let url = "webhook_url = \"http://127.0.0.1:9200/hooks\"";
+        let error = merchant(url).unwrap_err();
+        assert_eq!(error.key, "merchants[0].webhook_secret");
+        for bad in [
+            "whsec_not-base64!",
+            "sk_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_AAAA",
+        ] {
+            let error = merchant(&format!("{url}\nwebhook_secret = \"{bad}\"")).unwrap_err();
+            assert_eq!(error.key, "merchants[0].webhook_secret", "{bad}");
+            assert!(!error.to_string().contains(bad), "{error}");
+        }
+        let good = "webhook_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"";
+        assert!(merchant(&format!("{url}\n{good}")).is_ok());
+        let error = merchant(&format!("webhook_url = \"http://\"\n{good}")).unwrap_err();
+        assert_eq!(error.key, "merchants[0].webhook_url");
+    }
+
+    #[test]
     fn retention_hours_take_integers_and_fractions_above_zero() {
         let parse = |text: &str| Config::parse(&format!("[storage]\n{text}\n"));
         let whole = parse("retention_hours = 2").unwrap();
