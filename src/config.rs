@@ -4,6 +4,8 @@
 //! so an operator learns about a typo before traffic does. Unknown keys are rejected with
 //! their name. The config is read-only after start and shared by reference with every core.
 
+use crate::outbound::HttpUrl;
+use crate::webhooks::signing::WebhookKey;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -518,11 +520,19 @@ impl Config {
                 }
             }
             if let Some(source) = &merchant.webhook_secret {
-                resolve_secret(source).map_err(|message| error(&key("webhook_secret"), message))?;
+                let secret = resolve_secret(source)
+                    .map_err(|message| error(&key("webhook_secret"), message))?;
+                // The key's own error names the rule broken, never the secret.
+                WebhookKey::parse(&secret)
+                    .map_err(|e| error(&key("webhook_secret"), e.to_string()))?;
             }
             if let Some(url) = &merchant.webhook_url {
-                if !url.starts_with("http://") {
-                    return Err(error(&key("webhook_url"), "must be an http:// URL"));
+                HttpUrl::parse(url).map_err(|e| error(&key("webhook_url"), e.to_string()))?;
+                if merchant.webhook_secret.is_none() {
+                    return Err(error(
+                        &key("webhook_secret"),
+                        "is required when webhook_url is set (events are signed)",
+                    ));
                 }
             }
         }
@@ -614,6 +624,31 @@ mod tests {
         assert!(!error.to_string().contains("sk_live_1"), "{error}");
         let error = Config::parse("[limits]\nmax_body_bytes = 0\n").unwrap_err();
         assert_eq!(error.key, "limits.max_body_bytes");
+    }
+
+    #[test]
+    fn a_webhook_url_needs_a_valid_whsec_secret_and_errors_hide_it() {
+        let merchant = |extra: &str| {
+            Config::parse(&format!(
+                "[[merchants]]\nid = \"m\"\nsecrets = [\"s\"]\n{extra}\n"
+            ))
+        };
+        let url = "webhook_url = \"http://127.0.0.1:9200/hooks\"";
+        let error = merchant(url).unwrap_err();
+        assert_eq!(error.key, "merchants[0].webhook_secret");
+        for bad in [
+            "whsec_not-base64!",
+            "sk_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_AAAA",
+        ] {
+            let error = merchant(&format!("{url}\nwebhook_secret = \"{bad}\"")).unwrap_err();
+            assert_eq!(error.key, "merchants[0].webhook_secret", "{bad}");
+            assert!(!error.to_string().contains(bad), "{error}");
+        }
+        let good = "webhook_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"";
+        assert!(merchant(&format!("{url}\n{good}")).is_ok());
+        let error = merchant(&format!("webhook_url = \"http://\"\n{good}")).unwrap_err();
+        assert_eq!(error.key, "merchants[0].webhook_url");
     }
 
     #[test]

@@ -246,6 +246,91 @@ impl AcquirerMetrics {
     }
 }
 
+/// What one webhook attempt came to: the `outcome` label of `payd_webhook_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookAttemptOutcome {
+    /// A 2xx answer.
+    Success,
+    /// Any other answer (3xx, 4xx, 5xx).
+    Rejected,
+    /// No answer within `webhooks.timeout_ms`.
+    Timeout,
+    /// No answer at all: refused, reset, not HTTP.
+    ConnectionError,
+}
+
+impl WebhookAttemptOutcome {
+    pub const ALL: [WebhookAttemptOutcome; 4] = [
+        WebhookAttemptOutcome::Success,
+        WebhookAttemptOutcome::Rejected,
+        WebhookAttemptOutcome::Timeout,
+        WebhookAttemptOutcome::ConnectionError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookAttemptOutcome::Success => "success",
+            WebhookAttemptOutcome::Rejected => "rejected",
+            WebhookAttemptOutcome::Timeout => "timeout",
+            WebhookAttemptOutcome::ConnectionError => "connection_error",
+        }
+    }
+}
+
+/// How an event's delivery ended: the `fate` label of `payd_webhook_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookFate {
+    Delivered,
+    DeadLettered,
+    Gone,
+}
+
+impl WebhookFate {
+    pub const ALL: [WebhookFate; 3] = [
+        WebhookFate::Delivered,
+        WebhookFate::DeadLettered,
+        WebhookFate::Gone,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookFate::Delivered => "delivered",
+            WebhookFate::DeadLettered => "dead_lettered",
+            WebhookFate::Gone => "gone",
+        }
+    }
+}
+
+/// One core's webhook dispatchers: attempts, their latency, finished deliveries, backlog.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    attempts: [u64; WebhookAttemptOutcome::ALL.len()],
+    deliveries: [u64; WebhookFate::ALL.len()],
+    pub attempt_latency: LatencySummary,
+    /// Events held in memory by this core's outboxes, in flight included.
+    pub backlog: u64,
+    pub in_flight: u64,
+}
+
+impl WebhookMetrics {
+    pub fn record_attempt(&mut self, outcome: WebhookAttemptOutcome, latency_us: u64) {
+        self.attempts[outcome as usize] += 1;
+        self.attempt_latency.record(latency_us);
+    }
+
+    pub fn record_fate(&mut self, fate: WebhookFate) {
+        self.deliveries[fate as usize] += 1;
+    }
+
+    pub fn attempts(&self, outcome: WebhookAttemptOutcome) -> u64 {
+        self.attempts[outcome as usize]
+    }
+
+    pub fn deliveries(&self, fate: WebhookFate) -> u64 {
+        self.deliveries[fate as usize]
+    }
+}
+
 /// One core's metrics. Recorded without locks by its own core; copied on scrape.
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {
@@ -260,6 +345,7 @@ pub struct CoreMetrics {
     pub connections_rejected: u64,
     pub access_log_lines_dropped: u64,
     pub acquirer: AcquirerMetrics,
+    pub webhooks: WebhookMetrics,
 }
 
 impl CoreMetrics {
@@ -278,6 +364,7 @@ impl CoreMetrics {
             connections_rejected: 0,
             access_log_lines_dropped: 0,
             acquirer: AcquirerMetrics::default(),
+            webhooks: WebhookMetrics::default(),
         }
     }
 
@@ -305,6 +392,7 @@ pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut Strin
     render_latency(cores, out);
     render_wal(cores, out);
     render_acquirer(cores, out);
+    render_webhooks(cores, out);
     let per_core: [PerCoreMetric; 4] = [
         (
             "payd_connections_open",
@@ -445,6 +533,74 @@ fn render_acquirer(cores: &[CoreMetrics], out: &mut String) {
                 "{name}{{core=\"{}\",state=\"{}\"}} {value}",
                 core.cpu,
                 state.label()
+            );
+        }
+    }
+}
+
+fn render_webhooks(cores: &[CoreMetrics], out: &mut String) {
+    let name = "payd_webhook_attempts_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Webhook delivery attempts, by outcome.\n# TYPE {name} counter"
+    );
+    for outcome in WebhookAttemptOutcome::ALL {
+        let total: u64 = cores
+            .iter()
+            .map(|core| core.webhooks.attempts(outcome))
+            .sum();
+        let _ = writeln!(out, "{name}{{outcome=\"{}\"}} {total}", outcome.label());
+    }
+    let name = "payd_webhook_deliveries_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Webhook events whose delivery ended, by how.\n# TYPE {name} counter"
+    );
+    for fate in WebhookFate::ALL {
+        let total: u64 = cores
+            .iter()
+            .map(|core| core.webhooks.deliveries(fate))
+            .sum();
+        let _ = writeln!(out, "{name}{{outcome=\"{}\"}} {total}", fate.label());
+    }
+    let name = "payd_webhook_dead_letters_total";
+    let dead: u64 = cores
+        .iter()
+        .map(|core| core.webhooks.deliveries(WebhookFate::DeadLettered))
+        .sum();
+    let _ = writeln!(
+        out,
+        "# HELP {name} Webhook events dead-lettered after the last retry.\n# TYPE {name} counter\n{name} {dead}"
+    );
+    let mut latency = LatencySummary::default();
+    for core in cores {
+        latency.merge(&core.webhooks.attempt_latency);
+    }
+    let name = "payd_webhook_attempt_latency_microseconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of one webhook delivery attempt.\n# TYPE {name} summary"
+    );
+    latency.render(out, name, "webhook=\"all\"");
+    for (name, help, read) in [
+        (
+            "payd_webhook_backlog",
+            "Webhook events held in memory per core, in flight included.",
+            (|m: &WebhookMetrics| m.backlog) as fn(&WebhookMetrics) -> u64,
+        ),
+        (
+            "payd_webhook_in_flight",
+            "Webhook attempts in flight per core.",
+            |m: &WebhookMetrics| m.in_flight,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for core in cores {
+            let _ = writeln!(
+                out,
+                "{name}{{cpu=\"{}\"}} {}",
+                core.cpu,
+                read(&core.webhooks)
             );
         }
     }

@@ -20,6 +20,7 @@ use crate::shard::recovery::rebuild;
 use crate::shard::retention;
 use crate::shard::runtime::Shard;
 use crate::shard::store::Store;
+use crate::shard::webhooks::{self, Dispatcher, Endpoints};
 use crate::wal::{DataDir, ShardLog};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -107,7 +108,11 @@ pub async fn run(start: CoreStart) {
     });
     let accepting = glommio::spawn_local(accept_loop(Rc::clone(&core), listener));
     let acquirer = Rc::new(Acquirer::new(config, Rc::clone(&core.api.metrics)));
-    match open_shards(config, keys, data_dir, index, peers.count(), acquirer).await {
+    let edges = ShardEdges {
+        acquirer,
+        metrics: Rc::clone(&core.api.metrics),
+    };
+    match open_shards(config, keys, data_dir, index, peers.count(), edges).await {
         Ok(shards) => {
             peers.set_local_shards(shards);
             let _ = started.send(Started::Recovered);
@@ -121,6 +126,12 @@ pub async fn run(start: CoreStart) {
     drain(&core).await;
 }
 
+/// What this core's shards share: the acquirer client and the core's metrics.
+struct ShardEdges {
+    acquirer: Rc<Acquirer>,
+    metrics: Rc<RefCell<CoreMetrics>>,
+}
+
 /// Recovers this core's shards from their logs, indexed by shard id: shard `s` lives on
 /// core `s % cores`. Log replay runs on glommio's blocking pool, so this core keeps
 /// answering `/healthz` and `/readyz` (503) meanwhile.
@@ -130,8 +141,9 @@ async fn open_shards(
     data_dir: &'static DataDir,
     index: usize,
     cores: usize,
-    acquirer: Rc<Acquirer>,
+    edges: ShardEdges,
 ) -> Result<Vec<Option<Rc<Shard>>>, String> {
+    let endpoints = Rc::new(Endpoints::from_config(config, keys)?);
     let mut shards: Vec<Option<Rc<Shard>>> = vec![None; usize::from(data_dir.shard_count())];
     for id in (0..data_dir.shard_count()).filter(|&id| usize::from(id) % cores == index) {
         let dir = data_dir.shard_dir(id);
@@ -151,19 +163,24 @@ async fn open_shards(
         .await
         .map_err(|e| format!("shard {id}: {e}"))?;
         let payments = rebuilt.state.len();
+        let log_end = log.next_sequence();
         let store = Store::new(log);
+        let dispatcher = Dispatcher::new(config, Rc::clone(&endpoints), Rc::clone(&edges.metrics));
+        let owed = dispatcher.resume(rebuilt.webhooks_owed, log_end);
         let shard = Rc::new(Shard::new(
             id,
             config,
             keys,
             rebuilt.state,
             store,
-            Rc::clone(&acquirer),
+            Rc::clone(&edges.acquirer),
+            dispatcher,
         ));
+        webhooks::spawn(&shard);
         let pending = shard.resume_pending();
         retention::spawn(&shard, dir);
         eprintln!(
-            "payd: shard {id} on core {index}: {payments} payments recovered, {pending} pending resumed{}",
+            "payd: shard {id} on core {index}: {payments} payments recovered, {pending} pending resumed, {owed} webhook events owed{}",
             match rebuilt.orphaned {
                 0 => String::new(),
                 orphaned => format!(", {orphaned} of merchants no longer configured left on disk"),

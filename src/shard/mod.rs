@@ -14,3 +14,4 @@ pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod store;
+pub mod webhooks;

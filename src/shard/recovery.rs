@@ -15,9 +15,12 @@
 
 use super::state::{Payment, RestoreError, ShardState};
 use crate::auth::MerchantKeys;
-use crate::payment::{PaymentId, PaymentTerms};
-use crate::wal::{self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery};
-use std::collections::{HashMap, HashSet};
+use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
+use crate::wal::{
+    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDelivered,
+    WebhookEvent,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// A shard's rebuilt state and what recovery found.
@@ -26,6 +29,10 @@ pub struct Rebuilt {
     pub recovery: Recovery,
     /// Payments skipped because their merchant is not in the config.
     pub orphaned: usize,
+    /// Webhook events with no `WebhookDelivered` after them, in log order: their record's
+    /// sequence, their merchant, the event. Events of merchants no longer in the config
+    /// stay on disk.
+    pub webhooks_owed: Vec<(u64, MerchantIndex, WebhookEvent)>,
 }
 
 /// Replays the shard's log (blocking file I/O: call it off the executor or before the
@@ -37,6 +44,8 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         orphans: HashSet::new(),
         waiting: HashMap::new(),
         checkpoint_sequence: 0,
+        owed: BTreeMap::new(),
+        owed_positions: HashMap::new(),
         keys,
     };
     let recovery =
@@ -54,6 +63,11 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         state: replay.state,
         recovery,
         orphaned: replay.orphans.len(),
+        webhooks_owed: replay
+            .owed
+            .into_iter()
+            .map(|(position, (merchant, event))| (position, merchant, event))
+            .collect(),
     })
 }
 
@@ -65,6 +79,9 @@ struct Replay<'k> {
     waiting: HashMap<PaymentId, Finalized>,
     /// The highest checkpoint seen: payments below it may have lost their creation.
     checkpoint_sequence: u64,
+    /// Webhook events not (yet) seen delivered, by the sequence of their record.
+    owed: BTreeMap<u64, (MerchantIndex, WebhookEvent)>,
+    owed_positions: HashMap<EventId, u64>,
     keys: &'k MerchantKeys,
 }
 
@@ -94,8 +111,26 @@ impl Replay<'_> {
                 self.state.restore_next_sequence(sequence);
                 Ok(())
             }
-            // Kinds of later versions (webhook events) are not this version's business.
-            Some(_) => Ok(()),
+            Some(RecordKind::WebhookEvent) => {
+                let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
+                let merchant_id = event.payment.merchant_id.as_bytes();
+                if let Some(merchant) = self.keys.index_of(merchant_id) {
+                    // A carried-forward copy replaces the older one: one delivery owed.
+                    if let Some(older) = self.owed_positions.insert(event.event, record.sequence) {
+                        self.owed.remove(&older);
+                    }
+                    self.owed.insert(record.sequence, (merchant, event));
+                }
+                Ok(())
+            }
+            Some(RecordKind::WebhookDelivered) => {
+                let delivered =
+                    WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
+                if let Some(position) = self.owed_positions.remove(&delivered.event) {
+                    self.owed.remove(&position);
+                }
+                Ok(())
+            }
             None => Err(format!("unknown record kind {}", record.kind)),
         }
     }

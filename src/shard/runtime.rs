@@ -10,11 +10,14 @@
 
 use super::state::{CreateDecision, Payment, ShardState};
 use super::store::{Store, StoreError};
+use super::webhooks::Dispatcher;
 use crate::acquirer::{Acquirer, AuthorizeRequest};
 use crate::auth::MerchantKeys;
 use crate::config::Config;
-use crate::payment::{MerchantIndex, PaymentId, PaymentTerms};
-use crate::wal::{encode_created, encode_finalized, Checkpoint, RecordKind};
+use crate::payment::{Authorization, MerchantIndex, PaymentId, PaymentTerms};
+use crate::payment_object::PaymentSnapshot;
+use crate::wal::{encode_created, encode_finalized, Checkpoint, RecordKind, WebhookEvent};
+use crate::webhooks::event::final_status_event;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -66,6 +69,7 @@ pub struct Shard {
     acquirer: Rc<Acquirer>,
     /// Creates between their first decision and their answer.
     creates_in_flight: Cell<usize>,
+    webhooks: Dispatcher,
 }
 
 impl Shard {
@@ -76,6 +80,7 @@ impl Shard {
         state: ShardState,
         store: Store,
         acquirer: Rc<Acquirer>,
+        webhooks: Dispatcher,
     ) -> Shard {
         Shard {
             id,
@@ -85,7 +90,12 @@ impl Shard {
             store,
             acquirer,
             creates_in_flight: Cell::new(0),
+            webhooks,
         }
+    }
+
+    pub fn webhooks(&self) -> &Dispatcher {
+        &self.webhooks
     }
 
     pub fn id(&self) -> u16 {
@@ -286,24 +296,88 @@ impl Shard {
         let authorization = self.acquirer.authorize(&request).await;
         let updated_at_ms = now_ms();
         let mut finalized = Vec::with_capacity(FINALIZED_PAYLOAD_BYTES_TYPICAL);
-        let status = authorization.status();
         encode_finalized(
             &mut finalized,
             id,
-            status,
+            authorization.status(),
             authorization.decline_code(),
             updated_at_ms,
         );
-        if let Err(error) = self.store.append(RecordKind::Finalized, &finalized).await {
-            eprintln!("payd: shard {}: {}", self.id, error.0);
-            return Err(());
+        let event = self.final_event(id, &authorization, updated_at_ms);
+        let mut event_payload = Vec::new();
+        if let Some((_, event)) = &event {
+            event.encode(&mut event_payload);
         }
+        // Both records go into the same batch: no await between the two appends, so the
+        // final status is never durable without the event that tells it.
+        let log = self.store.log();
+        let finalized_append = log.append(RecordKind::Finalized.as_u8(), &finalized);
+        let event_append = event
+            .is_some()
+            .then(|| log.append(RecordKind::WebhookEvent.as_u8(), &event_payload));
+        let durable = async {
+            finalized_append.await?;
+            match event_append {
+                Some(append) => append.await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let position = match durable.await {
+            Ok(position) => position,
+            Err(error) => {
+                eprintln!("payd: shard {}: {error}", self.id);
+                return Err(());
+            }
+        };
         // Invariant: only this task finalises this payment.
         self.state
             .borrow_mut()
             .finalize(id, &authorization, updated_at_ms)
             .expect("a pending payment finalises once");
+        if let (Some(position), Some((merchant, event))) = (position, event) {
+            self.webhooks.offer(position, merchant, event);
+        }
         Ok(())
+    }
+
+    /// The webhook event that tells this finalisation, for a merchant with an endpoint.
+    fn final_event(
+        &self,
+        id: PaymentId,
+        authorization: &Authorization,
+        updated_at_ms: u64,
+    ) -> Option<(MerchantIndex, WebhookEvent)> {
+        let state = self.state.borrow();
+        let payment = state
+            .get_by_id(id)
+            .expect("a payment being finalised exists");
+        let merchant = payment.merchant();
+        self.webhooks.endpoint(merchant)?;
+        let snapshot = PaymentSnapshot {
+            id,
+            merchant_id: self.merchants.merchant_id(merchant).to_string(),
+            order_id: payment.order_id().to_string(),
+            amount: payment.amount(),
+            currency: payment.currency(),
+            status: authorization.status(),
+            decline_code: authorization.decline_code().map(str::to_string),
+            description: payment.description().map(str::to_string),
+            metadata: payment
+                .metadata()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            created_at_ms: payment.created_at_ms(),
+            updated_at_ms,
+        };
+        let (event, created_at_ms) = final_status_event(&snapshot);
+        Some((
+            merchant,
+            WebhookEvent {
+                event,
+                created_at_ms,
+                payment: snapshot,
+            },
+        ))
     }
 }
 

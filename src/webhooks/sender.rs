@@ -7,6 +7,7 @@
 //! costs one timeout, never a stuck delivery slot.
 
 use super::signing::{WebhookHeaders, WebhookKey};
+use crate::outbound::{Client, Request};
 use crate::payment::EventId;
 use std::future::Future;
 use std::pin::Pin;
@@ -45,6 +46,39 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = DeliveryOutcome> + 'a>>;
 /// only closes or abandons its connection.
 pub trait Sender {
     fn send<'a>(&'a self, request: WebhookRequest<'a>) -> SendFuture<'a>;
+}
+
+/// The outbound HTTP client is the sender in production: one client per merchant origin
+/// per core, so a slow merchant's pool never holds another's connections. Its base path
+/// must be empty: the request carries the whole path of the merchant's URL.
+impl Sender for Client {
+    fn send<'a>(&'a self, request: WebhookRequest<'a>) -> SendFuture<'a> {
+        Box::pin(async move {
+            let pairs = request.headers.pairs();
+            let outbound = Request {
+                method: "POST",
+                path: url_path(request.url),
+                headers: &pairs,
+                body: request.body,
+            };
+            match Client::send(self, &outbound).await {
+                Ok(response) => DeliveryOutcome::Answered {
+                    status: response.status,
+                    retry_after_secs: response.retry_after_secs,
+                },
+                Err(_) => DeliveryOutcome::Failed,
+            }
+        })
+    }
+}
+
+/// The path of an `http://host[:port][/path]` URL: `/` when it has none.
+pub fn url_path(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    match rest.find('/') {
+        Some(start) => &rest[start..],
+        None => "/",
+    }
 }
 
 /// One signed attempt of `event` through `sender`, bounded by `timeout_ms`. The
@@ -247,6 +281,13 @@ mod tests {
             attempt(&sender, "http://x/", &key, event(), b"{}", 20).await
         });
         assert_eq!(outcome, DeliveryOutcome::TimedOut);
+    }
+
+    #[test]
+    fn the_path_is_what_follows_the_origin() {
+        assert_eq!(url_path("http://127.0.0.1:9200/hooks/a"), "/hooks/a");
+        assert_eq!(url_path("http://example.com"), "/");
+        assert_eq!(url_path("http://example.com/"), "/");
     }
 
     #[test]
