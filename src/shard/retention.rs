@@ -16,10 +16,10 @@
 //! there and recovery accepts the repeated ones; after it, the carried ones are durable.
 
 use super::runtime::Shard;
-use crate::payment::PaymentId;
+use crate::payment::{EventId, PaymentId};
 use crate::wal::{
     self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
-    SegmentFile,
+    SegmentFile, WebhookDelivered, WebhookEvent,
 };
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -191,7 +191,7 @@ async fn free_segments(
         .spawn_blocking(move || payments_mentioned(&to_read))
         .await?;
     let carried = shard
-        .carry_forward(&mentioned)
+        .carry_forward(&mentioned.payments, &mentioned.owed_events)
         .await
         .map_err(|error| format!("carrying payments forward failed: {}", error.0))?;
     delete_segments(shard_dir, expired).await?;
@@ -199,8 +199,18 @@ async fn free_segments(
 }
 
 /// Every payment id that `segments` have a record of, sorted, each once.
-fn payments_mentioned(segments: &[SegmentFile]) -> Result<Vec<PaymentId>, String> {
+/// What the segments retention frees still say that must outlive them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Mentioned {
+    /// Every payment with a record there, once each, in order.
+    payments: Vec<PaymentId>,
+    /// Payloads of webhook events there with no delivery outcome after them there.
+    owed_events: Vec<Vec<u8>>,
+}
+
+fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
     let mut ids = Vec::new();
+    let mut owed: Vec<(EventId, Vec<u8>)> = Vec::new();
     for segment in segments {
         let mut visit = |record: wal::Record<'_>| -> Result<(), String> {
             let id = match RecordKind::from_u8(record.kind) {
@@ -210,9 +220,21 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Vec<PaymentId>, String
                     Checkpoint::decode(record.payload).map_err(|e| e.to_string())?;
                     return Ok(());
                 }
+                Some(RecordKind::WebhookEvent) => {
+                    let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
+                    owed.retain(|(id, _)| *id != event.event);
+                    owed.push((event.event, record.payload.to_vec()));
+                    return Ok(());
+                }
+                Some(RecordKind::WebhookDelivered) => {
+                    let delivered =
+                        WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
+                    owed.retain(|(id, _)| *id != delivered.event);
+                    return Ok(());
+                }
                 // No other kind is written by this version; refuse to delete what we
                 // cannot read rather than lose it.
-                _ => return Err(format!("record kind {} is not understood", record.kind)),
+                None => return Err(format!("record kind {} is not understood", record.kind)),
             };
             ids.push(id.map_err(|e| e.to_string())?);
             Ok(())
@@ -221,7 +243,11 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Vec<PaymentId>, String
     }
     ids.sort_unstable();
     ids.dedup();
-    Ok(ids)
+    let owed_events = owed.into_iter().map(|(_, payload)| payload).collect();
+    Ok(Mentioned {
+        payments: ids,
+        owed_events,
+    })
 }
 
 #[cfg(test)]
@@ -335,11 +361,55 @@ mod tests {
             path: path.clone(),
         };
         assert_eq!(
-            payments_mentioned(std::slice::from_ref(&segment)),
+            payments_mentioned(std::slice::from_ref(&segment)).map(|m| m.payments),
             Ok(vec![id(7)])
         );
-        wal::encode_record(&mut bytes, RecordKind::WebhookEvent.as_u8(), 4, b"?");
+        wal::encode_record(&mut bytes, 200, 4, b"?");
         std::fs::write(&path, &bytes).unwrap();
         assert!(payments_mentioned(&[segment]).is_err());
+    }
+    #[test]
+    fn owed_webhook_events_are_carried_and_delivered_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = |sequence| {
+            let mut payment = crate::payment_object::sample_snapshot();
+            payment.id = PaymentId { shard: 1, sequence };
+            let event = WebhookEvent {
+                event: EventId::of_final_status(payment.id),
+                created_at_ms: 5,
+                payment,
+            };
+            let mut payload = Vec::new();
+            event.encode(&mut payload);
+            (event.event, payload)
+        };
+        let (delivered_id, delivered_payload) = event(1);
+        let (_, owed_payload) = event(2);
+        let mut outcome = Vec::new();
+        WebhookDelivered {
+            event: delivered_id,
+            attempts: 1,
+            outcome: crate::wal::WebhookOutcome::Delivered,
+            finished_at_ms: 6,
+        }
+        .encode(&mut outcome);
+        let mut bytes = Vec::new();
+        let event_kind = RecordKind::WebhookEvent.as_u8();
+        wal::encode_record(&mut bytes, event_kind, 1, &delivered_payload);
+        wal::encode_record(&mut bytes, event_kind, 2, &owed_payload);
+        wal::encode_record(
+            &mut bytes,
+            RecordKind::WebhookDelivered.as_u8(),
+            3,
+            &outcome,
+        );
+        let path = dir.path().join(segment_file_name(1));
+        std::fs::write(&path, &bytes).unwrap();
+        let segment = SegmentFile {
+            first_sequence: 1,
+            path,
+        };
+        let mentioned = payments_mentioned(&[segment]).unwrap();
+        assert_eq!(mentioned.owed_events, vec![owed_payload]);
     }
 }

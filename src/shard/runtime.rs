@@ -122,8 +122,12 @@ impl Shard {
     /// The records are encoded from the state and queued in one step, with no await in
     /// between, so they say what the state said at one instant. A finalisation racing
     /// with it may land before the carried `Created`: recovery lets it wait for it.
-    pub async fn carry_forward(&self, ids: &[PaymentId]) -> Result<usize, StoreError> {
-        let (records, carried) = self.carried_records(ids);
+    pub async fn carry_forward(
+        &self,
+        ids: &[PaymentId],
+        owed_events: &[Vec<u8>],
+    ) -> Result<usize, StoreError> {
+        let (records, carried) = self.carried_records(ids, owed_events);
         let log = self.store.log();
         let appends: Vec<_> = records
             .iter()
@@ -137,7 +141,11 @@ impl Shard {
         Ok(carried)
     }
 
-    fn carried_records(&self, ids: &[PaymentId]) -> (Vec<(RecordKind, Vec<u8>)>, usize) {
+    fn carried_records(
+        &self,
+        ids: &[PaymentId],
+        owed_events: &[Vec<u8>],
+    ) -> (Vec<(RecordKind, Vec<u8>)>, usize) {
         let state = self.state.borrow();
         let mut records = Vec::new();
         let mut carried = 0;
@@ -165,6 +173,11 @@ impl Shard {
                 );
                 records.push((RecordKind::Finalized, finalized));
             }
+        }
+        // Webhook events still owed are written again verbatim: recovery lets the later
+        // copy of an event replace the earlier one.
+        for event in owed_events {
+            records.push((RecordKind::WebhookEvent, event.clone()));
         }
         let mut checkpoint = Vec::new();
         Checkpoint {
