@@ -158,34 +158,9 @@ pub fn payd_binary() -> &'static str {
 }
 
 impl Server {
+    /// Starts payd on a fresh temporary directory (config, data and logs all inside).
     pub fn start(options: ServerOptions) -> Server {
-        let dir = tempfile::tempdir().expect("create tempdir");
-        let config_path = dir.path().join("payd.toml");
-        std::fs::write(&config_path, options.config_text(dir.path())).expect("write config");
-        let mut child = Command::new(payd_binary())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            // Relative defaults (./payd-data) must land in the tempdir, never in the repo.
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn payd");
-        let (sender, receiver) = mpsc::channel();
-        let stderr = CapturedLines::capture(child.stderr.take().unwrap(), Some(sender));
-        let stdout = CapturedLines::capture(child.stdout.take().unwrap(), None);
-        let mut server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir,
-            stderr,
-            stdout,
-            exit_status: None,
-        };
-        server.addr = server.wait_ready(&receiver);
-        server
+        Server::start_in(tempfile::tempdir().expect("create tempdir"), options)
     }
 
     fn wait_ready(&mut self, receiver: &mpsc::Receiver<String>) -> SocketAddr {
@@ -1191,6 +1166,7 @@ impl Server {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            // Relative defaults (./payd-data) must land in the tempdir, never in the repo.
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
