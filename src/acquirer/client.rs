@@ -66,7 +66,10 @@ impl Acquirer {
                 let label = simulated_label(&outcome);
                 (outcome, label)
             }
-            Attempts::Http(http) => http.attempt(request).await,
+            // Boxed: an HTTP attempt's future is kilobytes (its request and response
+            // buffers), and inline it would make every authorisation future that large,
+            // simulated ones included, to be copied on each task spawn.
+            Attempts::Http(http) => Box::pin(http.attempt(request)).await,
         };
         record.finish(label);
         outcome
