@@ -147,7 +147,7 @@ pub fn parse_request(
             }
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+            if chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 // A second Transfer-Encoding, or any coding but a lone `chunked`, cannot be
                 // framed safely: refuse rather than guess where the body ends.
                 return Err(ProtocolError::NotImplemented);
@@ -161,7 +161,7 @@ pub fn parse_request(
             head.content_type_json = Some(is_json_media_type(value));
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue =
-                version_minor == 1 && trim(value).eq_ignore_ascii_case(b"100-continue");
+                version_minor == 1 && value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("x-request-id") {
             head.request_id = Some(range_of(value));
         } else if name.eq_ignore_ascii_case("x-payd-merchant") {
@@ -190,7 +190,7 @@ pub fn parse_request(
 }
 
 fn parse_content_length(value: &[u8]) -> Result<usize, ProtocolError> {
-    let digits = trim(value);
+    let digits = value.trim_ascii();
     // At most 10 digits keeps the arithmetic far from overflow; any real limit is smaller.
     if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(ProtocolError::BadRequest);
@@ -202,7 +202,7 @@ fn parse_content_length(value: &[u8]) -> Result<usize, ProtocolError> {
 
 fn apply_connection_header(head: &mut RequestHead, value: &[u8]) {
     for option in value.split(|&b| b == b',') {
-        let option = trim(option);
+        let option = option.trim_ascii();
         if option.eq_ignore_ascii_case(b"close") {
             head.keep_alive = false;
         } else if option.eq_ignore_ascii_case(b"keep-alive") && head.version_minor == 0 {
@@ -214,19 +214,9 @@ fn apply_connection_header(head: &mut RequestHead, value: &[u8]) {
 /// `application/json`, case-insensitive, with optional parameters such as `; charset=utf-8`.
 fn is_json_media_type(value: &[u8]) -> bool {
     let media_type = value.split(|&b| b == b';').next().unwrap_or_default();
-    trim(media_type).eq_ignore_ascii_case(b"application/json")
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |end| end + 1);
-    &bytes[start..end]
+    media_type
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/json")
 }
 
 /// Decodes a complete chunked request body from `input` into `body` (cleared first), as

@@ -186,7 +186,7 @@ impl HeadFields {
     fn of(headers: &[httparse::Header<'_>]) -> Result<HeadFields, OutboundError> {
         let mut fields = HeadFields::default();
         for header in headers {
-            let value = trim(header.value);
+            let value = header.value.trim_ascii();
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
                 let length = parse_decimal(value).ok_or(OutboundError::Malformed)?;
@@ -215,7 +215,7 @@ impl HeadFields {
 fn connection_token(value: &[u8]) -> Option<ConnectionToken> {
     let mut token = None;
     for part in value.split(|&b| b == b',') {
-        let part = trim(part);
+        let part = part.trim_ascii();
         if part.eq_ignore_ascii_case(b"close") {
             return Some(ConnectionToken::Close);
         }
@@ -232,18 +232,6 @@ fn parse_decimal(value: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |end| end + 1);
-    &bytes[start..end]
 }
 
 #[cfg(test)]

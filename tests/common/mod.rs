@@ -913,6 +913,30 @@ pub fn unix_now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A keep-alive request signed now by `merchant` with `secret`; a body makes it JSON.
+pub fn signed_request_as(
+    merchant: &str,
+    secret: &str,
+    method: &str,
+    target: &str,
+    body: &str,
+) -> String {
+    let timestamp = unix_now_secs();
+    let signature = signature_hex(secret, timestamp, method, target, body.as_bytes());
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\n\
+         X-Payd-Merchant: {merchant}\r\nX-Payd-Timestamp: {timestamp}\r\n\
+         X-Payd-Signature: v1={signature}\r\n"
+    );
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    request
+}
+
 /// Lowercase hex of HMAC-SHA256(secret, timestamp \n METHOD \n target \n body): API.md
 /// section 1 written from the contract, independent of payd's own signing.
 pub fn signature_hex(
@@ -1330,8 +1354,6 @@ pub mod durable {
         );
     }
 
-    pub use super::unix_now_secs as unix_seconds;
-
     /// API.md section 1: the harness's one independent signing, for a text body.
     pub fn signature_hex(
         secret: &str,
@@ -1345,20 +1367,7 @@ pub mod durable {
 
     /// A keep-alive request signed by the test merchant; a body makes it JSON.
     pub fn signed_request(method: &str, target: &str, body: &str) -> String {
-        let timestamp = unix_seconds();
-        let signature = signature_hex(MERCHANT_SECRET, timestamp, method, target, body);
-        let mut request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: localhost\r\n\
-             X-Payd-Merchant: {MERCHANT_ID}\r\nX-Payd-Timestamp: {timestamp}\r\n\
-             X-Payd-Signature: v1={signature}\r\n"
-        );
-        if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
-            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        request
+        super::signed_request_as(MERCHANT_ID, MERCHANT_SECRET, method, target, body)
     }
 
     pub fn create_body(order_id: &str, amount: u64, token: &str) -> String {
@@ -1629,8 +1638,6 @@ pub mod acq {
         }
     }
 
-    pub use super::unix_now_secs as unix_seconds;
-
     /// API.md section 1, signed with the test merchant's secret.
     pub fn signature_hex(timestamp: u64, method: &str, target: &str, body: &str) -> String {
         super::signature_hex(MERCHANT_SECRET, timestamp, method, target, body.as_bytes())
@@ -1638,20 +1645,7 @@ pub mod acq {
 
     /// A keep-alive request signed by the test merchant; a body makes it JSON.
     pub fn signed_request(method: &str, target: &str, body: &str) -> String {
-        let timestamp = unix_seconds();
-        let signature = signature_hex(timestamp, method, target, body);
-        let mut request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: localhost\r\n\
-             X-Payd-Merchant: {MERCHANT_ID}\r\nX-Payd-Timestamp: {timestamp}\r\n\
-             X-Payd-Signature: v1={signature}\r\n"
-        );
-        if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
-            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        request
+        super::signed_request_as(MERCHANT_ID, MERCHANT_SECRET, method, target, body)
     }
 
     pub fn create_request(order_id: &str, token: &str) -> String {
