@@ -13,6 +13,7 @@
 //! its creation. One still waiting then must be of a payment whose creation retention
 //! deleted: its sequence is below a checkpoint. Any other is refused: a record was lost.
 
+use super::retention::AppendMarks;
 use super::state::{Payment, RestoreError, ShardState};
 use crate::auth::MerchantKeys;
 use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
@@ -33,6 +34,9 @@ pub struct Rebuilt {
     /// sequence, their merchant, the event. Events of merchants no longer in the config
     /// stay on disk.
     pub webhooks_owed: Vec<(u64, MerchantIndex, WebhookEvent)>,
+    /// When the recovered records were appended, from the segment files' times: retention
+    /// starts from these instead of knowing nothing older than the start.
+    pub append_marks: AppendMarks,
 }
 
 /// Replays the shard's log (blocking file I/O: call it off the executor or before the
@@ -59,9 +63,11 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
             truncation.path.display()
         );
     }
+    let append_marks = AppendMarks::seeded(&recovery.segments);
     Ok(Rebuilt {
         state: replay.state,
         recovery,
+        append_marks,
         orphaned: replay.orphans.len(),
         webhooks_owed: replay
             .owed
