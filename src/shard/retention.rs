@@ -35,6 +35,10 @@ pub const APPEND_MARKS_MAX: usize = 4096;
 /// The most marks seeded at recovery: half the bound, so that appends after a restart
 /// still find room for theirs.
 pub const APPEND_MARKS_SEEDED_MAX: usize = APPEND_MARKS_MAX / 2;
+/// The most segments one pass frees. A restart after a long stop can find a whole log
+/// past the retention: it goes over several passes, each reading a bounded amount while
+/// the shard serves.
+pub const SEGMENTS_FREED_PER_PASS_MAX: usize = 16;
 
 /// When the log reached a record sequence: every record below `next_sequence` had been
 /// appended by `at_ms`.
@@ -161,9 +165,11 @@ fn thinned(marks: Vec<AppendMark>, count_max: usize) -> impl Iterator<Item = App
 }
 
 /// The oldest closed segments all of whose records are below `horizon`: the ones
-/// retention may free. The last segment (being written) is never among them.
+/// retention may free, at most `SEGMENTS_FREED_PER_PASS_MAX`. The last segment (being
+/// written) is never among them.
 pub fn segments_past_horizon(segments: &[SegmentFile], horizon: u64) -> &[SegmentFile] {
-    dead_segment_prefix(segments, |sequences| sequences.end > horizon)
+    let dead = dead_segment_prefix(segments, |sequences| sequences.end > horizon);
+    &dead[..dead.len().min(SEGMENTS_FREED_PER_PASS_MAX)]
 }
 
 /// Starts the retention task of `shard` on the current executor, with the marks recovery
@@ -544,6 +550,11 @@ mod tests {
         assert_eq!(segments_past_horizon(&all, 250), &all[..2]);
         // The segment being written is never freed, however old.
         assert_eq!(segments_past_horizon(&all, u64::MAX), &all[..3]);
+        // A long log past the retention goes a bounded number of segments per pass.
+        let firsts: Vec<u64> = (0..40).map(|index| 1 + index * 100).collect();
+        let long = segments(&firsts);
+        let freed = segments_past_horizon(&long, u64::MAX);
+        assert_eq!(freed, &long[..SEGMENTS_FREED_PER_PASS_MAX]);
     }
 
     #[test]
