@@ -123,7 +123,7 @@ wait "$loadtest_pid" || log "payd-loadtest exited with $?"
 loadtest_pid=""
 sed 's/^/    /' "$work/load.txt" >&2 || true
 
-awk -v warmup="$WARMUP_S" -v bound="$BOUND_PERCENT" -v rate="$RATE" -v durability="$DURABILITY" '
+awk -v warmup="$WARMUP_S" -v retention="$RETENTION_S" -v bound="$BOUND_PERCENT" -v rate="$RATE" -v durability="$DURABILITY" '
     function row(label, r) {
         printf "%-22s t=%4d s  created %9d  retained %8d  RSS %7.1f MiB  data dir %7.1f MiB  segments %d\n",
             label, t[r], created[r], retained[r], rss[r] / 1048576, disk[r] / 1048576, segments[r]
@@ -132,6 +132,7 @@ awk -v warmup="$WARMUP_S" -v bound="$BOUND_PERCENT" -v rate="$RATE" -v durabilit
     {
         n++; t[n] = $1; created[n] = $2; retained[n] = $3; rss[n] = $4; disk[n] = $5; segments[n] = $6
         if (!first && $1 >= warmup) first = n
+        if (!second && $1 >= 2 * retention) second = n
         if (first) {
             if ($4 > rss_max) rss_max = $4
             if ($5 > disk_max) disk_max = $5
@@ -142,6 +143,7 @@ awk -v warmup="$WARMUP_S" -v bound="$BOUND_PERCENT" -v rate="$RATE" -v durabilit
         print ""
         printf "open loop at %d payments/s, durability %s\n", rate, durability
         row("after warm-up:", first)
+        if (second && second != first && second != n) row("after two retentions:", second)
         row("at the end:", n)
         rss_change = change(rss[n], rss[first]); disk_change = change(disk[n], disk[first])
         printf "payments created x%.2f; RSS %+.1f %% (max %+.1f %%); data dir %+.1f %% (max %+.1f %%)\n",

@@ -14,6 +14,11 @@
 //!
 //! A crash anywhere in between is safe: before the deletion the old records are still
 //! there and recovery accepts the repeated ones; after it, the carried ones are durable.
+//!
+//! After a restart the marks start from the recovered segment files' modification times
+//! (`AppendMarks::seeded`): a log older than the retention goes on the first passes,
+//! not one retention later. Each pass publishes its counters and gauges
+//! (`RetentionMetrics`) into the core's metrics for `/metrics`.
 
 use super::runtime::Shard;
 use crate::metrics::{CoreMetrics, RetentionMetrics};
