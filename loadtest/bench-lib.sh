@@ -1,4 +1,5 @@
 # Shared by the benchmark scripts (sourced, not run): tools, build, servers, CPU time.
+# shellcheck shell=bash
 #
 # The sourcing script sets SERVER_CPU, READY_TIMEOUT_S, PRIORITY_NICE and `work` (a
 # scratch directory) first. Everything listens on 127.0.0.1 only; `stop_server` runs
@@ -118,6 +119,8 @@ stop_server() {
         kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1
     done
+    # One word per child process id.
+    # shellcheck disable=SC2086
     kill -KILL "$server_pid" $children 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
     server_pid=""
@@ -146,6 +149,8 @@ cpu_figures() {
 # Writes a payd config: payd_config FILE PORT ACCESS_LOG DURABILITY MERCHANT SECRET.
 payd_config() {
     local file=$1 port=$2 access_log=$3 durability=$4 merchant=$5 secret=$6
+    # `work` is the sourcing script's scratch directory.
+    # shellcheck disable=SC2154
     rm -rf "$work/payd-data" "$work/payd-logs"
     cat >"$file" <<CONFIG
 [server]
