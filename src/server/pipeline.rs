@@ -75,18 +75,19 @@ impl Batch {
     }
 }
 
-/// A request's answer, once its handler returned.
-struct Answered {
+/// A request's answer, once its handler returned. The response lives in the batch's
+/// pool: answers borrow it rather than move it around.
+struct Answered<'r> {
     route: Route,
-    response: Response,
+    response: &'r mut Response,
     finished: Instant,
 }
 
-enum Slot<F> {
+enum Slot<'r, F> {
     /// Not started: waits for the requests ahead of it, or never starts after a close.
     Waiting(F),
     Running(Pin<Box<F>>),
-    Done(Answered),
+    Done(Answered<'r>),
     /// Written, or dropped unanswered after the connection decided to close.
     Finished,
 }
@@ -116,23 +117,18 @@ pub async fn answer_batch(
     }
     if count == 1 {
         // The common case, not pipelined: no slots, no allocation.
-        let request = request_of(
-            &framed[0],
-            input,
-            &mut bodies[framed[0].body.clone()],
-            clock,
-        );
-        let response = responses.pop().expect("a response per request");
-        let answered = answer(&core.api, request, response).await;
-        let close = write_answer(core, input, &framed[0], answered, clock, output, responses);
-        return Ok(close);
+        let body = &mut bodies[framed[0].body.clone()];
+        let request = request_of(&framed[0], input, body, clock);
+        let answered = answer(&core.api, request, &mut responses[0]).await;
+        return Ok(write_answer(
+            core, input, &framed[0], answered, clock, output,
+        ));
     }
     let mut slots = Vec::with_capacity(count);
     let mut rest: &mut [u8] = bodies;
-    for framed in framed.iter() {
+    for (framed, response) in framed.iter().zip(responses.iter_mut()) {
         let (body, tail) = std::mem::take(&mut rest).split_at_mut(framed.body.len());
         rest = tail;
-        let response = responses.pop().expect("a response per request");
         let request = request_of(framed, input, body, clock);
         slots.push(Slot::Waiting(answer(&core.api, request, response)));
     }
@@ -140,9 +136,7 @@ pub async fn answer_batch(
     let mut failure = None;
     while order.written < count {
         std::future::poll_fn(|cx| drive(&mut slots, framed, &mut order, cx)).await;
-        write_ready(
-            core, input, framed, &mut slots, &mut order, clock, output, responses,
-        );
+        write_ready(core, input, framed, &mut slots, &mut order, clock, output);
         if order.written < count && failure.is_none() && !output.is_empty() {
             if let Err(error) = stream.write_all(output).await {
                 failure = Some(error);
@@ -151,6 +145,7 @@ pub async fn answer_batch(
             output.clear();
         }
     }
+    drop(slots);
     responses.truncate(RESPONSES_KEPT_MAX);
     match failure {
         Some(error) => Err(error),
@@ -169,8 +164,8 @@ struct Order {
 
 /// Starts what may start and polls what runs, until the next response to write is ready
 /// (or will never come).
-fn drive<F: Future<Output = Answered>>(
-    slots: &mut [Slot<F>],
+fn drive<'r, F: Future<Output = Answered<'r>>>(
+    slots: &mut [Slot<'r, F>],
     framed: &[Framed],
     order: &mut Order,
     cx: &mut Context<'_>,
@@ -212,16 +207,14 @@ fn drive<F: Future<Output = Answered>>(
 
 /// Writes every answer ready at the head of the batch. After a closing answer, the rest
 /// are dropped: never started, or (started) left to finish unanswered.
-#[allow(clippy::too_many_arguments)]
 fn write_ready<F>(
     core: &Core,
     input: &[u8],
     framed: &[Framed],
-    slots: &mut [Slot<F>],
+    slots: &mut [Slot<'_, F>],
     order: &mut Order,
     clock: &Clock,
     output: &mut Vec<u8>,
-    responses: &mut Vec<Response>,
 ) {
     while order.written < slots.len() {
         let slot = &mut slots[order.written];
@@ -234,12 +227,9 @@ fn write_ready<F>(
             let Slot::Done(answered) = std::mem::replace(slot, Slot::Finished) else {
                 unreachable!()
             };
-            if order.closing {
-                responses.push(answered.response);
-            } else {
+            if !order.closing {
                 let framed = &framed[order.written];
-                order.closing =
-                    write_answer(core, input, framed, answered, clock, output, responses);
+                order.closing = write_answer(core, input, framed, answered, clock, output);
             }
         }
         order.written += 1;
@@ -265,9 +255,13 @@ fn request_of<'a>(
     }
 }
 
-async fn answer(api: &api::Context, request: Request<'_>, mut response: Response) -> Answered {
+async fn answer<'r>(
+    api: &api::Context,
+    request: Request<'_>,
+    response: &'r mut Response,
+) -> Answered<'r> {
     response.reset();
-    let route = api::handle(api, request, &mut response).await;
+    let route = api::handle(api, request, response).await;
     Answered {
         route,
         response,
@@ -275,16 +269,15 @@ async fn answer(api: &api::Context, request: Request<'_>, mut response: Response
     }
 }
 
-/// Appends one answer to `output`, records it in the metrics and the access log, and
-/// returns its response to the pool. Returns whether the connection closes after it.
+/// Appends one answer to `output` and records it in the metrics and the access log.
+/// Returns whether the connection closes after it.
 fn write_answer(
     core: &Core,
     input: &[u8],
     framed: &Framed,
-    answered: Answered,
+    answered: Answered<'_>,
     clock: &Clock,
     output: &mut Vec<u8>,
-    responses: &mut Vec<Response>,
 ) -> bool {
     let Answered {
         route,
@@ -325,7 +318,6 @@ fn write_answer(
         request_id,
         merchant: framed.optional(input, &head.merchant),
     });
-    responses.push(response);
     close
 }
 
