@@ -2,14 +2,14 @@
 //! request order (HTTP/1.1 requires the order; nothing requires the waiting).
 //!
 //! The connection frames every complete request of a read into a `Batch` (heads as
-//! positions in its read buffer, bodies copied into one arena), then `answer_batch` starts
-//! them all and writes each response as soon as it and every earlier one are ready. A
+//! positions in its read buffer, bodies copied into one arena), then `answer_batch`
+//! answers them, writing each response as soon as it and every earlier one are ready. A
 //! client that pipelines N creates against a slow acquirer so waits one round trip, not N.
 //!
-//! Only creates start before the requests ahead of them have finished: they are the ones
-//! that wait on the log and the acquirer. Any other request (reads above all) starts once
-//! everything ahead of it in the batch is answered, so a pipelined read still sees the
-//! writes pipelined before it.
+//! Only consecutive creates run together: they are the ones that wait on the log and the
+//! acquirer. Any other request (reads above all) runs alone once everything ahead of it
+//! in the batch is answered, so a pipelined read still sees the writes pipelined before
+//! it, and a pipeline of reads or health checks costs no more than one request at a time.
 
 use super::access_log::AccessRecord;
 use super::core::Core;
@@ -83,19 +83,19 @@ struct Answered<'r> {
     finished: Instant,
 }
 
+/// One request of a concurrent group. The slots live in a vector allocated at the
+/// group's length that never grows, and a slot is only overwritten in place: a future
+/// never moves once polled, so it is polled where it lies (`poll_slot`), no box each.
 enum Slot<'r, F> {
-    /// Not started: waits for the requests ahead of it, or never starts after a close.
-    Waiting(F),
-    Running(Pin<Box<F>>),
+    Running(F),
     Done(Answered<'r>),
-    /// Written, or dropped unanswered after the connection decided to close.
+    /// Written, or answered after the connection decided to close and dropped.
     Finished,
 }
 
-/// Answers every request of `batch` and appends the responses to `output` in order,
-/// writing to `stream` whenever later answers are still running. Every request that
-/// started runs to its end even when the connection fails or closes midway, so no
-/// create is abandoned between its decision and its answer. Returns whether to close.
+/// Answers every request of `batch` and appends the responses to `output` in order.
+/// Consecutive creates run together (`answer_together`); any other request runs alone,
+/// once everything before it is answered. Returns whether to close.
 pub async fn answer_batch(
     core: &Core,
     input: &[u8],
@@ -115,124 +115,133 @@ pub async fn answer_batch(
     if responses.len() < count {
         responses.resize_with(count, Response::new);
     }
-    if count == 1 {
-        // The common case, not pipelined: no slots, no allocation.
-        let body = &mut bodies[framed[0].body.clone()];
-        let request = request_of(&framed[0], input, body, clock);
-        let answered = answer(&core.api, request, &mut responses[0]).await;
-        return Ok(write_answer(
-            core, input, &framed[0], answered, clock, output,
-        ));
+    let mut bodies_left: &mut [u8] = bodies;
+    let mut responses_left: &mut [Response] = &mut responses[..count];
+    let mut first = 0;
+    while first < count {
+        let end = group_end(framed, first);
+        let group = &framed[first..end];
+        let (group_responses, rest) = std::mem::take(&mut responses_left).split_at_mut(group.len());
+        responses_left = rest;
+        let close = if let [alone] = group {
+            // Not pipelined, or not a create: awaited in place, no slot, no allocation.
+            let request = request_of(alone, input, take_body(&mut bodies_left, alone), clock);
+            let answered = answer(&core.api, request, &mut group_responses[0]).await;
+            write_answer(core, input, alone, answered, clock, output)
+        } else {
+            let bodies = &mut bodies_left;
+            let context = GroupContext { core, input, clock };
+            answer_together(&context, group, bodies, group_responses, output, stream).await?
+        };
+        if close {
+            return Ok(true);
+        }
+        first = end;
     }
-    let mut slots = Vec::with_capacity(count);
-    let mut rest: &mut [u8] = bodies;
-    for (framed, response) in framed.iter().zip(responses.iter_mut()) {
-        let (body, tail) = std::mem::take(&mut rest).split_at_mut(framed.body.len());
-        rest = tail;
-        let request = request_of(framed, input, body, clock);
-        slots.push(Slot::Waiting(answer(&core.api, request, response)));
+    responses.truncate(RESPONSES_KEPT_MAX);
+    Ok(false)
+}
+
+/// The end of the group that starts at `first`: the run of creates there, or just it.
+fn group_end(framed: &[Framed], first: usize) -> usize {
+    if !framed[first].starts_early() {
+        return first + 1;
     }
-    let mut order = Order::default();
+    framed[first..]
+        .iter()
+        .position(|request| !request.starts_early())
+        .map_or(framed.len(), |offset| first + offset)
+}
+
+/// The next request's body, split off the front of the bodies not yet handed out.
+fn take_body<'a>(bodies_left: &mut &'a mut [u8], framed: &Framed) -> &'a mut [u8] {
+    let (body, rest) = std::mem::take(bodies_left).split_at_mut(framed.body.len());
+    *bodies_left = rest;
+    body
+}
+
+/// What every request of a group shares.
+struct GroupContext<'c> {
+    core: &'c Core,
+    input: &'c [u8],
+    clock: &'c Clock,
+}
+
+/// Starts every request of `group` at once and writes each response as soon as it and
+/// every earlier one are ready, flushing to `stream` while later ones still run. Every
+/// request runs to its end even when the connection fails or closes midway, so no create
+/// is abandoned between its decision and its answer. Returns whether to close.
+async fn answer_together(
+    context: &GroupContext<'_>,
+    group: &[Framed],
+    bodies_left: &mut &mut [u8],
+    responses: &mut [Response],
+    output: &mut Vec<u8>,
+    stream: &mut TcpStream,
+) -> io::Result<bool> {
+    let GroupContext { core, input, clock } = *context;
+    let mut slots = Vec::with_capacity(group.len());
+    for (framed, response) in group.iter().zip(responses.iter_mut()) {
+        let request = request_of(framed, input, take_body(bodies_left, framed), clock);
+        slots.push(Slot::Running(answer(&core.api, request, response)));
+    }
+    let mut written = 0;
+    let mut closing = false;
     let mut failure = None;
-    while order.written < count {
-        std::future::poll_fn(|cx| drive(&mut slots, framed, &mut order, cx)).await;
-        write_ready(core, input, framed, &mut slots, &mut order, clock, output);
-        if order.written < count && failure.is_none() && !output.is_empty() {
+    while written < slots.len() {
+        std::future::poll_fn(|cx| drive(&mut slots, written, cx)).await;
+        while let Some(Slot::Done(_)) = slots.get(written) {
+            let Slot::Done(answered) = std::mem::replace(&mut slots[written], Slot::Finished)
+            else {
+                unreachable!()
+            };
+            if !closing {
+                closing = write_answer(core, input, &group[written], answered, clock, output);
+            }
+            written += 1;
+        }
+        if written < slots.len() && failure.is_none() && !output.is_empty() {
             if let Err(error) = stream.write_all(output).await {
                 failure = Some(error);
-                order.closing = true;
+                closing = true;
             }
             output.clear();
         }
     }
-    drop(slots);
-    responses.truncate(RESPONSES_KEPT_MAX);
     match failure {
         Some(error) => Err(error),
-        None => Ok(order.closing),
+        None => Ok(closing),
     }
 }
 
-/// How far a batch has got: requests started, responses written, and whether the
-/// connection closes after the last response written.
-#[derive(Default)]
-struct Order {
-    started: usize,
-    written: usize,
-    closing: bool,
-}
-
-/// Starts what may start and polls what runs, until the next response to write is ready
-/// (or will never come).
+/// Polls every request still running, until the next response to write is ready.
 fn drive<'r, F: Future<Output = Answered<'r>>>(
     slots: &mut [Slot<'r, F>],
-    framed: &[Framed],
-    order: &mut Order,
+    written: usize,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    // Bounded: every pass starts at least one request or stops.
-    for _ in 0..=slots.len() {
-        for slot in slots[order.written..order.started].iter_mut() {
-            if let Slot::Running(future) = slot {
-                if let Poll::Ready(answered) = future.as_mut().poll(cx) {
-                    *slot = Slot::Done(answered);
-                }
-            }
-        }
-        let before = order.started;
-        while order.started < slots.len() && !order.closing {
-            let ahead_finished = slots[order.written..order.started]
-                .iter()
-                .all(|slot| matches!(slot, Slot::Done(_) | Slot::Finished));
-            if !framed[order.started].starts_early() && !ahead_finished {
-                break;
-            }
-            let slot = &mut slots[order.started];
-            let Slot::Waiting(future) = std::mem::replace(slot, Slot::Finished) else {
-                unreachable!("requests start in order, once")
-            };
-            *slot = Slot::Running(Box::pin(future));
-            order.started += 1;
-        }
-        if order.started == before {
-            break;
-        }
+    for index in written..slots.len() {
+        poll_slot(slots, index, cx);
     }
-    match &slots[order.written] {
+    match slots[written] {
         Slot::Running(_) => Poll::Pending,
-        Slot::Waiting(_) if !order.closing => Poll::Pending,
         _ => Poll::Ready(()),
     }
 }
 
-/// Writes every answer ready at the head of the batch. After a closing answer, the rest
-/// are dropped: never started, or (started) left to finish unanswered.
-fn write_ready<F>(
-    core: &Core,
-    input: &[u8],
-    framed: &[Framed],
-    slots: &mut [Slot<'_, F>],
-    order: &mut Order,
-    clock: &Clock,
-    output: &mut Vec<u8>,
+/// Polls request `index` once if it still runs.
+fn poll_slot<'r, F: Future<Output = Answered<'r>>>(
+    slots: &mut [Slot<'r, F>],
+    index: usize,
+    cx: &mut Context<'_>,
 ) {
-    while order.written < slots.len() {
-        let slot = &mut slots[order.written];
-        match slot {
-            Slot::Running(_) => return,
-            Slot::Waiting(_) if !order.closing => return,
-            _ => {}
-        }
-        if let Slot::Done(_) = slot {
-            let Slot::Done(answered) = std::mem::replace(slot, Slot::Finished) else {
-                unreachable!()
-            };
-            if !order.closing {
-                let framed = &framed[order.written];
-                order.closing = write_answer(core, input, framed, answered, clock, output);
-            }
-        }
-        order.written += 1;
+    let Slot::Running(future) = &mut slots[index] else {
+        return;
+    };
+    // SAFETY: the future stays where it is until it is dropped in place: see `Slot`.
+    let future = unsafe { Pin::new_unchecked(future) };
+    if let Poll::Ready(answered) = future.poll(cx) {
+        slots[index] = Slot::Done(answered);
     }
 }
 
