@@ -111,3 +111,34 @@ fn a_close_in_the_pipeline_ends_it_after_earlier_answers() {
     let never = other.request(&Signed::new("GET", "/v1/orders/ord-never", b"").bytes());
     assert_eq!(never.status_line, "HTTP/1.1 404 Not Found");
 }
+
+#[test]
+fn a_later_create_that_finishes_first_still_waits_for_its_turn() {
+    // tok_slow takes 3 s; the client's wait is cut at 500 ms with a 202 pending.
+    let server = Server::start(ServerOptions {
+        cores: vec![0],
+        extra_toml: format!(
+            "{}\n[acquirer]\nresponse_timeout_ms = 500\n",
+            merchants_toml()
+        ),
+        ..ServerOptions::default()
+    });
+    let mut client = server.connect();
+    client.set_read_timeout(Duration::from_secs(30));
+    let slow = create_body("ord-slow-first", 11, "CNY", "tok_slow");
+    let mut pipeline = Signed::new("POST", "/v1/payments", slow.as_bytes()).bytes();
+    pipeline.extend(create_request("ord-fast-second", 12));
+    client.send(&pipeline);
+    let first = client.read_response();
+    assert_eq!(
+        first.status_line,
+        "HTTP/1.1 202 Accepted",
+        "{}",
+        first.body_text()
+    );
+    assert_eq!(first.payment().order_id, "ord-slow-first");
+    assert_eq!(first.payment().status, "pending");
+    let second = read_created(&mut client);
+    assert_eq!(second.order_id, "ord-fast-second");
+    assert_eq!(second.status, "succeeded");
+}

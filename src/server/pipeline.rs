@@ -28,6 +28,10 @@ use std::time::Instant;
 
 /// A client's `X-Request-Id` is echoed only if it is this short and visible ASCII.
 pub const REQUEST_ID_BYTES_MAX: usize = 64;
+/// Creates of one connection that run at once. A running request's state is about 2 KiB,
+/// so this bounds what a deep pipeline of creates holds beyond its read buffer; a longer
+/// run of creates goes in groups of this many.
+pub const CREATES_CONCURRENT_MAX: usize = 32;
 /// Responses a connection keeps for reuse after a deep pipeline; the rest are freed, so
 /// an idle connection holds little whatever depth it once used.
 pub const RESPONSES_KEPT_MAX: usize = 16;
@@ -142,15 +146,18 @@ pub async fn answer_batch(
     Ok(false)
 }
 
-/// The end of the group that starts at `first`: the run of creates there, or just it.
+/// The end of the group that starts at `first`: the run of creates there (at most
+/// `CREATES_CONCURRENT_MAX`), or just the request at `first`.
 fn group_end(framed: &[Framed], first: usize) -> usize {
     if !framed[first].starts_early() {
         return first + 1;
     }
-    framed[first..]
+    let window = &framed[first..framed.len().min(first + CREATES_CONCURRENT_MAX)];
+    let length = window
         .iter()
         .position(|request| !request.starts_early())
-        .map_or(framed.len(), |offset| first + offset)
+        .unwrap_or(window.len());
+    first + length
 }
 
 /// The next request's body, split off the front of the bodies not yet handed out.
@@ -339,7 +346,65 @@ pub fn is_valid_request_id(id: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_request_id;
+    use super::*;
+    use crate::http::BodyFraming;
+
+    fn framed(method: Method) -> Framed {
+        Framed {
+            head: RequestHead {
+                method,
+                target: 0..1,
+                version_minor: 1,
+                head_length: 1,
+                framing: BodyFraming::Empty,
+                keep_alive: true,
+                expect_continue: false,
+                content_type_json: None,
+                request_id: None,
+                merchant: None,
+                timestamp: None,
+                signature: None,
+            },
+            base: 0,
+            body: 0..0,
+        }
+    }
+
+    /// Groups of a batch, as `answer_batch` walks them.
+    fn groups(methods: &[Method]) -> Vec<std::ops::Range<usize>> {
+        let batch: Vec<Framed> = methods.iter().map(|&method| framed(method)).collect();
+        let mut groups = Vec::new();
+        let mut first = 0;
+        while first < batch.len() {
+            let end = group_end(&batch, first);
+            assert!(end > first);
+            groups.push(first..end);
+            first = end;
+        }
+        groups
+    }
+
+    #[test]
+    fn consecutive_creates_group_and_anything_else_runs_alone() {
+        use Method::{Get, Head, Post};
+        assert_eq!(groups(&[Get]), vec![0..1]);
+        assert_eq!(groups(&[Post]), vec![0..1]);
+        assert_eq!(
+            groups(&[Post, Post, Get, Head, Post, Post, Post]),
+            vec![0..2, 2..3, 3..4, 4..7]
+        );
+    }
+
+    #[test]
+    fn a_long_run_of_creates_goes_in_bounded_groups() {
+        let methods = vec![Method::Post; 2 * CREATES_CONCURRENT_MAX + 3];
+        let groups = groups(&methods);
+        assert_eq!(groups.len(), 3);
+        assert!(groups
+            .iter()
+            .all(|group| group.len() <= CREATES_CONCURRENT_MAX));
+        assert_eq!(groups[2], 2 * CREATES_CONCURRENT_MAX..methods.len());
+    }
 
     #[test]
     fn request_ids_are_short_visible_ascii() {
