@@ -42,6 +42,9 @@ pub struct Request<'a> {
     pub timestamp: Option<&'a [u8]>,
     pub signature: Option<&'a [u8]>,
     pub body: &'a mut [u8],
+    /// Wall-clock time the request is handled at, read once per batch of requests by the
+    /// connection: handlers take "now" from here instead of reading the clock again.
+    pub unix_ms: u64,
 }
 
 /// Answers one request. Returns the route it was answered on.

@@ -1,7 +1,9 @@
 //! The payment routes of API.md section 3: create, read by id, read by order.
 //!
 //! This core does the stateless, CPU-heavy part (signature, JSON, validation); the shard
-//! that owns the payment does the rest, reached through `Peers::submit`.
+//! that owns the payment does the rest: called directly when it lives on this core (and
+//! the answer is written from its own copy of the payment), through `Peers::submit`
+//! otherwise. "Now" is the connection's clock read for the batch (`Request::unix_ms`).
 
 use super::create_request::parse_create_request;
 use super::error::{ApiError, ErrorKind};
@@ -12,7 +14,6 @@ use crate::http::{Response, ResponseHeader};
 use crate::payment::{MerchantIndex, PaymentId, ORDER_ID_LENGTH_MAX};
 use crate::shard::routing::shard_of;
 use crate::shard::runtime::{Command, Reply};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub async fn create(context: &Context, request: Request<'_>, response: &mut Response) {
     let merchant = match authenticate(context, &request) {
@@ -28,8 +29,11 @@ pub async fn create(context: &Context, request: Request<'_>, response: &mut Resp
     };
     let merchant_id = context.keys.merchant_id(merchant);
     let shard = shard_of(merchant_id, &terms.order_id, context.shard_count);
-    let reply = context.peers.submit(shard, Command::Create(terms)).await;
-    write_reply(context, reply, response);
+    let command = Command::Create {
+        terms,
+        now_ms: request.unix_ms,
+    };
+    run(context, shard, command, response).await;
 }
 
 /// `GET /v1/payments/{id}`.
@@ -43,11 +47,7 @@ pub async fn get(context: &Context, request: Request<'_>, id: &[u8], response: &
     let Some(id) = id.filter(|id| id.shard < context.shard_count) else {
         return write_error(response, &ApiError::new(ErrorKind::PaymentNotFound));
     };
-    let reply = context
-        .peers
-        .submit(id.shard, Command::Get { merchant, id })
-        .await;
-    write_reply(context, reply, response);
+    run(context, id.shard, Command::Get { merchant, id }, response).await;
 }
 
 /// `GET /v1/orders/{order_id}`.
@@ -67,11 +67,8 @@ pub async fn get_by_order(
     };
     let merchant_id = context.keys.merchant_id(merchant);
     let shard = shard_of(merchant_id, &order_id, context.shard_count);
-    let reply = context
-        .peers
-        .submit(shard, Command::GetByOrder { merchant, order_id })
-        .await;
-    write_reply(context, reply, response);
+    let command = Command::GetByOrder { merchant, order_id };
+    run(context, shard, command, response).await;
 }
 
 fn is_order_id(text: &str) -> bool {
@@ -91,9 +88,7 @@ fn authenticate(context: &Context, request: &Request<'_>) -> Result<MerchantInde
         timestamp: request.timestamp,
         signature: request.signature,
     };
-    let now_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now_secs = request.unix_ms / 1000;
     let tolerance_secs = context.config.security.timestamp_tolerance_secs;
     context
         .keys
@@ -108,7 +103,27 @@ fn authenticate(context: &Context, request: &Request<'_>) -> Result<MerchantInde
         .map_err(ApiError::from)
 }
 
-fn write_reply(context: &Context, reply: Reply, response: &mut Response) {
+/// Runs a command on the shard that owns it and writes the answer. A shard on this core
+/// writes the payment object straight from its own copy; another core's shard sends a
+/// copy over the mesh, written here.
+async fn run(context: &Context, shard: u16, command: Command, response: &mut Response) {
+    let keys = context.keys;
+    if let Some(local) = context.peers.local_shard(shard) {
+        let body = &mut response.body;
+        let reply = local
+            .execute_with(command, |payment| write_payment(body, payment, keys))
+            .await;
+        return write_reply(reply, response, |(), _| {});
+    }
+    let reply = context.peers.submit(shard, command).await;
+    write_reply(reply, response, |payment, body| {
+        write_payment(body, &payment, keys)
+    });
+}
+
+/// Sets the status and headers of a reply; `render` writes a payment into the body
+/// (or has already).
+fn write_reply<P>(reply: Reply<P>, response: &mut Response, render: impl FnOnce(P, &mut Vec<u8>)) {
     let (status, payment) = match reply {
         Reply::Created {
             payment,
@@ -141,5 +156,5 @@ fn write_reply(context: &Context, reply: Reply, response: &mut Response) {
         }
     };
     response.status = status;
-    write_payment(&mut response.body, &payment, context.keys);
+    render(payment, &mut response.body);
 }

@@ -6,10 +6,10 @@
 //! allocated per request once they have grown to fit.
 
 use super::core::Core;
-use super::stamps::Clock;
+use super::pipeline::{answer_batch, Batch, Framed, REQUEST_ID_BYTES_MAX};
 use super::{LINGER_BYTES_MAX, LINGER_MS};
+use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
-use crate::api::{self, Request};
 use crate::config::Config;
 use crate::http::request::{decode_chunked, ChunkedOutcome};
 use crate::http::{
@@ -30,8 +30,6 @@ pub const INPUT_BYTES_INITIAL: usize = 4096;
 /// Requests answered from one read before their responses are written: bounds the
 /// output buffer of a deep pipeline.
 pub const PIPELINE_REQUESTS_MAX: usize = 256;
-/// A client's `X-Request-Id` is echoed only if it is this short and visible ASCII.
-pub const REQUEST_ID_BYTES_MAX: usize = 64;
 
 const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -43,6 +41,19 @@ enum Progress {
     MoreBuffered,
     /// Answer written (or to be written), then close.
     Close,
+}
+
+/// Why framing a batch stopped.
+enum BatchEnd {
+    /// The buffer holds no further complete request; `send_continue` asks for a
+    /// `100 Continue` for the partial one.
+    NeedInput { send_continue: bool },
+    /// The pipeline bound was hit with complete requests still buffered.
+    MoreBuffered,
+    /// The last request framed closes the connection: nothing after it is read.
+    Closing,
+    /// The request after the framed ones is malformed: answered after them, then closed.
+    Error(ProtocolError),
 }
 
 enum ReadOutcome {
@@ -59,8 +70,9 @@ pub struct Connection {
     input: Vec<u8>,
     start: usize,
     filled: usize,
-    body: Vec<u8>,
+    batch: Batch,
     output: Vec<u8>,
+    /// For the answers written before routing (protocol errors, timeouts).
     response: Response,
     /// When the first byte of the request being received arrived.
     request_started: Option<Instant>,
@@ -75,7 +87,7 @@ impl Connection {
             input: vec![0; INPUT_BYTES_INITIAL],
             start: 0,
             filled: 0,
-            body: Vec::new(),
+            batch: Batch::default(),
             output: Vec::with_capacity(INPUT_BYTES_INITIAL),
             response: Response::new(),
             request_started: None,
@@ -99,7 +111,7 @@ impl Connection {
     /// closes it) rather than simply dropped.
     async fn serve(&mut self) -> io::Result<bool> {
         loop {
-            let progress = self.answer_buffered().await;
+            let progress = self.answer_buffered().await?;
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
                 self.output.clear();
@@ -124,128 +136,132 @@ impl Connection {
         }
     }
 
-    /// Answers every complete request in the buffer, up to `PIPELINE_REQUESTS_MAX`.
-    async fn answer_buffered(&mut self) -> Progress {
-        let config: &'static Config = self.core.api.config;
-        let limits = &config.limits;
-        // One wall-clock read per batch, one monotonic read per request: the end of one
-        // request is the start of the next.
-        let mut clock = self.core.stamps.clock();
-        for _ in 0..PIPELINE_REQUESTS_MAX {
-            if self.start == self.filled {
-                self.start = 0;
-                self.filled = 0;
-                self.request_started = None;
-                return Progress::NeedInput;
+    /// Answers every complete request in the buffer, up to `PIPELINE_REQUESTS_MAX`, all
+    /// at once (see `pipeline`).
+    async fn answer_buffered(&mut self) -> io::Result<Progress> {
+        // One wall-clock read per batch: every request of it is stamped with it.
+        let clock = self.core.stamps.clock();
+        if self.request_started.is_none() && self.start < self.filled {
+            self.request_started = Some(clock.instant);
+        }
+        let end = self.frame_batch();
+        if !self.batch.framed.is_empty() {
+            let input = &self.input[..self.filled];
+            let batch = &mut self.batch;
+            let close = answer_batch(
+                &self.core,
+                input,
+                batch,
+                &clock,
+                &mut self.output,
+                &mut self.stream,
+            )
+            .await?;
+            if close {
+                return Ok(Progress::Close);
             }
-            if self.request_started.is_none() {
-                self.request_started = Some(clock.instant);
+            // What is left is a request whose bytes are still arriving.
+            self.request_started = (self.start < self.filled).then_some(clock.instant);
+        }
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
+            self.request_started = None;
+        }
+        Ok(match end {
+            BatchEnd::NeedInput { send_continue } => {
+                if send_continue {
+                    self.output.extend_from_slice(CONTINUE_RESPONSE);
+                    self.continue_sent = true;
+                }
+                Progress::NeedInput
+            }
+            BatchEnd::MoreBuffered => Progress::MoreBuffered,
+            BatchEnd::Closing => Progress::Close,
+            BatchEnd::Error(error) => self.answer_protocol_error(error),
+        })
+    }
+
+    /// Frames the complete requests in the buffer into `self.batch`, consuming them, up to
+    /// `PIPELINE_REQUESTS_MAX` or a request after which the connection closes.
+    fn frame_batch(&mut self) -> BatchEnd {
+        self.batch.clear();
+        let limits = &self.core.api.config.limits;
+        while self.batch.framed.len() < PIPELINE_REQUESTS_MAX {
+            if self.start == self.filled {
+                return BatchEnd::NeedInput {
+                    send_continue: false,
+                };
             }
             let buffered = &self.input[self.start..self.filled];
             let head = match parse_request(buffered, limits.max_header_bytes, limits.max_body_bytes)
             {
                 Ok(ParseOutcome::Head(head)) => head,
-                Ok(ParseOutcome::Partial) => return Progress::NeedInput,
-                Err(error) => return self.answer_protocol_error(error),
+                Ok(ParseOutcome::Partial) => {
+                    return BatchEnd::NeedInput {
+                        send_continue: false,
+                    }
+                }
+                Err(error) => return BatchEnd::Error(error),
             };
+            let body_start = self.batch.bodies.len();
             let consumed = match self.frame_body(&head) {
                 Ok(Some(consumed)) => consumed,
                 Ok(None) => {
-                    if head.expect_continue && !self.continue_sent {
-                        self.output.extend_from_slice(CONTINUE_RESPONSE);
-                        self.continue_sent = true;
-                    }
-                    return Progress::NeedInput;
+                    self.batch.bodies.truncate(body_start);
+                    let send_continue = head.expect_continue && !self.continue_sent;
+                    return BatchEnd::NeedInput { send_continue };
                 }
-                Err(error) => return self.answer_protocol_error(error),
+                Err(error) => {
+                    self.batch.bodies.truncate(body_start);
+                    return BatchEnd::Error(error);
+                }
             };
-            let close = self.answer_request(&head, &mut clock).await;
+            let keep_alive = head.keep_alive;
+            self.batch.framed.push(Framed {
+                head,
+                base: self.start,
+                body: body_start..self.batch.bodies.len(),
+            });
             self.start += consumed;
-            self.request_started = None;
             self.continue_sent = false;
-            if close {
-                return Progress::Close;
+            if !keep_alive {
+                return BatchEnd::Closing;
             }
         }
-        Progress::MoreBuffered
+        if self.start == self.filled {
+            BatchEnd::NeedInput {
+                send_continue: false,
+            }
+        } else {
+            BatchEnd::MoreBuffered
+        }
     }
 
-    /// Copies the body of a complete request into `self.body`. Returns the bytes the
+    /// Appends the body of a complete request to the batch's arena. Returns the bytes the
     /// request occupies in the input, or `None` while its body is incomplete.
     fn frame_body(&mut self, head: &RequestHead) -> Result<Option<usize>, ProtocolError> {
         let buffered = &self.input[self.start..self.filled];
         let after_head = &buffered[head.head_length..];
-        self.body.clear();
+        let batch = &mut self.batch;
         match head.framing {
             BodyFraming::Empty => Ok(Some(head.head_length)),
             BodyFraming::ContentLength(length) if after_head.len() >= length => {
-                self.body.extend_from_slice(&after_head[..length]);
+                batch.bodies.extend_from_slice(&after_head[..length]);
                 Ok(Some(head.head_length + length))
             }
             BodyFraming::ContentLength(_) => Ok(None),
             BodyFraming::Chunked => {
                 let max_body_bytes = self.core.api.config.limits.max_body_bytes;
-                match decode_chunked(after_head, &mut self.body, max_body_bytes)? {
-                    ChunkedOutcome::Complete { consumed } => Ok(Some(head.head_length + consumed)),
+                match decode_chunked(after_head, &mut batch.chunked, max_body_bytes)? {
+                    ChunkedOutcome::Complete { consumed } => {
+                        batch.bodies.extend_from_slice(&batch.chunked);
+                        Ok(Some(head.head_length + consumed))
+                    }
                     ChunkedOutcome::Partial => Ok(None),
                 }
             }
         }
-    }
-
-    /// Answers one complete request into the output buffer; returns whether to close.
-    async fn answer_request(&mut self, head: &RequestHead, clock: &mut Clock) -> bool {
-        let started = clock.instant;
-        let buffered = &self.input[self.start..self.filled];
-        let field = |range: &Option<std::ops::Range<usize>>| range.clone().map(|r| &buffered[r]);
-        let request = Request {
-            method: head.method,
-            target: &buffered[head.target.clone()],
-            content_type_json: head.content_type_json,
-            merchant: field(&head.merchant),
-            timestamp: field(&head.timestamp),
-            signature: field(&head.signature),
-            body: &mut self.body,
-        };
-        self.response.reset();
-        let route = api::handle(&self.core.api, request, &mut self.response).await;
-        let close = !head.keep_alive || self.response.close || self.core.stop.is_triggered();
-        let connection = match (close, head.version_minor) {
-            (true, _) => ConnectionHeader::Close,
-            (false, 0) => ConnectionHeader::KeepAlive,
-            (false, _) => ConnectionHeader::Omitted,
-        };
-        let mut generated = [0u8; REQUEST_ID_BYTES_MAX];
-        let request_id = match field(&head.request_id).filter(|id| is_valid_request_id(id)) {
-            Some(id) => id,
-            None => self.core.stamps.generate_request_id(&mut generated),
-        };
-        let body_omitted = head.method == Method::Head;
-        self.response.write_to(
-            &mut self.output,
-            request_id,
-            &clock.date,
-            connection,
-            body_omitted,
-        );
-        let finished = Instant::now();
-        let latency_us = finished.duration_since(started).as_micros() as u64;
-        clock.instant = finished;
-        self.core
-            .api
-            .metrics
-            .borrow_mut()
-            .record_request(route, self.response.status, latency_us);
-        self.core.access_log.record(&AccessRecord {
-            unix_ms: clock.unix_ms,
-            method: head.method,
-            route,
-            status: self.response.status,
-            latency_us,
-            request_id,
-            merchant: field(&head.merchant),
-        });
-        close
     }
 
     fn answer_protocol_error(&mut self, error: ProtocolError) -> Progress {
@@ -383,27 +399,5 @@ pub async fn linger_close(stream: TcpStream) {
             Ok(0) | Err(_) => break,
             Ok(count) => discarded += count,
         }
-    }
-}
-
-/// 1 to 64 visible ASCII characters (API.md section 2).
-fn is_valid_request_id(id: &[u8]) -> bool {
-    !id.is_empty()
-        && id.len() <= REQUEST_ID_BYTES_MAX
-        && id.iter().all(|b| (0x21..=0x7e).contains(b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_valid_request_id;
-
-    #[test]
-    fn request_ids_are_short_visible_ascii() {
-        assert!(is_valid_request_id(b"r-1"));
-        assert!(is_valid_request_id(&[b'a'; 64]));
-        assert!(!is_valid_request_id(&[b'a'; 65]));
-        assert!(!is_valid_request_id(b""));
-        assert!(!is_valid_request_id(b"has space"));
-        assert!(!is_valid_request_id("é".as_bytes()));
     }
 }

@@ -10,6 +10,7 @@
 mod access_log;
 mod connection;
 mod core;
+mod pipeline;
 mod stamps;
 mod stop;
 

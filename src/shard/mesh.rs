@@ -143,7 +143,8 @@ impl Peers {
             .collect()
     }
 
-    fn local_shard(&self, shard: u16) -> Option<Rc<Shard>> {
+    /// The shard if this core owns it (and it is serving).
+    pub fn local_shard(&self, shard: u16) -> Option<Rc<Shard>> {
         self.local_shards
             .borrow()
             .get(usize::from(shard))

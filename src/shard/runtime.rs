@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a shard can be asked to do. Sent over the mesh, so it owns its data.
 pub enum Command {
-    Create(PaymentTerms),
+    /// `now_ms` is when the request was read: the payment's `created_at`.
+    Create { terms: PaymentTerms, now_ms: u64 },
     Get {
         merchant: MerchantIndex,
         id: PaymentId,
@@ -35,16 +36,18 @@ pub enum Command {
     },
 }
 
-/// What a shard answers. Payments travel as copies: the state stays on its core.
-pub enum Reply {
+/// What a shard answers. A payment travels as `P`, made from the shard's copy by the
+/// caller's function: a boxed copy over the mesh (the state stays on its core), or, for a
+/// caller on the same core, whatever it makes of a borrow (the answer's JSON) with no copy.
+pub enum Reply<P = Box<Payment>> {
     /// A new payment; `final` is false when the acquirer had not answered in time (202).
     Created {
-        payment: Box<Payment>,
+        payment: P,
         r#final: bool,
     },
     /// The same order again, first request answered: the payment as it is now.
-    Replayed(Box<Payment>),
-    Found(Box<Payment>),
+    Replayed(P),
+    Found(P),
     NotFound,
     InProgress,
     Conflict,
@@ -207,34 +210,39 @@ impl Shard {
         pending.len()
     }
 
+    /// Runs a command for another core: the payment in the reply is a boxed copy.
     pub async fn execute(self: &Rc<Self>, command: Command) -> Reply {
+        self.execute_with(command, |payment| Box::new(payment.clone()))
+            .await
+    }
+
+    /// Runs a command; `take` makes the reply's payment from the shard's copy, once.
+    pub async fn execute_with<P>(
+        self: &Rc<Self>,
+        command: Command,
+        take: impl FnOnce(&Payment) -> P,
+    ) -> Reply<P> {
         match command {
-            Command::Create(terms) => self.create(terms).await,
-            Command::Get { merchant, id } => self.found(self.state.borrow().get(merchant, id)),
+            Command::Create { terms, now_ms } => self.create(terms, now_ms, take).await,
+            Command::Get { merchant, id } => found(self.state.borrow().get(merchant, id), take),
             Command::GetByOrder { merchant, order_id } => {
-                self.found(self.state.borrow().get_by_order(merchant, &order_id))
+                found(self.state.borrow().get_by_order(merchant, &order_id), take)
             }
         }
     }
 
-    fn found(&self, payment: Option<&Payment>) -> Reply {
-        payment.map_or(Reply::NotFound, |payment| {
-            Reply::Found(Box::new(payment.clone()))
-        })
-    }
-
-    fn snapshot(&self, id: PaymentId) -> Box<Payment> {
+    fn snapshot<P>(&self, id: PaymentId, take: impl FnOnce(&Payment) -> P) -> P {
         let state = self.state.borrow();
         // Invariant: ids handed out by the state machine stay in it until retention.
-        Box::new(
-            state
-                .get_by_id(id)
-                .expect("payment of a decision exists")
-                .clone(),
-        )
+        take(state.get_by_id(id).expect("payment of a decision exists"))
     }
 
-    async fn create(self: &Rc<Self>, terms: PaymentTerms) -> Reply {
+    async fn create<P>(
+        self: &Rc<Self>,
+        terms: PaymentTerms,
+        now: u64,
+        take: impl FnOnce(&Payment) -> P,
+    ) -> Reply<P> {
         if self.creates_in_flight.get() >= self.config.server.shard_inbox_capacity {
             return Reply::Overloaded;
         }
@@ -244,7 +252,6 @@ impl Shard {
         // The Created record is encoded before the decision moves the terms into the
         // state: the id it will get is the state's next sequence, and nothing runs in
         // between on this core. Replays throw the encoding away.
-        let now = now_ms();
         let provisional = PaymentId {
             shard: self.id,
             sequence: self.state.borrow().next_sequence(),
@@ -257,38 +264,54 @@ impl Shard {
             CreateDecision::New(id) => {
                 assert_eq!(id, provisional, "a new payment takes the next sequence");
                 self.creates_in_flight.set(self.creates_in_flight.get() + 1);
-                let reply = self.create_new(id, &created).await;
+                let reply = self.create_new(id, &created, take).await;
                 self.creates_in_flight.set(self.creates_in_flight.get() - 1);
                 reply
             }
-            CreateDecision::Replay(id) => Reply::Replayed(self.snapshot(id)),
+            CreateDecision::Replay(id) => Reply::Replayed(self.snapshot(id, take)),
             CreateDecision::InProgress => Reply::InProgress,
             CreateDecision::Conflict => Reply::Conflict,
         }
     }
 
-    async fn create_new(self: &Rc<Self>, id: PaymentId, created: &[u8]) -> Reply {
+    async fn create_new<P>(
+        self: &Rc<Self>,
+        id: PaymentId,
+        created: &[u8],
+        take: impl FnOnce(&Payment) -> P,
+    ) -> Reply<P> {
         if let Err(error) = self.store.append(RecordKind::Created, created).await {
             eprintln!("payd: shard {}: {}", self.id, error.0);
             // Never acknowledged, so forgetting it is safe; a retry creates it afresh.
             self.state.borrow_mut().abandon(id);
             return Reply::Unavailable;
         }
-        let shard = Rc::clone(self);
-        let authorization = glommio::spawn_local(async move { shard.authorize(id).await }).detach();
-        let wait = Duration::from_millis(self.config.acquirer.response_timeout_ms);
-        let outcome = glommio::timer::timeout(wait, async { Ok(authorization.await) }).await;
+        // Authorised inline, not in a task of its own: an acquirer that answers at once
+        // (the simulation without latency) then costs neither a task nor a timer. Only an
+        // authorisation still running at the timeout moves to a task, to finish there.
+        let mut authorization = Box::pin(Rc::clone(self).authorize(id));
+        let outcome = match futures_lite::future::poll_once(authorization.as_mut()).await {
+            Some(result) => Some(result),
+            None => {
+                let wait = Duration::from_millis(self.config.acquirer.response_timeout_ms);
+                let authorized = async { Ok(authorization.as_mut().await) };
+                glommio::timer::timeout(wait, authorized).await.ok()
+            }
+        };
         let reply = match outcome {
-            Ok(Some(Ok(()))) => Reply::Created {
-                payment: self.snapshot(id),
+            Some(Ok(())) => Reply::Created {
+                payment: self.snapshot(id, take),
                 r#final: true,
             },
-            Ok(Some(Err(()))) | Ok(None) => Reply::Unavailable,
+            Some(Err(())) => Reply::Unavailable,
             // Still authorising: the pending record is durable, so 202 is safe.
-            Err(_) => Reply::Created {
-                payment: self.snapshot(id),
-                r#final: false,
-            },
+            None => {
+                glommio::spawn_local(authorization).detach();
+                Reply::Created {
+                    payment: self.snapshot(id, take),
+                    r#final: false,
+                }
+            }
         };
         self.state.borrow_mut().mark_answered(id);
         reply
@@ -397,6 +420,10 @@ impl Shard {
             },
         ))
     }
+}
+
+fn found<P>(payment: Option<&Payment>, take: impl FnOnce(&Payment) -> P) -> Reply<P> {
+    payment.map_or(Reply::NotFound, |payment| Reply::Found(take(payment)))
 }
 
 pub(crate) fn now_ms() -> u64 {
