@@ -257,6 +257,8 @@ impl Peers {
                 .add_histogram(&stats.fsync_latency_us);
             copy.wal_records_per_batch
                 .add_histogram(&stats.records_per_batch);
+            drop(stats);
+            copy.webhooks.gauges.add(&shard.webhooks().gauges());
         }
         copy
     }

@@ -17,9 +17,10 @@ use super::state::{Payment, RestoreError, ShardState};
 use crate::auth::MerchantKeys;
 use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
 use crate::wal::{
-    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDelivered,
-    WebhookEvent,
+    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookAttempted,
+    WebhookDeadLetter, WebhookDelivered, WebhookEvent,
 };
+use crate::webhooks::dead_letters::DEAD_LETTERS_PER_SHARD_MAX;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -29,10 +30,22 @@ pub struct Rebuilt {
     pub recovery: Recovery,
     /// Payments skipped because their merchant is not in the config.
     pub orphaned: usize,
-    /// Webhook events with no `WebhookDelivered` after them, in log order: their record's
-    /// sequence, their merchant, the event. Events of merchants no longer in the config
-    /// stay on disk.
-    pub webhooks_owed: Vec<(u64, MerchantIndex, WebhookEvent)>,
+    /// Webhook events whose delivery has not ended, in log order. Events of merchants no
+    /// longer in the config stay on disk.
+    pub webhooks_owed: Vec<OwedEvent>,
+    /// Dead-lettered events, oldest first: at most `DEAD_LETTERS_PER_SHARD_MAX`, the
+    /// newest ones (retention decides which are still kept).
+    pub dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
+}
+
+/// A webhook event still owed, and how far its delivery got.
+pub struct OwedEvent {
+    /// The sequence of its (latest) `WebhookEvent` record.
+    pub position: u64,
+    pub merchant: MerchantIndex,
+    pub event: WebhookEvent,
+    /// Its last failed attempt, if any: the schedule resumes from there.
+    pub attempted: Option<WebhookAttempted>,
 }
 
 /// Replays the shard's log (blocking file I/O: call it off the executor or before the
@@ -46,6 +59,8 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         checkpoint_sequence: 0,
         owed: BTreeMap::new(),
         owed_positions: HashMap::new(),
+        attempted: HashMap::new(),
+        dead_letters: BTreeMap::new(),
         keys,
     };
     let recovery =
@@ -66,8 +81,14 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         webhooks_owed: replay
             .owed
             .into_iter()
-            .map(|(position, (merchant, event))| (position, merchant, event))
+            .map(|(position, (merchant, event))| OwedEvent {
+                position,
+                merchant,
+                attempted: replay.attempted.get(&event.event).copied(),
+                event,
+            })
             .collect(),
+        dead_letters: replay.dead_letters.into_values().collect(),
     })
 }
 
@@ -82,6 +103,10 @@ struct Replay<'k> {
     /// Webhook events not (yet) seen delivered, by the sequence of their record.
     owed: BTreeMap<u64, (MerchantIndex, WebhookEvent)>,
     owed_positions: HashMap<EventId, u64>,
+    /// The last failed attempt of each owed event.
+    attempted: HashMap<EventId, WebhookAttempted>,
+    /// Dead letters by failure time, the newest `DEAD_LETTERS_PER_SHARD_MAX` only.
+    dead_letters: BTreeMap<(u64, EventId), (MerchantIndex, WebhookDeadLetter)>,
     keys: &'k MerchantKeys,
 }
 
@@ -126,12 +151,50 @@ impl Replay<'_> {
             Some(RecordKind::WebhookDelivered) => {
                 let delivered =
                     WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
-                if let Some(position) = self.owed_positions.remove(&delivered.event) {
-                    self.owed.remove(&position);
+                self.settle(delivered.event);
+                Ok(())
+            }
+            Some(RecordKind::WebhookAttempted) => {
+                let attempted =
+                    WebhookAttempted::decode(record.payload).map_err(|e| e.to_string())?;
+                // An attempt of an event no longer owed (or of an unknown merchant) is moot.
+                // Attempts only grow, so the highest count wins: retention may carry an
+                // older record forward past a newer one.
+                if self.owed_positions.contains_key(&attempted.event) {
+                    let known = self.attempted.entry(attempted.event).or_insert(attempted);
+                    if attempted.attempts >= known.attempts {
+                        *known = attempted;
+                    }
                 }
                 Ok(())
             }
+            Some(RecordKind::WebhookDeadLetter) => {
+                let dead = WebhookDeadLetter::decode(record.payload).map_err(|e| e.to_string())?;
+                self.settle(dead.event.event);
+                self.keep_dead_letter(dead);
+                Ok(())
+            }
             None => Err(format!("unknown record kind {}", record.kind)),
+        }
+    }
+
+    /// The event's delivery ended: it is no longer owed.
+    fn settle(&mut self, event: EventId) {
+        if let Some(position) = self.owed_positions.remove(&event) {
+            self.owed.remove(&position);
+        }
+        self.attempted.remove(&event);
+    }
+
+    fn keep_dead_letter(&mut self, dead: WebhookDeadLetter) {
+        let merchant_id = dead.event.payment.merchant_id.as_bytes();
+        let Some(merchant) = self.keys.index_of(merchant_id) else {
+            return;
+        };
+        let key = (dead.failed_at_ms, dead.event.event);
+        self.dead_letters.insert(key, (merchant, dead));
+        if self.dead_letters.len() > DEAD_LETTERS_PER_SHARD_MAX {
+            self.dead_letters.pop_first();
         }
     }
 

@@ -19,7 +19,7 @@ use super::runtime::Shard;
 use crate::payment::{EventId, PaymentId};
 use crate::wal::{
     self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
-    SegmentFile, WebhookDelivered, WebhookEvent,
+    SegmentFile, WebhookAttempted, WebhookDeadLetter, WebhookDelivered, WebhookEvent,
 };
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -145,6 +145,7 @@ async fn check(weak: &Weak<Shard>, shard_dir: &Path, marks: &mut AppendMarks) ->
     let now_ms = super::runtime::now_ms();
     let retention_ms = shard.config().retention_ms();
     shard.expire(now_ms, retention_ms);
+    shard.webhooks().expire_dead_letters(now_ms, retention_ms);
     marks.record(shard.log().next_sequence(), now_ms, retention_ms);
     let horizon = marks.horizon(now_ms, retention_ms);
     let segments = match wal::list_segments(shard_dir) {
@@ -191,7 +192,7 @@ async fn free_segments(
         .spawn_blocking(move || payments_mentioned(&to_read))
         .await?;
     let carried = shard
-        .carry_forward(&mentioned.payments, &mentioned.owed_events)
+        .carry_forward(&mentioned.payments, &mentioned.webhook_records)
         .await
         .map_err(|error| format!("carrying payments forward failed: {}", error.0))?;
     delete_segments(shard_dir, expired).await?;
@@ -204,13 +205,22 @@ async fn free_segments(
 struct Mentioned {
     /// Every payment with a record there, once each, in order.
     payments: Vec<PaymentId>,
-    /// Payloads of webhook events there with no delivery outcome after them there.
-    owed_events: Vec<Vec<u8>>,
+    /// Webhook events there with no delivery outcome after them there, each followed by
+    /// its last failed attempt if it had one: (kind, payload) to append again.
+    webhook_records: Vec<(RecordKind, Vec<u8>)>,
+}
+
+/// An owed webhook event met in segments being freed: its payload, and its last failed
+/// attempt's (so a restart after the carry still resumes the schedule where it was).
+struct OwedRecords {
+    event: EventId,
+    payload: Vec<u8>,
+    attempted: Option<Vec<u8>>,
 }
 
 fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
     let mut ids = Vec::new();
-    let mut owed: Vec<(EventId, Vec<u8>)> = Vec::new();
+    let mut owed: Vec<OwedRecords> = Vec::new();
     for segment in segments {
         let mut visit = |record: wal::Record<'_>| -> Result<(), String> {
             let id = match RecordKind::from_u8(record.kind) {
@@ -222,14 +232,37 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
                 }
                 Some(RecordKind::WebhookEvent) => {
                     let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
-                    owed.retain(|(id, _)| *id != event.event);
-                    owed.push((event.event, record.payload.to_vec()));
+                    let attempted = owed
+                        .iter()
+                        .position(|owed| owed.event == event.event)
+                        .and_then(|index| owed.remove(index).attempted);
+                    owed.push(OwedRecords {
+                        event: event.event,
+                        payload: record.payload.to_vec(),
+                        attempted,
+                    });
+                    return Ok(());
+                }
+                Some(RecordKind::WebhookAttempted) => {
+                    let attempted =
+                        WebhookAttempted::decode(record.payload).map_err(|e| e.to_string())?;
+                    if let Some(owed) = owed.iter_mut().find(|owed| owed.event == attempted.event) {
+                        owed.attempted = Some(record.payload.to_vec());
+                    }
                     return Ok(());
                 }
                 Some(RecordKind::WebhookDelivered) => {
                     let delivered =
                         WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
-                    owed.retain(|(id, _)| *id != delivered.event);
+                    owed.retain(|owed| owed.event != delivered.event);
+                    return Ok(());
+                }
+                // A dead letter ends a delivery; its own record stays for the retention
+                // after it, like any record, and is not carried.
+                Some(RecordKind::WebhookDeadLetter) => {
+                    let dead =
+                        WebhookDeadLetter::decode(record.payload).map_err(|e| e.to_string())?;
+                    owed.retain(|owed| owed.event != dead.event.event);
                     return Ok(());
                 }
                 // No other kind is written by this version; refuse to delete what we
@@ -243,10 +276,16 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
     }
     ids.sort_unstable();
     ids.dedup();
-    let owed_events = owed.into_iter().map(|(_, payload)| payload).collect();
+    let mut webhook_records = Vec::with_capacity(owed.len());
+    for owed in owed {
+        webhook_records.push((RecordKind::WebhookEvent, owed.payload));
+        if let Some(attempted) = owed.attempted {
+            webhook_records.push((RecordKind::WebhookAttempted, attempted));
+        }
+    }
     Ok(Mentioned {
         payments: ids,
-        owed_events,
+        webhook_records,
     })
 }
 
@@ -410,6 +449,9 @@ mod tests {
             path,
         };
         let mentioned = payments_mentioned(&[segment]).unwrap();
-        assert_eq!(mentioned.owed_events, vec![owed_payload]);
+        assert_eq!(
+            mentioned.webhook_records,
+            vec![(RecordKind::WebhookEvent, owed_payload)]
+        );
     }
 }

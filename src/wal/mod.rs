@@ -72,7 +72,9 @@ pub use segment::{
     list_segments, segment_file_name, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN,
     SEQUENCE_FIRST,
 };
-pub use webhook_payload::{WebhookDelivered, WebhookEvent, WebhookOutcome};
+pub use webhook_payload::{
+    WebhookAttempted, WebhookDeadLetter, WebhookDelivered, WebhookEvent, WebhookOutcome,
+};
 pub use writer::{IoMode, BATCH_BYTES_MAX};
 
 /// A segment size for when the config has no say: large enough that roll-overs are

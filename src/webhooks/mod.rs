@@ -22,6 +22,7 @@
 //!   `webhook-signature`) under the merchant's `whsec_` key.
 //! - `retry`: what an attempt's outcome means, and when the next attempt is due.
 //! - `dispatch`: the per-shard outbox state machine, its bounds and its fairness.
+//! - `dead_letters`: the per-shard index of events whose delivery failed for good.
 //! - `sender`: the seam to the outbound HTTP client, with the per-attempt timeout.
 //!
 //! # Limits
@@ -29,6 +30,7 @@
 //! The constants below are the defaults of `OutboxLimits`; the retry schedule and the
 //! attempt timeout come from `[webhooks]` in the config.
 
+pub mod dead_letters;
 pub mod dispatch;
 pub mod event;
 pub mod retry;
@@ -37,10 +39,14 @@ pub mod signing;
 
 use dispatch::OutboxLimits;
 
-/// Events one shard holds in memory; the rest wait in its log for a reload. An event
+/// Events one shard holds in memory by default (`webhooks.max_backlog_per_shard`); the
+/// rest wait in its log for a reload. An event
 /// in memory is its payment object (a few hundred bytes, usually), so this bounds a
 /// shard's outbox to a few MiB at most.
 pub const BACKLOG_EVENTS_PER_SHARD_MAX: usize = 4096;
+/// The highest `webhooks.max_backlog_per_shard` the config accepts: about 1 GiB of
+/// typical events per shard, far past any sensible setting.
+pub const BACKLOG_EVENTS_PER_SHARD_CEILING: usize = 1 << 20;
 /// Deliveries in flight on one shard beyond each merchant's first. A core with several
 /// shards has this many per shard.
 pub const SHARED_DELIVERIES_PER_SHARD_MAX: usize = 64;
@@ -61,3 +67,4 @@ impl Default for OutboxLimits {
 // One merchant's attempts beyond its first take only part of the shared slots.
 const _: () = assert!(MERCHANT_DELIVERIES_PER_SHARD_MAX <= SHARED_DELIVERIES_PER_SHARD_MAX / 2);
 const _: () = assert!(MERCHANT_DELIVERIES_PER_SHARD_MAX >= 1);
+const _: () = assert!(BACKLOG_EVENTS_PER_SHARD_MAX <= BACKLOG_EVENTS_PER_SHARD_CEILING);
