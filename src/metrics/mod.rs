@@ -23,19 +23,21 @@ pub enum Route {
     CreatePayment,
     GetPayment,
     GetOrder,
+    ListEvents,
     NotFound,
     /// A request refused before it could be routed (malformed, too large, timed out).
     Unrouted,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::CreatePayment,
         Route::GetPayment,
         Route::GetOrder,
+        Route::ListEvents,
         Route::NotFound,
         Route::Unrouted,
     ];
@@ -48,6 +50,7 @@ impl Route {
             Route::CreatePayment => "create_payment",
             Route::GetPayment => "get_payment",
             Route::GetOrder => "get_order",
+            Route::ListEvents => "list_events",
             Route::NotFound => "not_found",
             Route::Unrouted => "unrouted",
         }

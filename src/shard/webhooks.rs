@@ -157,6 +157,13 @@ pub struct FailedEvent {
     pub payment: PaymentSnapshot,
 }
 
+impl FailedEvent {
+    /// The event's `type`, as its body says: `payment.` and the final status.
+    pub fn event_type(&self) -> &'static str {
+        crate::webhooks::event::event_type(self.payment.status)
+    }
+}
+
 impl Dispatcher {
     pub fn new(
         config: &Config,
