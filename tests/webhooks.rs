@@ -429,11 +429,17 @@ fn failed_events_are_listed_to_their_merchant_only_and_survive_a_restart() {
         .iter()
         .map(|(id, secret, url)| (*id, *secret, url.as_str()))
         .collect();
-    let options = options_for(&merchants, "[1]", "");
+    // Two cores, two shards: the list is gathered from both over the mesh.
+    let options = ServerOptions {
+        cores: vec![0, 1],
+        ..options_for(&merchants, "[1]", "")
+    };
     let server = Server::start_in(tempfile::tempdir().unwrap(), options.clone());
     let (failed_a, _) = create_as(&server, first, "ord-dead-1", "tok_visa");
-    let (failed_b, _) = create_as(&server, first, "ord-dead-2", "tok_decline");
+    let (failed_b, _) = create_as(&server, first, "ord-dead-3", "tok_decline");
     let (gone_id, _) = create_as(&server, second, "ord-gone-1", "tok_visa");
+    // The shard is the id's first four hex digits: these two live on different cores.
+    assert_ne!(failed_a[4..8], failed_b[4..8], "{failed_a} {failed_b}");
     let dead = common::eventually(Duration::from_millis(DELIVERY_TIMEOUT_MS), || {
         let metrics = server.metrics();
         metrics.value("payd_webhook_dead_letters_total", &[]) == 2.0

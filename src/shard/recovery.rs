@@ -289,6 +289,89 @@ mod tests {
         std::fs::write(dir.join(segment_file_name(40)), bytes).unwrap();
     }
 
+    fn webhook_event(sequence: u64) -> WebhookEvent {
+        let mut payment = crate::payment_object::sample_snapshot();
+        payment.id = PaymentId { shard: 0, sequence };
+        WebhookEvent {
+            event: EventId::of_final_status(payment.id),
+            created_at_ms: 5,
+            payment,
+        }
+    }
+
+    fn encoded(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out);
+        out
+    }
+
+    fn attempted(event: EventId, attempts: u16) -> Vec<u8> {
+        encoded(|out| {
+            WebhookAttempted {
+                event,
+                attempts,
+                last_status: Some(503),
+                attempted_at_ms: 10,
+                next_attempt_at_ms: 10_000 + u64::from(attempts),
+            }
+            .encode(out)
+        })
+    }
+
+    #[test]
+    fn owed_events_resume_with_their_highest_attempt_and_dead_letters_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MerchantKeys::new(vec![("m_demo".to_string(), vec![b"s".to_vec()])]);
+        let (owed, dead, delivered) = (webhook_event(1), webhook_event(2), webhook_event(3));
+        let dead_letter = WebhookDeadLetter {
+            outcome: crate::wal::WebhookOutcome::Gone,
+            attempts: 1,
+            last_status: Some(410),
+            failed_at_ms: 20,
+            event: dead.clone(),
+        };
+        let finished = WebhookDelivered {
+            event: delivered.event,
+            attempts: 1,
+            outcome: crate::wal::WebhookOutcome::Delivered,
+            finished_at_ms: 30,
+        };
+        write_log(
+            dir.path(),
+            &[
+                (RecordKind::WebhookEvent, encoded(|out| owed.encode(out))),
+                (RecordKind::WebhookEvent, encoded(|out| dead.encode(out))),
+                (
+                    RecordKind::WebhookEvent,
+                    encoded(|out| delivered.encode(out)),
+                ),
+                (RecordKind::WebhookAttempted, attempted(owed.event, 2)),
+                (RecordKind::WebhookAttempted, attempted(delivered.event, 4)),
+                (
+                    RecordKind::WebhookDeadLetter,
+                    encoded(|out| dead_letter.encode(out)),
+                ),
+                (
+                    RecordKind::WebhookDelivered,
+                    encoded(|out| finished.encode(out)),
+                ),
+                // Retention carried the event and an older attempt forward.
+                (RecordKind::WebhookEvent, encoded(|out| owed.encode(out))),
+                (RecordKind::WebhookAttempted, attempted(owed.event, 1)),
+            ],
+        );
+        let rebuilt = rebuild(0, dir.path(), &keys).unwrap();
+        assert_eq!(rebuilt.webhooks_owed.len(), 1);
+        let resumed = &rebuilt.webhooks_owed[0];
+        assert_eq!(resumed.position, 47, "the carried copy's position");
+        assert_eq!(resumed.event, owed);
+        let attempts = resumed
+            .attempted
+            .map(|a| (a.attempts, a.next_attempt_at_ms));
+        assert_eq!(attempts, Some((2, 10_002)), "attempts only grow");
+        assert_eq!(rebuilt.dead_letters, vec![(0, dead_letter)]);
+    }
+
     #[test]
     fn a_checkpoint_keeps_ids_unique_after_every_creation_was_deleted() {
         let dir = tempfile::tempdir().unwrap();

@@ -666,3 +666,34 @@ fn attempt_outcome(outcome: &DeliveryOutcome) -> WebhookAttemptOutcome {
         DeliveryOutcome::Failed => WebhookAttemptOutcome::ConnectionError,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment_object::sample_snapshot;
+
+    /// What one dead letter costs in memory, for the memory figure: the entry, its two
+    /// index keys, and its encoded event on the heap.
+    #[test]
+    fn a_dead_letter_is_small_in_memory() {
+        let payment = sample_snapshot();
+        let dead = WebhookDeadLetter {
+            outcome: WebhookOutcome::DeadLettered,
+            attempts: 8,
+            last_status: Some(500),
+            failed_at_ms: 1,
+            event: WebhookEvent {
+                event: EventId::of_final_status(payment.id),
+                created_at_ms: payment.updated_at_ms,
+                payment,
+            },
+        };
+        let entry = dead_letter_entry(0, &dead);
+        let entry_bytes = std::mem::size_of::<DeadLetter<Box<[u8]>>>();
+        let key_bytes = std::mem::size_of::<(MerchantIndex, DeadLetterKey)>();
+        assert!(entry_bytes <= 64, "{entry_bytes}");
+        assert!(key_bytes <= 40, "{key_bytes}");
+        // A payment with a description and one metadata pair.
+        assert!(entry.payload.len() <= 128, "{}", entry.payload.len());
+    }
+}
