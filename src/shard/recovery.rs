@@ -14,13 +14,14 @@
 //! deleted: its sequence is below a checkpoint. Any other is refused: a record was lost.
 
 use super::state::{Payment, RestoreError, ShardState};
+use super::webhook_reload::{OwedEvents, Scan};
 use crate::auth::MerchantKeys;
 use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
 use crate::wal::{
-    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookAttempted,
-    WebhookDeadLetter, WebhookDelivered, WebhookEvent,
+    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDeadLetter,
 };
 use crate::webhooks::dead_letters::DEAD_LETTERS_PER_SHARD_MAX;
+use crate::webhooks::BACKLOG_EVENTS_PER_SHARD_MAX;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -30,22 +31,14 @@ pub struct Rebuilt {
     pub recovery: Recovery,
     /// Payments skipped because their merchant is not in the config.
     pub orphaned: usize,
-    /// Webhook events whose delivery has not ended, in log order. Events of merchants no
+    /// Webhook events whose delivery has not ended, in log order, at most
+    /// `BACKLOG_EVENTS_PER_SHARD_MAX` per merchant; where each merchant's others start
+    /// (the dispatcher reloads them as its backlog drains). Events of merchants no
     /// longer in the config stay on disk.
-    pub webhooks_owed: Vec<OwedEvent>,
+    pub webhooks_owed: Scan,
     /// Dead-lettered events, oldest first: at most `DEAD_LETTERS_PER_SHARD_MAX`, the
     /// newest ones (retention decides which are still kept).
     pub dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
-}
-
-/// A webhook event still owed, and how far its delivery got.
-pub struct OwedEvent {
-    /// The sequence of its (latest) `WebhookEvent` record.
-    pub position: u64,
-    pub merchant: MerchantIndex,
-    pub event: WebhookEvent,
-    /// Its last failed attempt, if any: the schedule resumes from there.
-    pub attempted: Option<WebhookAttempted>,
 }
 
 /// Replays the shard's log (blocking file I/O: call it off the executor or before the
@@ -57,9 +50,11 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         orphans: HashSet::new(),
         waiting: HashMap::new(),
         checkpoint_sequence: 0,
-        owed: BTreeMap::new(),
-        owed_positions: HashMap::new(),
-        attempted: HashMap::new(),
+        owed: OwedEvents::new(
+            vec![Some(0); keys.len()],
+            BACKLOG_EVENTS_PER_SHARD_MAX,
+            keys,
+        ),
         dead_letters: BTreeMap::new(),
         keys,
     };
@@ -78,16 +73,7 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         state: replay.state,
         recovery,
         orphaned: replay.orphans.len(),
-        webhooks_owed: replay
-            .owed
-            .into_iter()
-            .map(|(position, (merchant, event))| OwedEvent {
-                position,
-                merchant,
-                attempted: replay.attempted.get(&event.event).copied(),
-                event,
-            })
-            .collect(),
+        webhooks_owed: replay.owed.finish(),
         dead_letters: replay.dead_letters.into_values().collect(),
     })
 }
@@ -100,11 +86,8 @@ struct Replay<'k> {
     waiting: HashMap<PaymentId, Finalized>,
     /// The highest checkpoint seen: payments below it may have lost their creation.
     checkpoint_sequence: u64,
-    /// Webhook events not (yet) seen delivered, by the sequence of their record.
-    owed: BTreeMap<u64, (MerchantIndex, WebhookEvent)>,
-    owed_positions: HashMap<EventId, u64>,
-    /// The last failed attempt of each owed event.
-    attempted: HashMap<EventId, WebhookAttempted>,
+    /// Webhook events not (yet) seen delivered, with their last failed attempts.
+    owed: OwedEvents<'k>,
     /// Dead letters by failure time, the newest `DEAD_LETTERS_PER_SHARD_MAX` only.
     dead_letters: BTreeMap<(u64, EventId), (MerchantIndex, WebhookDeadLetter)>,
     keys: &'k MerchantKeys,
@@ -136,54 +119,24 @@ impl Replay<'_> {
                 self.state.restore_next_sequence(sequence);
                 Ok(())
             }
-            Some(RecordKind::WebhookEvent) => {
-                let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
-                let merchant_id = event.payment.merchant_id.as_bytes();
-                if let Some(merchant) = self.keys.index_of(merchant_id) {
-                    // A carried-forward copy replaces the older one: one delivery owed.
-                    if let Some(older) = self.owed_positions.insert(event.event, record.sequence) {
-                        self.owed.remove(&older);
-                    }
-                    self.owed.insert(record.sequence, (merchant, event));
-                }
-                Ok(())
-            }
-            Some(RecordKind::WebhookDelivered) => {
-                let delivered =
-                    WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
-                self.settle(delivered.event);
-                Ok(())
-            }
-            Some(RecordKind::WebhookAttempted) => {
-                let attempted =
-                    WebhookAttempted::decode(record.payload).map_err(|e| e.to_string())?;
-                // An attempt of an event no longer owed (or of an unknown merchant) is moot.
-                // Attempts only grow, so the highest count wins: retention may carry an
-                // older record forward past a newer one.
-                if self.owed_positions.contains_key(&attempted.event) {
-                    let known = self.attempted.entry(attempted.event).or_insert(attempted);
-                    if attempted.attempts >= known.attempts {
-                        *known = attempted;
-                    }
-                }
-                Ok(())
-            }
             Some(RecordKind::WebhookDeadLetter) => {
+                self.owed
+                    .visit(record.kind, record.sequence, record.payload)?;
                 let dead = WebhookDeadLetter::decode(record.payload).map_err(|e| e.to_string())?;
-                self.settle(dead.event.event);
                 self.keep_dead_letter(dead);
                 Ok(())
             }
+            // Owed events, their attempts and their ends: attempts only grow, so the
+            // highest count wins (retention may carry an older record forward).
+            Some(
+                RecordKind::WebhookEvent
+                | RecordKind::WebhookAttempted
+                | RecordKind::WebhookDelivered,
+            ) => self
+                .owed
+                .visit(record.kind, record.sequence, record.payload),
             None => Err(format!("unknown record kind {}", record.kind)),
         }
-    }
-
-    /// The event's delivery ended: it is no longer owed.
-    fn settle(&mut self, event: EventId) {
-        if let Some(position) = self.owed_positions.remove(&event) {
-            self.owed.remove(&position);
-        }
-        self.attempted.remove(&event);
     }
 
     fn keep_dead_letter(&mut self, dead: WebhookDeadLetter) {
@@ -256,8 +209,11 @@ fn restore_created(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payment::EventId;
     use crate::payment::PaymentStatus;
-    use crate::wal::{encode_record, segment_file_name};
+    use crate::wal::{
+        encode_record, segment_file_name, WebhookAttempted, WebhookDelivered, WebhookEvent,
+    };
 
     fn finalized(sequence: u64) -> Vec<u8> {
         let mut out = Vec::new();
@@ -361,8 +317,9 @@ mod tests {
             ],
         );
         let rebuilt = rebuild(0, dir.path(), &keys).unwrap();
-        assert_eq!(rebuilt.webhooks_owed.len(), 1);
-        let resumed = &rebuilt.webhooks_owed[0];
+        assert_eq!(rebuilt.webhooks_owed.events.len(), 1);
+        assert!(rebuilt.webhooks_owed.left_on_disk.is_empty());
+        let resumed = &rebuilt.webhooks_owed.events[0];
         assert_eq!(resumed.position, 47, "the carried copy's position");
         assert_eq!(resumed.event, owed);
         let attempts = resumed

@@ -8,6 +8,9 @@
 //! disk: the outbox then keeps that merchant's later events on disk too, and a later
 //! reload goes on from there. Memory stays bounded by merchants times that bound.
 //!
+//! Recovery tracks the owed events of the whole log with the same `OwedEvents`, so a
+//! start-up holds no more of them in memory than a reload does.
+//!
 //! The last segment is being written: its readable records end where the writer got
 //! to. When the range ends beyond them, the rest is reported as unread, and the caller
 //! leaves every merchant's events from there on disk (nothing is lost; a later reload
@@ -57,7 +60,15 @@ pub fn scan(shard_dir: &Path, request: &ScanRequest<'_>) -> Result<Scan, String>
     assert!(request.from <= request.end);
     let segments = list_segments(shard_dir)
         .map_err(|e| format!("cannot list segments of {}: {e}", shard_dir.display()))?;
-    let mut state = ScanState::new(request);
+    let mut state = ScanState {
+        request,
+        owed: OwedEvents::new(
+            request.unloaded_from.clone(),
+            request.events_per_merchant_max,
+            request.keys,
+        ),
+        unread_from: None,
+    };
     for (index, segment) in segments.iter().enumerate() {
         let next_first = segments.get(index + 1).map(|next| next.first_sequence);
         let covers_range = next_first.is_none_or(|next| next > request.from)
@@ -68,10 +79,12 @@ pub fn scan(shard_dir: &Path, request: &ScanRequest<'_>) -> Result<Scan, String>
         let is_last = next_first.is_none();
         let reached = read_segment(segment, is_last, &mut state)?;
         if is_last && reached < request.end {
-            state.scan.unread_from = Some(reached.max(request.from));
+            state.unread_from = Some(reached.max(request.from));
         }
     }
-    Ok(state.finish())
+    let mut scan = state.owed.finish();
+    scan.unread_from = state.unread_from;
+    Ok(scan)
 }
 
 /// Reads one segment into the scan; returns the sequence after its last readable record.
@@ -103,6 +116,7 @@ fn read_segment(
         };
         if record.sequence >= state.request.from {
             state
+                .owed
                 .visit(record.kind, record.sequence, record.payload)
                 .map_err(|e| format!("{e} in {}", where_(offset)))?;
         }
@@ -114,28 +128,46 @@ fn read_segment(
 
 struct ScanState<'r, 'k> {
     request: &'r ScanRequest<'k>,
+    owed: OwedEvents<'k>,
+    unread_from: Option<u64>,
+}
+
+/// The owed webhook events of a run of records read in log order, bounded per merchant.
+pub struct OwedEvents<'k> {
+    /// Per merchant, where the events worth keeping start (`None`: keep none).
+    unloaded_from: Vec<Option<u64>>,
+    events_per_merchant_max: usize,
+    keys: &'k MerchantKeys,
     /// Kept owed events by position, and each one's position by id.
     kept: BTreeMap<u64, ScannedEvent>,
     positions: HashMap<EventId, u64>,
     kept_per_merchant: Vec<usize>,
-    scan: Scan,
     left: Vec<Option<u64>>,
 }
 
-impl<'r, 'k> ScanState<'r, 'k> {
-    fn new(request: &'r ScanRequest<'k>) -> Self {
-        let merchants = request.unloaded_from.len();
-        ScanState {
-            request,
+impl<'k> OwedEvents<'k> {
+    pub fn new(
+        unloaded_from: Vec<Option<u64>>,
+        events_per_merchant_max: usize,
+        keys: &'k MerchantKeys,
+    ) -> Self {
+        assert_eq!(unloaded_from.len(), keys.len());
+        assert!(events_per_merchant_max > 0);
+        let merchants = unloaded_from.len();
+        OwedEvents {
+            unloaded_from,
+            events_per_merchant_max,
+            keys,
             kept: BTreeMap::new(),
             positions: HashMap::new(),
             kept_per_merchant: vec![0; merchants],
-            scan: Scan::default(),
             left: vec![None; merchants],
         }
     }
 
-    fn visit(&mut self, kind: u8, position: u64, payload: &[u8]) -> Result<(), String> {
+    /// Takes one record into account; records of other kinds are ignored. Err when a
+    /// webhook record does not decode.
+    pub fn visit(&mut self, kind: u8, position: u64, payload: &[u8]) -> Result<(), String> {
         match RecordKind::from_u8(kind) {
             Some(RecordKind::WebhookEvent) => {
                 let event = WebhookEvent::decode(payload).map_err(|e| e.to_string())?;
@@ -167,12 +199,12 @@ impl<'r, 'k> ScanState<'r, 'k> {
 
     fn event(&mut self, position: u64, event: WebhookEvent) {
         let merchant_id = event.payment.merchant_id.as_bytes();
-        let Some(merchant) = self.request.keys.index_of(merchant_id) else {
+        let Some(merchant) = self.keys.index_of(merchant_id) else {
             return;
         };
         let index = merchant as usize;
         // Only events at or after where the merchant's wait on disk are the reload's.
-        let wanted = self.request.unloaded_from[index].is_some_and(|from| from <= position);
+        let wanted = self.unloaded_from[index].is_some_and(|from| from <= position);
         if !wanted || self.left[index].is_some() {
             return;
         }
@@ -182,7 +214,7 @@ impl<'r, 'k> ScanState<'r, 'k> {
             attempted = self.kept.remove(&older).and_then(|older| older.attempted);
             self.kept_per_merchant[index] -= 1;
         }
-        if self.kept_per_merchant[index] >= self.request.events_per_merchant_max {
+        if self.kept_per_merchant[index] >= self.events_per_merchant_max {
             self.left[index] = Some(position);
             return;
         }
@@ -206,15 +238,18 @@ impl<'r, 'k> ScanState<'r, 'k> {
         }
     }
 
-    fn finish(mut self) -> Scan {
-        self.scan.events = self.kept.into_values().collect();
-        self.scan.left_on_disk = self
-            .left
-            .iter()
-            .enumerate()
-            .filter_map(|(merchant, at)| at.map(|at| (merchant as MerchantIndex, at)))
-            .collect();
-        self.scan
+    /// The owed events kept, in log order, and where each merchant's others start.
+    pub fn finish(self) -> Scan {
+        Scan {
+            events: self.kept.into_values().collect(),
+            left_on_disk: self
+                .left
+                .iter()
+                .enumerate()
+                .filter_map(|(merchant, at)| at.map(|at| (merchant as MerchantIndex, at)))
+                .collect(),
+            unread_from: None,
+        }
     }
 }
 

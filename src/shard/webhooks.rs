@@ -10,7 +10,6 @@
 //! `Dispatcher::resume`). Events a full backlog left on disk are read back by a reload
 //! (`webhook_reload`) on the blocking pool as soon as the backlog has room.
 
-use super::recovery::OwedEvent;
 use super::runtime::{now_ms, Shard};
 use super::webhook_reload::{scan, Scan, ScanRequest};
 use crate::acquirer::random;
@@ -201,29 +200,21 @@ impl Dispatcher {
         self.endpoints.get(merchant)
     }
 
-    /// Loads what recovery found (owed events in log order, with their attempts, and
-    /// dead letters), up to `end`, the log's next sequence. The outbox refuses live
-    /// offers until this first reload ran. Returns how many events were loaded.
+    /// Loads what recovery found (owed events in log order, with their attempts, where
+    /// the ones it did not keep start, and dead letters), up to `end`, the log's next
+    /// sequence. The outbox refuses live offers until this first reload ran. Returns
+    /// how many events were loaded.
     pub fn resume(
         &self,
-        owed: Vec<OwedEvent>,
+        owed: Scan,
         dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
         end: u64,
     ) -> usize {
         let mut outbox = self.outbox.borrow_mut();
         outbox.begin_reload(end);
-        let mut loaded = 0;
-        for owed in owed {
-            let offer = offer_reloaded(
-                &mut outbox,
-                owed.position,
-                owed.merchant,
-                owed.event,
-                owed.attempted,
-            );
-            loaded += usize::from(offer == Offer::Accepted);
-        }
+        apply_scan(&mut outbox, owed, &[], end);
         outbox.end_reload(now_ms());
+        let loaded = outbox.stats().loaded;
         self.readable_end.set(end);
         let mut index = self.dead_letters.borrow_mut();
         for (merchant, dead) in dead_letters {
