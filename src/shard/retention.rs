@@ -16,7 +16,7 @@
 //! there and recovery accepts the repeated ones; after it, the carried ones are durable.
 
 use super::runtime::Shard;
-use crate::payment::{EventId, PaymentId};
+use crate::payment::PaymentId;
 use crate::wal::{
     self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
     SegmentFile, WebhookAttempted, WebhookDeadLetter, WebhookDelivered, WebhookEvent,
@@ -191,8 +191,9 @@ async fn free_segments(
     let mentioned = glommio::executor()
         .spawn_blocking(move || payments_mentioned(&to_read))
         .await?;
+    let webhook_records = webhook_records_to_carry(shard, mentioned.owed_webhooks);
     let carried = shard
-        .carry_forward(&mentioned.payments, &mentioned.webhook_records)
+        .carry_forward(&mentioned.payments, &webhook_records)
         .await
         .map_err(|error| format!("carrying payments forward failed: {}", error.0))?;
     delete_segments(shard_dir, expired).await?;
@@ -205,17 +206,36 @@ async fn free_segments(
 struct Mentioned {
     /// Every payment with a record there, once each, in order.
     payments: Vec<PaymentId>,
-    /// Webhook events there with no delivery outcome after them there, each followed by
-    /// its last failed attempt if it had one: (kind, payload) to append again.
-    webhook_records: Vec<(RecordKind, Vec<u8>)>,
+    /// Webhook events there with no delivery outcome after them there.
+    owed_webhooks: Vec<OwedRecords>,
 }
 
-/// An owed webhook event met in segments being freed: its payload, and its last failed
-/// attempt's (so a restart after the carry still resumes the schedule where it was).
+/// A webhook event met in segments being freed with no end of delivery after it there:
+/// its record, and its last failed attempt's (so a restart after the carry still
+/// resumes the schedule where it was).
+#[derive(Debug, PartialEq, Eq)]
 struct OwedRecords {
-    event: EventId,
+    event: WebhookEvent,
+    position: u64,
     payload: Vec<u8>,
     attempted: Option<Vec<u8>>,
+}
+
+/// The records to append again for the events still owed. Its end of delivery may lie
+/// in a segment that stays; the dispatcher knows an event that has finished, and such
+/// an event is not carried (a carried copy would be sent again after a restart).
+fn webhook_records_to_carry(shard: &Shard, owed: Vec<OwedRecords>) -> Vec<(RecordKind, Vec<u8>)> {
+    let mut records = Vec::with_capacity(owed.len());
+    for owed in owed {
+        if !shard.webhooks().may_be_owed(&owed.event, owed.position) {
+            continue;
+        }
+        records.push((RecordKind::WebhookEvent, owed.payload));
+        if let Some(attempted) = owed.attempted {
+            records.push((RecordKind::WebhookAttempted, attempted));
+        }
+    }
+    records
 }
 
 fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
@@ -234,10 +254,11 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
                     let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
                     let attempted = owed
                         .iter()
-                        .position(|owed| owed.event == event.event)
+                        .position(|owed| owed.event.event == event.event)
                         .and_then(|index| owed.remove(index).attempted);
                     owed.push(OwedRecords {
-                        event: event.event,
+                        event,
+                        position: record.sequence,
                         payload: record.payload.to_vec(),
                         attempted,
                     });
@@ -246,7 +267,10 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
                 Some(RecordKind::WebhookAttempted) => {
                     let attempted =
                         WebhookAttempted::decode(record.payload).map_err(|e| e.to_string())?;
-                    if let Some(owed) = owed.iter_mut().find(|owed| owed.event == attempted.event) {
+                    if let Some(owed) = owed
+                        .iter_mut()
+                        .find(|owed| owed.event.event == attempted.event)
+                    {
                         owed.attempted = Some(record.payload.to_vec());
                     }
                     return Ok(());
@@ -254,7 +278,7 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
                 Some(RecordKind::WebhookDelivered) => {
                     let delivered =
                         WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
-                    owed.retain(|owed| owed.event != delivered.event);
+                    owed.retain(|owed| owed.event.event != delivered.event);
                     return Ok(());
                 }
                 // A dead letter ends a delivery; its own record stays for the retention
@@ -262,7 +286,7 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
                 Some(RecordKind::WebhookDeadLetter) => {
                     let dead =
                         WebhookDeadLetter::decode(record.payload).map_err(|e| e.to_string())?;
-                    owed.retain(|owed| owed.event != dead.event.event);
+                    owed.retain(|owed| owed.event.event != dead.event.event);
                     return Ok(());
                 }
                 // No other kind is written by this version; refuse to delete what we
@@ -276,22 +300,16 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
     }
     ids.sort_unstable();
     ids.dedup();
-    let mut webhook_records = Vec::with_capacity(owed.len());
-    for owed in owed {
-        webhook_records.push((RecordKind::WebhookEvent, owed.payload));
-        if let Some(attempted) = owed.attempted {
-            webhook_records.push((RecordKind::WebhookAttempted, attempted));
-        }
-    }
     Ok(Mentioned {
         payments: ids,
-        webhook_records,
+        owed_webhooks: owed,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payment::EventId;
     use crate::wal::segment_file_name;
 
     const RETENTION_MS: u64 = 1_000;
@@ -449,9 +467,11 @@ mod tests {
             path,
         };
         let mentioned = payments_mentioned(&[segment]).unwrap();
-        assert_eq!(
-            mentioned.webhook_records,
-            vec![(RecordKind::WebhookEvent, owed_payload)]
-        );
+        let carried: Vec<(u64, &[u8])> = mentioned
+            .owed_webhooks
+            .iter()
+            .map(|owed| (owed.position, owed.payload.as_slice()))
+            .collect();
+        assert_eq!(carried, [(2, owed_payload.as_slice())]);
     }
 }

@@ -223,11 +223,17 @@ impl Dispatcher {
         loaded
     }
 
-    /// A new event, durable at `position`.
-    pub fn offer(&self, position: u64, merchant: MerchantIndex, event: WebhookEvent) {
-        // Durable means written: a reload may read everything up to this record.
+    /// A record durable at `position`: durable means written, so a reload may read
+    /// everything up to it (ends of deliveries included, which keeps a reload from
+    /// taking a finished event for owed).
+    fn note_readable(&self, position: u64) {
         self.readable_end
             .set(self.readable_end.get().max(position + 1));
+    }
+
+    /// A new event, durable at `position`.
+    pub fn offer(&self, position: u64, merchant: MerchantIndex, event: WebhookEvent) {
+        self.note_readable(position);
         self.outbox.borrow_mut().offer(
             OutboxEvent {
                 event: event.event,
@@ -273,6 +279,19 @@ impl Dispatcher {
                 }
             })
             .collect()
+    }
+
+    /// Retention: whether `event`, whose record is at `position` in segments about to
+    /// be deleted, must be carried forward. Events of merchants no longer in the config
+    /// are carried: they stay on disk for a config that has them again.
+    pub fn may_be_owed(&self, event: &WebhookEvent, position: u64) -> bool {
+        match self.keys.index_of(event.payment.merchant_id.as_bytes()) {
+            Some(merchant) => self
+                .outbox
+                .borrow()
+                .may_be_owed(event.event, merchant, position),
+            None => true,
+        }
     }
 
     /// Retention: dead letters `retention_ms` old leave memory (their records may go).
@@ -565,8 +584,9 @@ async fn note_retry(shard: &Shard, event: EventId, attempt: AttemptEnd, due_ms: 
     let append = shard
         .log()
         .append(RecordKind::WebhookAttempted.as_u8(), &payload);
-    if let Err(error) = append.await {
-        eprintln!("payd: shard {}: {error}", shard.id());
+    match append.await {
+        Ok(position) => shard.webhooks().note_readable(position),
+        Err(error) => eprintln!("payd: shard {}: {error}", shard.id()),
     }
 }
 
@@ -625,9 +645,10 @@ async fn finish(
         RecordKind::WebhookDeadLetter
     };
     let append = shard.log().append(kind.as_u8(), &payload);
-    if let Err(error) = append.await {
+    match append.await {
+        Ok(position) => shard.webhooks().note_readable(position),
         // The event stays owed in the log: a restart sends it again (at least once).
-        eprintln!("payd: shard {}: {error}", shard.id());
+        Err(error) => eprintln!("payd: shard {}: {error}", shard.id()),
     }
 }
 

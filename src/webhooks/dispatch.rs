@@ -330,6 +330,20 @@ impl<P> Outbox<P> {
         }
     }
 
+    /// Whether the event whose record is at `position` may still be owed: it is loaded,
+    /// or its merchant has events on disk from that position or before. One neither
+    /// loaded nor there was loaded once and has finished since, whatever records later
+    /// in the log say. Retention asks before carrying an event forward: a finished one
+    /// carried would be sent again after a restart.
+    pub fn may_be_owed(&self, event: EventId, merchant: MerchantIndex, position: u64) -> bool {
+        self.lane_index(merchant);
+        self.events.contains_key(&event)
+            || self
+                .unloaded_from(merchant)
+                .is_some_and(|from| from <= position)
+            || self.reload.is_some()
+    }
+
     /// Per merchant, the lowest position of its events waiting on disk (`None`: none).
     pub fn unloaded_positions(&self) -> Vec<Option<u64>> {
         (0..self.lanes.len() as MerchantIndex)

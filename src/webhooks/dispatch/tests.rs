@@ -599,6 +599,29 @@ fn events_a_reload_leaves_on_disk_wait_for_the_next_one_in_order() {
 }
 
 #[test]
+fn only_loaded_events_or_those_on_disk_may_be_owed() {
+    let mut outbox: Outbox<u64> = Outbox::new(limits(2, 4, 4), RetrySchedule::new(vec![1]), 2);
+    // Before the start-up reload everything may be owed.
+    assert!(outbox.may_be_owed(id(1), 0, 1));
+    outbox.begin_reload(1);
+    outbox.end_reload(NOW);
+    outbox.offer(event(0, 1, 1), NOW);
+    outbox.offer(event(0, 2, 2), NOW);
+    assert_eq!(outbox.offer(event(0, 3, 3), NOW), Offer::Refused);
+    assert!(outbox.may_be_owed(id(1), 0, 1), "loaded");
+    assert!(outbox.may_be_owed(id(3), 0, 3), "on disk");
+    assert!(outbox.may_be_owed(id(4), 0, 4), "after one on disk");
+    assert_eq!(drain(&mut outbox, NOW), vec![1, 2]);
+    outbox.complete(id(1), &DELIVERED, NOW, 0);
+    assert!(!outbox.may_be_owed(id(1), 0, 1), "delivered");
+    // The other merchant never had one on disk: an event of it not loaded is finished.
+    assert!(!outbox.may_be_owed(id(9), 1, 9));
+    // While a reload runs, the outbox cannot tell.
+    outbox.begin_reload(4);
+    assert!(outbox.may_be_owed(id(9), 1, 9));
+}
+
+#[test]
 fn live_offers_during_the_start_up_reload_wait_for_it() {
     let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
     outbox.begin_reload(10);
