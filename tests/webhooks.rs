@@ -652,3 +652,77 @@ fn events_a_full_backlog_leaves_on_disk_are_loaded_while_payd_runs() {
         "no request after every delivery: {attempts:?}"
     );
 }
+
+/// Retention of three seconds, checked often, with small segments.
+const SHORT_RETENTION_HOURS: &str = "0.000833333333333";
+
+#[test]
+fn retention_carries_owed_events_forward_and_lets_old_dead_letters_go() {
+    use common::durable::{merchant_toml, segment_paths, shard_dir};
+    use common::retention::create_padded;
+    let failing = Receiver::start(&["--fail-first", "100000"]);
+    let gone = Receiver::start(&["--fail-first", "100000", "--fail-status", "410"]);
+    let owing = ("m_owing", "secret-owing-1");
+    let leaving = ("m_leaving", "secret-leaving-1");
+    let options = options_for(
+        &[
+            (owing.0, owing.1, &failing.url()),
+            (leaving.0, leaving.1, &gone.url()),
+        ],
+        // Retries for about a minute: owed through the whole test.
+        &format!("[{}]", vec!["3"; 20].join(", ")),
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    let config = options.config_text(&base).replace(
+        "durability = \"none\"\n",
+        &format!(
+            "durability = \"none\"\nretention_hours = {SHORT_RETENTION_HOURS}\n\
+             retention_check_interval_ms = 100\nsegment_bytes = 266240\n"
+        ),
+    ) + &merchant_toml();
+    let server = Server::start_with_config(dir, &config);
+    let (owed, _) = create_as(&server, owing, "ord-kept-1", "tok_visa");
+    let (dead, _) = create_as(&server, leaving, "ord-gone-1", "tok_visa");
+    assert_eq!(
+        text(&failing.next(DELIVERY_TIMEOUT_MS), "id"),
+        event_id_of(&owed)
+    );
+    assert_eq!(
+        text(&gone.next(DELIVERY_TIMEOUT_MS), "id"),
+        event_id_of(&dead)
+    );
+    let listed = common::eventually(Duration::from_millis(DELIVERY_TIMEOUT_MS), || {
+        page_ids(&failed_events(&server, leaving, "")) == [event_id_of(&dead)]
+    });
+    assert!(listed, "the 410 is listed");
+    // Fill a few segments, so the first one (with both events) closes and ages.
+    let first_segment = segment_paths(&shard_dir(&base, 0))[0].clone();
+    let mut client = server.connect();
+    for index in 0..700 {
+        let response = create_padded(&mut client, &format!("ord-pad-{index}"), "tok_visa");
+        assert_eq!(response.status, 201);
+    }
+    let deleted = common::eventually(Duration::from_millis(4 * DELIVERY_TIMEOUT_MS), || {
+        !first_segment.exists()
+    });
+    assert!(deleted, "retention deleted the first segment");
+    // The dead letter was older than the retention: it left the list with its record.
+    let expired = common::eventually(Duration::from_millis(DELIVERY_TIMEOUT_MS), || {
+        page_ids(&failed_events(&server, leaving, "")).is_empty()
+    });
+    assert!(expired, "an old dead letter leaves the list");
+    let (dir, _) = server.stop_keeping_dir(true);
+    let failing_url = failing.url();
+    drop(failing);
+
+    // The owed event was carried forward before its segment went: a restart sends it.
+    let receiver = Receiver::start(&[]);
+    let config = config.replace(&failing_url, &receiver.url());
+    let server = Server::start_with_config(dir, &config);
+    let record = receiver.next(3 * DELIVERY_TIMEOUT_MS);
+    assert!(verified(&record), "{record:?}");
+    assert_eq!(text(&record, "id"), event_id_of(&owed));
+    assert!(page_ids(&failed_events(&server, leaving, "")).is_empty());
+}
