@@ -5,10 +5,16 @@
 //! When a payment becomes final, its shard writes a `WebhookEvent` record (wal) in the
 //! same batch as the final status: that record *is* the outbox entry, so an event owed
 //! survives any crash. Each shard delivers its own events: the outbox (`dispatch`) picks
-//! the next attempt, the sender seam (`sender`) makes it, and when an event's delivery
-//! ends a `WebhookDelivered` record says so. Replaying the log therefore resumes exactly
-//! the undelivered events. Delivery is at least once, in order per payment; receivers
-//! dedupe on the event id, which is the same on every attempt and every restart.
+//! the next attempt, the sender seam (`sender`) makes it. A failed attempt with a retry
+//! to come is written as `WebhookAttempted`; when an event's delivery ends, a
+//! `WebhookDelivered` record says so, or a self-contained `WebhookDeadLetter` when it
+//! failed for good (kept in `dead_letters` for `GET /v1/events?delivery=failed`).
+//! Replaying the log therefore resumes exactly the undelivered events, each where its
+//! schedule was. Delivery is at least once, in order per payment; receivers dedupe on
+//! the event id, which is the same on every attempt and every restart.
+//!
+//! The in-memory backlog is bounded (`webhooks.max_backlog_per_shard`); events beyond it
+//! wait in the log and the shard reads them back as the backlog drains.
 //!
 //! Everything here but `sender::attempt` is pure: the outbox takes the time and a random
 //! value from its caller, so every rule (retry schedule, `Retry-After`, 410, dead
