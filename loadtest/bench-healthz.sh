@@ -40,6 +40,7 @@ load_before=""
 
 cleanup() {
     stop_server
+    restore_autogroup_priority
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -170,6 +171,7 @@ print_table() {
 main() {
     install_tools wrk nginx-light
     build
+    raise_autogroup_priority
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     local round
     for round in $(seq 1 "$RUNS"); do

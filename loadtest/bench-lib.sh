@@ -1,4 +1,5 @@
 # Shared by the benchmark scripts (sourced, not run): tools, build, servers, CPU time.
+# shellcheck shell=bash
 #
 # The sourcing script sets SERVER_CPU, READY_TIMEOUT_S, PRIORITY_NICE and `work` (a
 # scratch directory) first. Everything listens on 127.0.0.1 only; `stop_server` runs
@@ -22,6 +23,43 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 log() { echo "bench: $*" >&2; }
+
+# Linux's autogroup scheduling (sched_autogroup_enabled) shares CPU time between sessions
+# first and by nice level only inside each, so nice -10 alone does nothing against a build
+# started from another terminal. As root the scripts also give their own session's
+# autogroup PRIORITY_NICE for the run, and give back the old value on exit. To keep the
+# change off your terminal's session, start the script with `setsid -w`.
+autogroup_nice_before=""
+
+raise_autogroup_priority() {
+    local autogroup="/proc/$$/autogroup"
+    if [ "$(id -u)" -ne 0 ] || [ "${REALTIME:-0}" = 1 ] || [ ! -w "$autogroup" ]; then
+        return 0
+    fi
+    autogroup_nice_before=$(awk '{ print $3 }' "$autogroup")
+    if ! echo "$PRIORITY_NICE" 2>/dev/null >"$autogroup"; then
+        autogroup_nice_before=""
+    fi
+}
+
+# How the server and the generator were scheduled, for the report.
+priority_description() {
+    if [ -z "$priority" ]; then
+        echo "default priority (not root)"
+    elif [ "${REALTIME:-0}" = 1 ]; then
+        echo "SCHED_FIFO 50"
+    elif [ -n "$autogroup_nice_before" ]; then
+        echo "nice $PRIORITY_NICE, and the session's autogroup at nice $PRIORITY_NICE"
+    else
+        echo "nice $PRIORITY_NICE"
+    fi
+}
+
+restore_autogroup_priority() {
+    [ -n "$autogroup_nice_before" ] || return 0
+    echo "$autogroup_nice_before" 2>/dev/null >"/proc/$$/autogroup" || true
+    autogroup_nice_before=""
+}
 
 # Installs the Debian packages named, if their commands are missing. Benchmarks only.
 install_tools() {
@@ -81,6 +119,8 @@ stop_server() {
         kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1
     done
+    # One word per child process id.
+    # shellcheck disable=SC2086
     kill -KILL "$server_pid" $children 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
     server_pid=""
@@ -109,6 +149,8 @@ cpu_figures() {
 # Writes a payd config: payd_config FILE PORT ACCESS_LOG DURABILITY MERCHANT SECRET.
 payd_config() {
     local file=$1 port=$2 access_log=$3 durability=$4 merchant=$5 secret=$6
+    # `work` is the sourcing script's scratch directory.
+    # shellcheck disable=SC2154
     rm -rf "$work/payd-data" "$work/payd-logs"
     cat >"$file" <<CONFIG
 [server]

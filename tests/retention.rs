@@ -1,7 +1,9 @@
 //! Retention against the real binary (issue 4): with a retention of a second, old order
 //! ids leave memory (the same order id makes a new payment, the old id is 404), old
 //! segment files are deleted, a payment still live when its segment goes is carried
-//! forward, and after a restart every new id is above every old one.
+//! forward, and after a restart every new id is above every old one. After a restart,
+//! segments older than the retention go at once, not one retention later, and the
+//! retention metrics say what went.
 
 mod common;
 
@@ -27,10 +29,14 @@ const DELETION_TIMEOUT_MS: u64 = 20_000;
 const POLL_INTERVAL_MS: u64 = 50;
 
 fn config(base: &Path) -> std::path::PathBuf {
+    config_with_retention(base, "payd.toml", RETENTION_HOURS)
+}
+
+fn config_with_retention(base: &Path, name: &str, retention_hours: &str) -> std::path::PathBuf {
     let text = config_text(&ServerOptions::default(), base, "fsync").replace(
         "durability = \"fsync\"\n",
         &format!(
-            "durability = \"fsync\"\nretention_hours = {RETENTION_HOURS}\n\
+            "durability = \"fsync\"\nretention_hours = {retention_hours}\n\
              retention_check_interval_ms = {RETENTION_CHECK_INTERVAL_MS}\n\
              segment_bytes = {SEGMENT_BYTES}\n"
         ),
@@ -41,7 +47,7 @@ fn config(base: &Path) -> std::path::PathBuf {
         "{text}{}\n[acquirer]\nattempt_timeout_ms = 2500\nmax_attempts = 20\n",
         common::durable::merchant_toml()
     );
-    write_config(base, "payd.toml", &text)
+    write_config(base, name, &text)
 }
 
 fn first_segment_sequence(base: &Path) -> u64 {
@@ -91,6 +97,10 @@ fn old_payments_and_segments_go_live_ones_stay_and_ids_stay_unique() {
     assert_eq!(found.status, 200, "{}", found.body_text());
     assert_eq!(parse_payment(&found.body).unwrap().status, "pending");
     assert_eq!(get_order(&mut client, "slow-1").status, 200);
+    let metrics = client.metrics();
+    assert!(metrics.value("payd_retention_payments_carried_total", &[]) >= 1.0);
+    assert!(metrics.value("payd_retention_segments_deleted_total", &[]) >= 1.0);
+    assert!(metrics.value("payd_retention_payments_expired_total", &[]) >= 1.0);
     // Only the young segments stay: the log's size follows the retention, not the total.
     wait_for("the log to shrink to its young segments", || {
         segment_paths(&shard_dir(base.path(), 0)).len() <= 2
@@ -115,5 +125,83 @@ fn old_payments_and_segments_go_live_ones_stay_and_ids_stay_unique() {
     let fresh = parse_payment(&fresh.body).unwrap();
     // Ids are pay_ + fixed-width hex of shard then sequence: text order is id order.
     assert!(fresh.id > again.id, "{} after {}", fresh.id, again.id);
+    stop_cleanly(&mut server);
+}
+
+/// The retention of the restart in `old_segments_go_right_after_a_restart`: long enough
+/// that deleting within it proves the restart did not wait one retention for its marks.
+const RESTART_RETENTION_MS: u64 = 8_000;
+/// Eight seconds, in hours.
+const RESTART_RETENTION_HOURS: &str = "0.0022222222222223";
+/// Enough padded payments for a few segments.
+const RESTART_PAYMENTS_COUNT: usize = 600;
+/// The restart must have freed the old segments this long before one retention passed.
+const RESTART_MARGIN_MS: u64 = 2_000;
+
+fn segments_bytes(base: &Path) -> u64 {
+    segment_paths(&shard_dir(base, 0))
+        .iter()
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn old_segments_go_right_after_a_restart_and_the_metrics_say_so() {
+    let base = tempfile::tempdir().unwrap();
+    // An hour: nothing ages out while the payments are made.
+    let first_run = config_with_retention(base.path(), "first.toml", "1");
+    let mut server = start_server(&first_run);
+    let mut client = server.connect();
+    for index in 0..RESTART_PAYMENTS_COUNT {
+        let response = create_padded(&mut client, &format!("old-{index}"), "tok_visa");
+        assert_eq!(response.status, 201, "{}", response.body_text());
+    }
+    let metrics = client.metrics();
+    assert_eq!(
+        metrics.value("payd_retention_segments_deleted_total", &[]),
+        0.0
+    );
+    stop_cleanly(&mut server);
+    let stopped = Instant::now();
+    let segments_before = segment_paths(&shard_dir(base.path(), 0)).len();
+    assert!(segments_before >= 3, "{segments_before} segments");
+
+    // Every record, and every segment file's time, is now older than the retention.
+    thread::sleep(
+        Duration::from_millis(RESTART_RETENTION_MS + 500).saturating_sub(stopped.elapsed()),
+    );
+    let second_run = config_with_retention(base.path(), "second.toml", RESTART_RETENTION_HOURS);
+    let mut server = start_server(&second_run);
+    let ready = Instant::now();
+    let mut client = server.connect();
+    let deadline = Duration::from_millis(RESTART_RETENTION_MS - RESTART_MARGIN_MS);
+    while segment_paths(&shard_dir(base.path(), 0)).len() > 1 {
+        assert!(
+            ready.elapsed() < deadline,
+            "old segments still there {:?} after the restart",
+            ready.elapsed()
+        );
+        thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    }
+    assert!(first_segment_sequence(base.path()) > 1);
+    assert_eq!(get_order(&mut client, "old-0").status, 404);
+
+    let metrics = client.metrics();
+    let expired = metrics.value("payd_retention_payments_expired_total", &[]);
+    assert_eq!(expired, RESTART_PAYMENTS_COUNT as f64);
+    let deleted = metrics.value("payd_retention_segments_deleted_total", &[]);
+    assert!(deleted >= (segments_before - 1) as f64, "{deleted} deleted");
+    assert!(metrics.value("payd_retention_bytes_deleted_total", &[]) > 0.0);
+    assert_eq!(
+        metrics.value("payd_retention_payments_retained", &[("shard", "0")]),
+        0.0
+    );
+    // The disk gauge follows the files (it lags by at most a pass).
+    wait_for("the disk gauge to match the files", || {
+        let gauge = client
+            .metrics()
+            .value("payd_wal_disk_bytes", &[("shard", "0")]);
+        gauge == segments_bytes(base.path()) as f64
+    });
     stop_cleanly(&mut server);
 }

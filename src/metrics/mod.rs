@@ -363,6 +363,96 @@ impl WebhookMetrics {
     }
 }
 
+/// One shard's retention, as its task last published it: counters since start, gauges as
+/// of its last pass (every `storage.retention_check_interval_ms`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionMetrics {
+    pub shard: u16,
+    pub passes: u64,
+    /// Final payments (and their order ids) that left memory.
+    pub payments_expired: u64,
+    /// Payments appended again so that the segments holding them could go.
+    pub payments_carried: u64,
+    pub segments_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Payments in the shard's memory.
+    pub payments_retained: u64,
+    /// Segment files of the shard's log, and their bytes on disk.
+    pub log_segments: u64,
+    pub log_bytes: u64,
+    pub last_pass_duration_us: u64,
+}
+
+/// A retention counter: name, help, and how to read it from one shard's metrics.
+type RetentionMetric = (&'static str, &'static str, fn(&RetentionMetrics) -> u64);
+
+/// Counters summed over every shard; gauges per shard (a shard lives on one core).
+fn render_retention(cores: &[CoreMetrics], out: &mut String) {
+    let mut shards: Vec<&RetentionMetrics> =
+        cores.iter().flat_map(|core| &core.retention).collect();
+    shards.sort_by_key(|shard| shard.shard);
+    let counters: [RetentionMetric; 5] = [
+        ("payd_retention_passes_total", "Retention passes.", |m| {
+            m.passes
+        }),
+        (
+            "payd_retention_payments_expired_total",
+            "Final payments that left memory after storage.retention_hours.",
+            |m| m.payments_expired,
+        ),
+        (
+            "payd_retention_payments_carried_total",
+            "Payments appended again so that their old segments could be deleted.",
+            |m| m.payments_carried,
+        ),
+        (
+            "payd_retention_segments_deleted_total",
+            "Log segment files deleted by retention.",
+            |m| m.segments_deleted,
+        ),
+        (
+            "payd_retention_bytes_deleted_total",
+            "Bytes of the log segment files deleted by retention.",
+            |m| m.bytes_deleted,
+        ),
+    ];
+    for (name, help, read) in counters {
+        let total: u64 = shards.iter().map(|shard| read(shard)).sum();
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {total}"
+        );
+    }
+    let gauges: [RetentionMetric; 4] = [
+        (
+            "payd_retention_payments_retained",
+            "Payments held in memory, as of the last retention pass.",
+            |m| m.payments_retained,
+        ),
+        (
+            "payd_wal_segments",
+            "Log segment files, as of the last retention pass.",
+            |m| m.log_segments,
+        ),
+        (
+            "payd_wal_disk_bytes",
+            "Bytes of log segment files on disk, as of the last retention pass.",
+            |m| m.log_bytes,
+        ),
+        (
+            "payd_retention_last_pass_duration_microseconds",
+            "How long the last retention pass took, deletion and carrying forward included.",
+            |m| m.last_pass_duration_us,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for shard in &shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", shard.shard, read(shard));
+        }
+    }
+}
+
 /// One core's metrics. Recorded without locks by its own core; copied on scrape.
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {
@@ -378,6 +468,8 @@ pub struct CoreMetrics {
     pub access_log_lines_dropped: u64,
     pub acquirer: AcquirerMetrics,
     pub webhooks: WebhookMetrics,
+    /// One entry per shard of this core, once its retention task has run.
+    pub retention: Vec<RetentionMetrics>,
 }
 
 impl CoreMetrics {
@@ -397,6 +489,7 @@ impl CoreMetrics {
             access_log_lines_dropped: 0,
             acquirer: AcquirerMetrics::default(),
             webhooks: WebhookMetrics::default(),
+            retention: Vec::new(),
         }
     }
 
@@ -407,6 +500,14 @@ impl CoreMetrics {
 
     pub fn requests(&self, route: Route, status: u16) -> u64 {
         self.requests[route.index()][status_slot(status)]
+    }
+
+    /// Replaces what this core shows of one shard's retention.
+    pub fn set_retention(&mut self, shard: RetentionMetrics) {
+        match self.retention.iter_mut().find(|m| m.shard == shard.shard) {
+            Some(slot) => *slot = shard,
+            None => self.retention.push(shard),
+        }
     }
 }
 
@@ -425,6 +526,7 @@ pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut Strin
     render_wal(cores, out);
     render_acquirer(cores, out);
     render_webhooks(cores, out);
+    render_retention(cores, out);
     let per_core: [PerCoreMetric; 4] = [
         (
             "payd_connections_open",
@@ -808,6 +910,33 @@ mod tests {
         assert!(text.contains("payd_acquirer_breaker_state{core=\"0\",state=\"closed\"} 1\n"));
         assert!(text.contains("payd_acquirer_breaker_state{core=\"1\",state=\"closed\"} 0\n"));
         assert!(text.contains("payd_acquirer_breaker_state{core=\"1\",state=\"open\"} 1\n"));
+    }
+
+    #[test]
+    fn retention_counters_sum_every_shard_and_gauges_stay_per_shard() {
+        let mut first = CoreMetrics::new(0);
+        let mut second = CoreMetrics::new(1);
+        let shard = |shard, expired, bytes| RetentionMetrics {
+            shard,
+            payments_expired: expired,
+            log_bytes: bytes,
+            ..RetentionMetrics::default()
+        };
+        first.set_retention(shard(2, 5, 100));
+        first.set_retention(shard(0, 1, 10));
+        second.set_retention(shard(1, 7, 1_000));
+        // A later pass replaces its shard's entry rather than adding one.
+        first.set_retention(shard(0, 3, 30));
+        assert_eq!(first.retention.len(), 2);
+        let mut text = String::new();
+        render(&[first, second], 0, &mut text);
+        assert!(text.contains("payd_retention_payments_expired_total 15\n"));
+        assert!(text.contains("payd_retention_segments_deleted_total 0\n"));
+        assert!(text.contains(
+            "payd_wal_disk_bytes{shard=\"0\"} 30\npayd_wal_disk_bytes{shard=\"1\"} 1000\n\
+             payd_wal_disk_bytes{shard=\"2\"} 100\n"
+        ));
+        assert!(text.contains("# TYPE payd_retention_payments_retained gauge\n"));
     }
 
     #[test]

@@ -184,7 +184,7 @@ async fn open_shards(
         ));
         webhooks::spawn(&shard);
         let pending = shard.resume_pending();
-        retention::spawn(&shard, dir);
+        retention::spawn(&shard, dir, rebuilt.append_marks, Rc::clone(&edges.metrics));
         eprintln!(
             "payd: shard {id} on core {index}: {payments} payments recovered, {pending} pending resumed, {owed} webhook events owed{}",
             match rebuilt.orphaned {

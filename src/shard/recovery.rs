@@ -13,6 +13,7 @@
 //! its creation. One still waiting then must be of a payment whose creation retention
 //! deleted: its sequence is below a checkpoint. Any other is refused: a record was lost.
 
+use super::retention::AppendMarks;
 use super::state::{Payment, RestoreError, ShardState};
 use super::webhook_reload::{OwedEvents, Scan};
 use crate::auth::MerchantKeys;
@@ -39,6 +40,9 @@ pub struct Rebuilt {
     /// Dead-lettered events, oldest first: at most `DEAD_LETTERS_PER_SHARD_MAX`, the
     /// newest ones (retention decides which are still kept).
     pub dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
+    /// When the recovered records were appended, from the segment files' times: retention
+    /// starts from these instead of knowing nothing older than the start.
+    pub append_marks: AppendMarks,
 }
 
 /// Replays the shard's log (blocking file I/O: call it off the executor or before the
@@ -69,9 +73,11 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
             truncation.path.display()
         );
     }
+    let append_marks = AppendMarks::seeded(&recovery.segments);
     Ok(Rebuilt {
         state: replay.state,
         recovery,
+        append_marks,
         orphaned: replay.orphans.len(),
         webhooks_owed: replay.owed.finish(),
         dead_letters: replay.dead_letters.into_values().collect(),

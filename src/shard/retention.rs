@@ -14,22 +14,37 @@
 //!
 //! A crash anywhere in between is safe: before the deletion the old records are still
 //! there and recovery accepts the repeated ones; after it, the carried ones are durable.
+//!
+//! After a restart the marks start from the recovered segment files' modification times
+//! (`AppendMarks::seeded`): a log older than the retention goes on the first passes,
+//! not one retention later. Each pass publishes its counters and gauges
+//! (`RetentionMetrics`) into the core's metrics for `/metrics`.
 
 use super::runtime::Shard;
+use crate::metrics::{CoreMetrics, RetentionMetrics};
 use crate::payment::PaymentId;
 use crate::wal::{
     self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
-    SegmentFile, WebhookAttempted, WebhookDeadLetter, WebhookDelivered, WebhookEvent,
+    SegmentFile, SegmentSummary, WebhookAttempted, WebhookDeadLetter, WebhookDelivered,
+    WebhookEvent,
 };
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The most append marks kept per shard (16 bytes each). Marks are spaced at least
 /// `retention / (APPEND_MARKS_MAX / 2)` apart, so they span twice the retention: the
 /// oldest are always old enough to free segments, which frees marks in turn.
 pub const APPEND_MARKS_MAX: usize = 4096;
+/// The most marks seeded at recovery: half the bound, so that appends after a restart
+/// still find room for theirs.
+pub const APPEND_MARKS_SEEDED_MAX: usize = APPEND_MARKS_MAX / 2;
+/// The most segments one pass frees. A restart after a long stop can find a whole log
+/// past the retention: it goes over several passes, each reading a bounded amount while
+/// the shard serves.
+pub const SEGMENTS_FREED_PER_PASS_MAX: usize = 16;
 
 /// When the log reached a record sequence: every record below `next_sequence` had been
 /// appended by `at_ms`.
@@ -51,6 +66,39 @@ impl AppendMarks {
         AppendMarks {
             marks: VecDeque::with_capacity(APPEND_MARKS_MAX),
         }
+    }
+
+    /// Marks for a recovered log, so that retention after a restart frees old segments at
+    /// once rather than one retention later. A segment's modification time bounds when
+    /// its records were appended, and every earlier record was appended before them: one
+    /// mark per segment, `(its last sequence + 1, its time)`. Each time is raised to the
+    /// latest before it (a clock step back or a late padding write never makes a record
+    /// look older). Segments without a time and empty ones give no mark, and above
+    /// `APPEND_MARKS_SEEDED_MAX` marks are dropped evenly: their records fall to a later
+    /// mark, so they only look younger.
+    pub fn seeded(segments: &[SegmentSummary]) -> AppendMarks {
+        let mut found = Vec::with_capacity(segments.len());
+        let mut at_ms_latest = 0;
+        for segment in segments {
+            let Some(modified_ms) = segment.modified_ms else {
+                continue;
+            };
+            at_ms_latest = modified_ms.max(at_ms_latest);
+            let next_sequence = segment.first_sequence + segment.records;
+            let advances = found
+                .last()
+                .is_none_or(|last: &AppendMark| next_sequence > last.next_sequence);
+            if advances {
+                found.push(AppendMark {
+                    next_sequence,
+                    at_ms: at_ms_latest,
+                });
+            }
+        }
+        let mut marks = AppendMarks::new();
+        marks.marks.extend(thinned(found, APPEND_MARKS_SEEDED_MAX));
+        assert!(marks.len() <= APPEND_MARKS_SEEDED_MAX);
+        marks
     }
 
     pub fn len(&self) -> usize {
@@ -110,21 +158,49 @@ impl AppendMarks {
     }
 }
 
-/// The oldest closed segments all of whose records are below `horizon`: the ones
-/// retention may free. The last segment (being written) is never among them.
-pub fn segments_past_horizon(segments: &[SegmentFile], horizon: u64) -> &[SegmentFile] {
-    dead_segment_prefix(segments, |sequences| sequences.end > horizon)
+/// At most `count_max` of `marks`: the last, and every `stride`-th one before it.
+fn thinned(marks: Vec<AppendMark>, count_max: usize) -> impl Iterator<Item = AppendMark> {
+    assert!(count_max > 0);
+    let stride = marks.len().div_ceil(count_max).max(1);
+    let last = marks.len().saturating_sub(1);
+    marks
+        .into_iter()
+        .enumerate()
+        .filter(move |(index, _)| (last - index).is_multiple_of(stride))
+        .map(|(_, mark)| mark)
 }
 
-/// Starts the retention task of `shard` on the current executor. It holds the shard
-/// weakly and stops once the shard is gone.
-pub fn spawn(shard: &Rc<Shard>, shard_dir: PathBuf) {
+/// The oldest closed segments all of whose records are below `horizon`: the ones
+/// retention may free, at most `SEGMENTS_FREED_PER_PASS_MAX`. The last segment (being
+/// written) is never among them.
+pub fn segments_past_horizon(segments: &[SegmentFile], horizon: u64) -> &[SegmentFile] {
+    let dead = dead_segment_prefix(segments, |sequences| sequences.end > horizon);
+    &dead[..dead.len().min(SEGMENTS_FREED_PER_PASS_MAX)]
+}
+
+/// Starts the retention task of `shard` on the current executor, with the marks recovery
+/// seeded and the core's metrics to publish into. It holds the shard weakly and stops
+/// once the shard is gone.
+pub fn spawn(
+    shard: &Rc<Shard>,
+    shard_dir: PathBuf,
+    marks: AppendMarks,
+    metrics: Rc<RefCell<CoreMetrics>>,
+) {
     let interval = Duration::from_millis(shard.config().storage.retention_check_interval_ms);
-    let weak = Rc::downgrade(shard);
+    let mut task = Retention {
+        shard: Rc::downgrade(shard),
+        shard_dir,
+        marks,
+        metrics,
+        published: RetentionMetrics {
+            shard: shard.id(),
+            ..RetentionMetrics::default()
+        },
+    };
     glommio::spawn_local(async move {
-        let mut marks = AppendMarks::new();
         loop {
-            if !check(&weak, &shard_dir, &mut marks).await {
+            if !task.check().await {
                 break;
             }
             glommio::timer::sleep(interval).await;
@@ -133,51 +209,116 @@ pub fn spawn(shard: &Rc<Shard>, shard_dir: PathBuf) {
     .detach();
 }
 
-/// One retention pass. False when the task should stop: the shard is gone, or its log
-/// failed (the shard answers 503 and says why; deleting anything now would be unsafe).
-async fn check(weak: &Weak<Shard>, shard_dir: &Path, marks: &mut AppendMarks) -> bool {
-    let Some(shard) = weak.upgrade() else {
-        return false;
-    };
-    if shard.log().failure().is_some() {
-        return false;
+/// What one shard's retention task keeps between passes.
+struct Retention {
+    shard: Weak<Shard>,
+    shard_dir: PathBuf,
+    marks: AppendMarks,
+    metrics: Rc<RefCell<CoreMetrics>>,
+    /// Counters since start and gauges of the last pass, copied into the core's metrics.
+    published: RetentionMetrics,
+}
+
+/// The segments of a shard's log in log order, with the bytes of each.
+struct Listing {
+    segments: Vec<SegmentFile>,
+    bytes: Vec<u64>,
+}
+
+impl Retention {
+    /// One retention pass. False when the task should stop: the shard is gone, or its log
+    /// failed (the shard answers 503 and says why; deleting anything now would be unsafe).
+    async fn check(&mut self) -> bool {
+        let Some(shard) = self.shard.upgrade() else {
+            return false;
+        };
+        if shard.log().failure().is_some() {
+            return false;
+        }
+        let started = Instant::now();
+        let keep_going = self.pass(&shard).await;
+        self.published.passes += 1;
+        self.published.payments_retained = shard.payments_in_memory() as u64;
+        self.published.last_pass_duration_us =
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.borrow_mut().set_retention(self.published);
+        keep_going
     }
-    let now_ms = super::runtime::now_ms();
-    let retention_ms = shard.config().retention_ms();
-    shard.expire(now_ms, retention_ms);
-    shard.webhooks().expire_dead_letters(now_ms, retention_ms);
-    marks.record(shard.log().next_sequence(), now_ms, retention_ms);
-    let horizon = marks.horizon(now_ms, retention_ms);
-    let segments = match wal::list_segments(shard_dir) {
-        Ok(segments) => segments,
-        Err(error) => {
-            eprintln!(
-                "payd: shard {}: retention cannot list segments: {error}",
-                shard.id()
-            );
+
+    async fn pass(&mut self, shard: &Rc<Shard>) -> bool {
+        let now_ms = super::runtime::now_ms();
+        let retention_ms = shard.config().retention_ms();
+        self.published.payments_expired += shard.expire(now_ms, retention_ms) as u64;
+        shard.webhooks().expire_dead_letters(now_ms, retention_ms);
+        self.marks
+            .record(shard.log().next_sequence(), now_ms, retention_ms);
+        let horizon = self.marks.horizon(now_ms, retention_ms);
+        let shard_dir = self.shard_dir.clone();
+        let listing = match glommio::executor()
+            .spawn_blocking(move || list_with_bytes(&shard_dir))
+            .await
+        {
+            Ok(listing) => listing,
+            Err(error) => {
+                eprintln!("payd: shard {}: retention: {error}", shard.id());
+                return true;
+            }
+        };
+        self.published.log_segments = listing.segments.len() as u64;
+        self.published.log_bytes = listing.bytes.iter().sum();
+        let expired = segments_past_horizon(&listing.segments, horizon).to_vec();
+        if expired.is_empty() {
             return true;
         }
-    };
-    let expired = segments_past_horizon(&segments, horizon).to_vec();
-    if expired.is_empty() {
-        return true;
+        self.free(shard, &listing, &expired).await
     }
-    match free_segments(&shard, shard_dir, &expired).await {
-        Ok(carried) => {
-            let first_left = segments[expired.len()].first_sequence;
-            marks.forget_below(first_left);
-            eprintln!(
-                "payd: shard {}: retention deleted {} segments, carried {carried} payments forward",
-                shard.id(),
-                expired.len()
-            );
-            true
-        }
-        Err(error) => {
-            eprintln!("payd: shard {}: retention: {error}", shard.id());
-            shard.log().failure().is_none()
+
+    /// Frees `expired`, the oldest segments of `listing`, and counts what went.
+    async fn free(
+        &mut self,
+        shard: &Rc<Shard>,
+        listing: &Listing,
+        expired: &[SegmentFile],
+    ) -> bool {
+        match free_segments(shard, &self.shard_dir, expired).await {
+            Ok(carried) => {
+                let first_left = listing.segments[expired.len()].first_sequence;
+                self.marks.forget_below(first_left);
+                let bytes_deleted: u64 = listing.bytes[..expired.len()].iter().sum();
+                let published = &mut self.published;
+                published.payments_carried += carried as u64;
+                published.segments_deleted += expired.len() as u64;
+                published.bytes_deleted += bytes_deleted;
+                published.log_segments -= expired.len() as u64;
+                published.log_bytes -= bytes_deleted;
+                eprintln!(
+                    "payd: shard {}: retention deleted {} segments, carried {carried} payments forward",
+                    shard.id(),
+                    expired.len()
+                );
+                true
+            }
+            Err(error) => {
+                eprintln!("payd: shard {}: retention: {error}", shard.id());
+                shard.log().failure().is_none()
+            }
         }
     }
+}
+
+/// Lists the shard's segments and their sizes (blocking: run it on the blocking pool).
+fn list_with_bytes(shard_dir: &Path) -> Result<Listing, String> {
+    let segments =
+        wal::list_segments(shard_dir).map_err(|error| format!("cannot list segments: {error}"))?;
+    let bytes = segments
+        .iter()
+        .map(|segment| {
+            std::fs::metadata(&segment.path)
+                .map(|metadata| metadata.len())
+                .map_err(|error| format!("cannot read {}: {error}", segment.path.display()))
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    Ok(Listing { segments, bytes })
 }
 
 /// Carries forward what is live in `expired`, then deletes them. Returns how many
@@ -379,6 +520,90 @@ mod tests {
         assert_eq!(marks.len(), APPEND_MARKS_MAX - 99);
     }
 
+    fn summary(first_sequence: u64, records: u64, modified_ms: Option<u64>) -> SegmentSummary {
+        SegmentSummary {
+            path: PathBuf::from(segment_file_name(first_sequence)),
+            first_sequence,
+            records,
+            records_end: records * 100,
+            modified_ms,
+        }
+    }
+
+    #[test]
+    fn seeded_marks_free_recovered_segments_once_their_files_are_old() {
+        let recovered = [
+            summary(1, 9, Some(1_000)),
+            summary(10, 10, Some(2_000)),
+            // Empty: it moves no sequence, so it adds no mark.
+            summary(20, 0, Some(2_500)),
+            summary(20, 5, Some(3_000)),
+        ];
+        let marks = AppendMarks::seeded(&recovered);
+        assert_eq!(marks.len(), 3);
+        // After the restart the log writes a new segment from sequence 25.
+        let on_disk = segments(&[1, 10, 20, 25]);
+        let freed = |now_ms| segments_past_horizon(&on_disk, marks.horizon(now_ms, RETENTION_MS));
+        assert!(freed(1_999).is_empty());
+        assert_eq!(freed(2_000), &on_disk[..1]);
+        assert_eq!(freed(3_999), &on_disk[..2]);
+        assert_eq!(freed(4_000), &on_disk[..3]);
+    }
+
+    #[test]
+    fn seeded_marks_never_make_a_record_look_older_than_its_segment_says() {
+        let recovered = [
+            summary(1, 10, Some(5_000)),
+            // Written before its predecessor by the clock: it takes the later time.
+            summary(11, 10, Some(4_000)),
+            // No time at all: its records fall to the next mark.
+            summary(21, 10, None),
+            summary(31, 10, Some(6_000)),
+        ];
+        let marks = AppendMarks::seeded(&recovered);
+        assert_eq!(marks.len(), 3);
+        assert_eq!(marks.horizon(5_999, RETENTION_MS), 0);
+        assert_eq!(marks.horizon(6_000, RETENTION_MS), 21);
+        assert_eq!(marks.horizon(6_999, RETENTION_MS), 21);
+        assert_eq!(marks.horizon(7_000, RETENTION_MS), 41);
+        assert!(AppendMarks::seeded(&[summary(1, 4, None)]).is_empty());
+        assert!(AppendMarks::seeded(&[]).is_empty());
+    }
+
+    #[test]
+    fn seeded_marks_are_thinned_to_their_bound_and_leave_room_for_appends() {
+        let count = APPEND_MARKS_SEEDED_MAX * 3 + 7;
+        let recovered: Vec<SegmentSummary> = (0..count as u64)
+            .map(|index| summary(1 + index * 10, 10, Some(index * 100)))
+            .collect();
+        let marks = AppendMarks::seeded(&recovered);
+        assert!(marks.len() <= APPEND_MARKS_SEEDED_MAX);
+        assert!(marks.len() >= APPEND_MARKS_SEEDED_MAX / 2);
+        let unthinned = {
+            let mut all = AppendMarks::new();
+            all.marks.extend(recovered.iter().map(|segment| AppendMark {
+                next_sequence: segment.first_sequence + segment.records,
+                at_ms: segment.modified_ms.unwrap(),
+            }));
+            all
+        };
+        // Thinning only ever holds records back, and the newest mark is kept exactly.
+        for now_ms in (0..count as u64 * 100 + 2 * RETENTION_MS).step_by(37) {
+            let thinned = marks.horizon(now_ms, RETENTION_MS);
+            assert!(
+                thinned <= unthinned.horizon(now_ms, RETENTION_MS),
+                "{now_ms}"
+            );
+        }
+        let end = 1 + count as u64 * 10;
+        assert_eq!(marks.horizon(u64::MAX / 2, RETENTION_MS), end);
+        // Appends after the restart still get marks.
+        let mut marks = marks;
+        let before = marks.len();
+        marks.record(end + 5, count as u64 * 100 + 5_000, RETENTION_MS);
+        assert_eq!(marks.len(), before + 1);
+    }
+
     #[test]
     fn only_closed_segments_wholly_below_the_horizon_are_freed() {
         let all = segments(&[1, 100, 200, 300]);
@@ -388,6 +613,11 @@ mod tests {
         assert_eq!(segments_past_horizon(&all, 250), &all[..2]);
         // The segment being written is never freed, however old.
         assert_eq!(segments_past_horizon(&all, u64::MAX), &all[..3]);
+        // A long log past the retention goes a bounded number of segments per pass.
+        let firsts: Vec<u64> = (0..40).map(|index| 1 + index * 100).collect();
+        let long = segments(&firsts);
+        let freed = segments_past_horizon(&long, u64::MAX);
+        assert_eq!(freed, &long[..SEGMENTS_FREED_PER_PASS_MAX]);
     }
 
     #[test]

@@ -115,6 +115,11 @@ impl Shard {
         self.state.borrow_mut().expire(now_ms, retention_ms)
     }
 
+    /// Retention: how many payments the shard holds in memory, for `/metrics`.
+    pub fn payments_in_memory(&self) -> usize {
+        self.state.borrow().len()
+    }
+
     /// Retention: appends again every payment of `ids` still in memory (its `Created`
     /// and, once final, its `Finalized`), then a `Checkpoint` of the payment sequence,
     /// and waits until all of it is durable. Returns how many payments were carried.

@@ -34,6 +34,10 @@ pub struct SegmentSummary {
     pub records: u64,
     /// Where the valid records end (the file may be longer: padding, a torn tail).
     pub records_end: u64,
+    /// When the file was last written, in ms since the Unix epoch, read before recovery
+    /// cut anything: every record in it had been appended by then. Retention bounds the
+    /// age of records with it after a restart. `None` where the filesystem has no time.
+    pub modified_ms: Option<u64>,
 }
 
 /// The end of the last segment that recovery cuts off.
@@ -186,9 +190,12 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
                 },
             });
         }
-        let data = read_segment(&segment.path)?;
+        let (data, modified_ms) = read_segment(&segment.path)?;
         let is_last = index + 1 == segments.len();
-        let summary = scan_segment(segment, &data, is_last, visit)?;
+        let summary = SegmentSummary {
+            modified_ms,
+            ..scan_segment(segment, &data, is_last, visit)?
+        };
         if is_last && summary.records_end < data.len() as u64 {
             recovery.truncation = Some(Truncation {
                 path: segment.path.clone(),
@@ -210,23 +217,34 @@ pub fn replay_closed_segment(
     segment: &SegmentFile,
     visit: &mut RecordVisitor<'_>,
 ) -> Result<SegmentSummary, RecoveryError> {
-    let data = read_segment(&segment.path)?;
-    scan_segment(segment, &data, false, visit)
+    let (data, modified_ms) = read_segment(&segment.path)?;
+    Ok(SegmentSummary {
+        modified_ms,
+        ..scan_segment(segment, &data, false, visit)?
+    })
 }
 
-fn read_segment(path: &Path) -> Result<Vec<u8>, RecoveryError> {
+/// A segment's bytes, and when it was last written (ms since the Unix epoch). Nothing
+/// writes a log while it is read (the data directory is locked, the shard not open), so
+/// that time bounds every record read.
+fn read_segment(path: &Path) -> Result<(Vec<u8>, Option<u64>), RecoveryError> {
     let error = |offset, problem| RecoveryError {
         path: path.to_path_buf(),
         offset,
         problem,
     };
-    let bytes = std::fs::metadata(path)
-        .map_err(|e| error(0, RecoveryProblem::Io(e)))?
-        .len();
+    let metadata = std::fs::metadata(path).map_err(|e| error(0, RecoveryProblem::Io(e)))?;
+    let bytes = metadata.len();
     if bytes > SEGMENT_BYTES_CEILING {
         return Err(error(0, RecoveryProblem::SegmentTooLarge { bytes }));
     }
-    std::fs::read(path).map_err(|e| error(0, RecoveryProblem::Io(e)))
+    let modified_ms = metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let data = std::fs::read(path).map_err(|e| error(0, RecoveryProblem::Io(e)))?;
+    Ok((data, modified_ms))
 }
 
 /// Walks one segment's records; returns where the valid ones end.
@@ -277,6 +295,7 @@ fn scan_segment(
         first_sequence: segment.first_sequence,
         records: expected - segment.first_sequence,
         records_end: offset as u64,
+        modified_ms: None,
     })
 }
 
@@ -371,6 +390,30 @@ mod tests {
         assert_eq!(recovery.truncation, None);
         assert_eq!(recovery.segments[1].first_sequence, 8);
         assert_eq!(recovery.segments[1].records, 4);
+    }
+
+    #[test]
+    fn each_segment_reports_when_it_was_last_written_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        write_segment(dir.path(), 4, 2);
+        // Zero padding at the tail of the last segment: recovery cuts it after reading.
+        append_bytes(&path_of(dir.path(), 4), &[0; 64]);
+        let epoch_ms = |ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        for (first, modified_ms) in [(1, 1_700_000_000_123), (4, 1_700_000_050_456)] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(path_of(dir.path(), first))
+                .unwrap();
+            file.set_modified(epoch_ms(modified_ms)).unwrap();
+        }
+        let (recovery, _) = recover_sequences(dir.path()).unwrap();
+        assert!(recovery.truncation.is_some());
+        let times: Vec<Option<u64>> = recovery.segments.iter().map(|s| s.modified_ms).collect();
+        assert_eq!(times, [Some(1_700_000_000_123), Some(1_700_000_050_456)]);
+        let segment = list_segments(dir.path()).unwrap().remove(0);
+        let closed = replay_closed_segment(&segment, &mut |_| Ok(())).unwrap();
+        assert_eq!(closed.modified_ms, Some(1_700_000_000_123));
     }
 
     #[test]
