@@ -141,6 +141,9 @@ pub struct AcquirerConfig {
 pub struct WebhooksConfig {
     pub retry_schedule_secs: Vec<u64>,
     pub timeout_ms: u64,
+    /// Events each shard holds in memory; the rest wait in its log and are loaded as the
+    /// backlog drains.
+    pub max_backlog_per_shard: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +279,7 @@ impl Default for WebhooksConfig {
         WebhooksConfig {
             retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
             timeout_ms: 15_000,
+            max_backlog_per_shard: crate::webhooks::BACKLOG_EVENTS_PER_SHARD_MAX,
         }
     }
 }
@@ -483,6 +487,13 @@ impl Config {
         if self.webhooks.timeout_ms == 0 {
             return Err(error("webhooks.timeout_ms", "must be above 0"));
         }
+        let backlog = self.webhooks.max_backlog_per_shard;
+        if backlog == 0 || backlog > crate::webhooks::BACKLOG_EVENTS_PER_SHARD_CEILING {
+            return Err(error(
+                "webhooks.max_backlog_per_shard",
+                "must be 1..=1048576",
+            ));
+        }
         Ok(())
     }
 
@@ -649,6 +660,19 @@ mod tests {
         assert!(merchant(&format!("{url}\n{good}")).is_ok());
         let error = merchant(&format!("webhook_url = \"http://\"\n{good}")).unwrap_err();
         assert_eq!(error.key, "merchants[0].webhook_url");
+    }
+
+    #[test]
+    fn the_webhook_backlog_bound_is_checked_by_its_key() {
+        for bad in ["0", "1048577"] {
+            let text = format!("[webhooks]\nmax_backlog_per_shard = {bad}\n");
+            let error = Config::parse(&text).unwrap_err();
+            assert_eq!(error.key, "webhooks.max_backlog_per_shard", "{bad}");
+        }
+        let config = Config::parse("[webhooks]\nmax_backlog_per_shard = 3\n").unwrap();
+        assert_eq!(config.webhooks.max_backlog_per_shard, 3);
+        let default = Config::parse("").unwrap();
+        assert_eq!(default.webhooks.max_backlog_per_shard, 4096);
     }
 
     #[test]

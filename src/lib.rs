@@ -17,7 +17,8 @@
 //! - `auth`: request signatures, used by `api`.
 //! - `wal`, `acquirer`, `webhooks` (below `shard`): the write-ahead log; the acquirer with
 //!   its retry policy, circuit breaker, HTTP attempt and simulation; webhook signing,
-//!   events and the outbox state machine (not wired into the shards yet).
+//!   events, the outbox state machine and the dead-letter index (driven per shard by
+//!   `shard::webhooks`).
 //! - `outbound` (below `acquirer` and `webhooks`): the HTTP/1.1 client with its pool of
 //!   keep-alive connections, for every call payd makes to another service.
 pub mod acquirer;

@@ -7,6 +7,7 @@
 
 pub mod create_request;
 pub mod error;
+mod events;
 mod operations;
 mod payment_json;
 mod payments;
@@ -80,6 +81,14 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
         b"/v1/payments" => {
             payments::create(context, request, response).await;
             Route::CreatePayment
+        }
+        b"/v1/events" if !is_get => {
+            method_not_allowed(response, "GET, HEAD");
+            Route::ListEvents
+        }
+        b"/v1/events" => {
+            events::list(context, request, response).await;
+            Route::ListEvents
         }
         _ => {
             if let Some(id) = resource(path, b"/v1/payments/") {

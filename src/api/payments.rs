@@ -81,7 +81,10 @@ fn is_order_id(text: &str) -> bool {
 
 /// Checks the signature over the request as sent: its own method (a HEAD is signed as
 /// HEAD), target and body.
-fn authenticate(context: &Context, request: &Request<'_>) -> Result<MerchantIndex, ApiError> {
+pub(super) fn authenticate(
+    context: &Context,
+    request: &Request<'_>,
+) -> Result<MerchantIndex, ApiError> {
     let method = request.method.as_str().as_bytes();
     let headers = SignedHeaders {
         merchant: request.merchant,

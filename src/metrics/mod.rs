@@ -23,19 +23,21 @@ pub enum Route {
     CreatePayment,
     GetPayment,
     GetOrder,
+    ListEvents,
     NotFound,
     /// A request refused before it could be routed (malformed, too large, timed out).
     Unrouted,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::CreatePayment,
         Route::GetPayment,
         Route::GetOrder,
+        Route::ListEvents,
         Route::NotFound,
         Route::Unrouted,
     ];
@@ -48,6 +50,7 @@ impl Route {
             Route::CreatePayment => "create_payment",
             Route::GetPayment => "get_payment",
             Route::GetOrder => "get_order",
+            Route::ListEvents => "list_events",
             Route::NotFound => "not_found",
             Route::Unrouted => "unrouted",
         }
@@ -301,15 +304,44 @@ impl WebhookFate {
     }
 }
 
-/// One core's webhook dispatchers: attempts, their latency, finished deliveries, backlog.
+/// What one shard's webhook dispatcher holds, read when a copy is taken for a scrape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WebhookGauges {
+    /// Events held in memory, in flight included.
+    pub backlog: u64,
+    pub in_flight: u64,
+    /// Merchants with events waiting on disk because the backlog was full.
+    pub merchants_waiting_on_disk: u64,
+    /// Times an event was left on disk (or sent back there) by a full backlog.
+    pub left_on_disk_total: u64,
+    /// Reloads of waiting events from disk.
+    pub reloads_total: u64,
+    /// Dead letters held for `GET /v1/events?delivery=failed`.
+    pub dead_letters: u64,
+    /// Dead letters dropped from memory because the index was full.
+    pub dead_letters_dropped_total: u64,
+}
+
+impl WebhookGauges {
+    pub fn add(&mut self, other: &WebhookGauges) {
+        self.backlog += other.backlog;
+        self.in_flight += other.in_flight;
+        self.merchants_waiting_on_disk += other.merchants_waiting_on_disk;
+        self.left_on_disk_total += other.left_on_disk_total;
+        self.reloads_total += other.reloads_total;
+        self.dead_letters += other.dead_letters;
+        self.dead_letters_dropped_total += other.dead_letters_dropped_total;
+    }
+}
+
+/// One core's webhook dispatchers: attempts, their latency, finished deliveries, and the
+/// gauges of its shards (summed when a copy is taken).
 #[derive(Clone, Debug, Default)]
 pub struct WebhookMetrics {
     attempts: [u64; WebhookAttemptOutcome::ALL.len()],
     deliveries: [u64; WebhookFate::ALL.len()],
     pub attempt_latency: LatencySummary,
-    /// Events held in memory by this core's outboxes, in flight included.
-    pub backlog: u64,
-    pub in_flight: u64,
+    pub gauges: WebhookGauges,
 }
 
 impl WebhookMetrics {
@@ -684,25 +716,59 @@ fn render_webhooks(cores: &[CoreMetrics], out: &mut String) {
         "# HELP {name} Latency of one webhook delivery attempt.\n# TYPE {name} summary"
     );
     latency.render(out, name, "webhook=\"all\"");
-    for (name, help, read) in [
+    type Read = fn(&WebhookGauges) -> u64;
+    let per_core: [(&str, &str, &str, Read); 7] = [
         (
             "payd_webhook_backlog",
+            "gauge",
             "Webhook events held in memory per core, in flight included.",
-            (|m: &WebhookMetrics| m.backlog) as fn(&WebhookMetrics) -> u64,
+            |g| g.backlog,
         ),
         (
             "payd_webhook_in_flight",
+            "gauge",
             "Webhook attempts in flight per core.",
-            |m: &WebhookMetrics| m.in_flight,
+            |g| g.in_flight,
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        (
+            "payd_webhook_merchants_waiting_on_disk",
+            "gauge",
+            "Merchants (per shard, summed per core) with events waiting in the log because the backlog was full.",
+            |g| g.merchants_waiting_on_disk,
+        ),
+        (
+            "payd_webhook_left_on_disk_total",
+            "counter",
+            "Times a full backlog left a webhook event in the log (or sent one back there).",
+            |g| g.left_on_disk_total,
+        ),
+        (
+            "payd_webhook_reloads_total",
+            "counter",
+            "Reloads of waiting webhook events from the log.",
+            |g| g.reloads_total,
+        ),
+        (
+            "payd_webhook_dead_letters_held",
+            "gauge",
+            "Dead-lettered webhook events listed by GET /v1/events?delivery=failed.",
+            |g| g.dead_letters,
+        ),
+        (
+            "payd_webhook_dead_letters_dropped_total",
+            "counter",
+            "Dead letters dropped from memory because the per-shard index was full.",
+            |g| g.dead_letters_dropped_total,
+        ),
+    ];
+    for (name, kind, help, read) in per_core {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for core in cores {
             let _ = writeln!(
                 out,
                 "{name}{{cpu=\"{}\"}} {}",
                 core.cpu,
-                read(&core.webhooks)
+                read(&core.webhooks.gauges)
             );
         }
     }

@@ -165,8 +165,14 @@ async fn open_shards(
         let payments = rebuilt.state.len();
         let log_end = log.next_sequence();
         let store = Store::new(log);
-        let dispatcher = Dispatcher::new(config, Rc::clone(&endpoints), Rc::clone(&edges.metrics));
-        let owed = dispatcher.resume(rebuilt.webhooks_owed, log_end);
+        let dispatcher = Dispatcher::new(
+            config,
+            keys,
+            dir.clone(),
+            Rc::clone(&endpoints),
+            Rc::clone(&edges.metrics),
+        );
+        let owed = dispatcher.resume(rebuilt.webhooks_owed, rebuilt.dead_letters, log_end);
         let shard = Rc::new(Shard::new(
             id,
             config,

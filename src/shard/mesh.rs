@@ -5,9 +5,16 @@
 //! order of `server.cores`, so peer `i` is core index `i`. A core's receive loops never
 //! await anything but the next message: work a message asks for runs in its own task,
 //! so a full ring can never deadlock two cores waiting on each other (glommio #555).
+//!
+//! Besides shard commands, cores ask each other for metrics (`gather_metrics`) and for
+//! a merchant's dead-lettered webhook events (`failed_events`), both gathered from every
+//! core and merged in a fixed order.
 
 use super::runtime::{Command, Reply, Shard};
+use super::webhooks::FailedEvent;
 use crate::metrics::CoreMetrics;
+use crate::payment::{EventId, MerchantIndex};
+use crate::webhooks::dead_letters::DeadLetterKey;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
@@ -48,6 +55,50 @@ pub enum Message {
         token: u64,
         reply: Reply,
     },
+    EventsRequest {
+        token: u64,
+        query: EventsQuery,
+    },
+    EventsReply {
+        token: u64,
+        answer: EventsAnswer,
+    },
+}
+
+/// A question about dead-lettered webhook events, answered by a core for its shards.
+#[derive(Clone, Copy, Debug)]
+pub enum EventsQuery {
+    /// Where `merchant`'s dead letter `event` sorts (asked of the core that owns it).
+    KeyOf {
+        merchant: MerchantIndex,
+        event: EventId,
+    },
+    /// Up to `limit` of `merchant`'s dead letters after `after`, in key order.
+    Page {
+        merchant: MerchantIndex,
+        after: Option<DeadLetterKey>,
+        limit: usize,
+    },
+}
+
+pub enum EventsAnswer {
+    Key(Option<DeadLetterKey>),
+    Page(Vec<FailedEvent>),
+}
+
+/// Why `failed_events` could not list a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsError {
+    /// `starting_after` names no dead letter of this merchant.
+    UnknownCursor,
+    /// A core did not answer in time (or is gone): a page without it would skip events.
+    NotReady,
+}
+
+/// A page of dead letters from every core: the events, and whether more follow.
+pub struct FailedEventsPage {
+    pub events: Vec<FailedEvent>,
+    pub has_more: bool,
 }
 
 /// One core's end of the mesh: senders to every peer, the shards this core owns, and
@@ -66,6 +117,13 @@ pub struct Peers {
 enum Awaited {
     Metrics(Rc<Scrape>),
     Shard(Rc<ReplySlot>),
+    Events(Rc<EventsGather>),
+}
+
+/// One events query in progress over several cores.
+struct EventsGather {
+    answers: RefCell<Vec<EventsAnswer>>,
+    arrived: Semaphore,
 }
 
 /// One scrape in progress: replies land here, and each one signals the semaphore.
@@ -227,6 +285,20 @@ impl Peers {
                 })
                 .detach();
             }
+            Message::EventsRequest { token, query } => {
+                let answer = self.answer_events(query);
+                glommio::spawn_local(async move {
+                    self.send(origin(token), Message::EventsReply { token, answer })
+                        .await;
+                })
+                .detach();
+            }
+            Message::EventsReply { token, answer } => {
+                if let Some(Awaited::Events(gather)) = self.awaiting.borrow_mut().remove(&token) {
+                    gather.answers.borrow_mut().push(answer);
+                    gather.arrived.signal(1);
+                }
+            }
             Message::MetricsReply { token, metrics } => {
                 if let Some(Awaited::Metrics(scrape)) = self.awaiting.borrow_mut().remove(&token) {
                     scrape.replies.borrow_mut().push(*metrics);
@@ -258,6 +330,8 @@ impl Peers {
                 .add_histogram(&stats.fsync_latency_us);
             copy.wal_records_per_batch
                 .add_histogram(&stats.records_per_batch);
+            drop(stats);
+            copy.webhooks.gauges.add(&shard.webhooks().gauges());
         }
         copy
     }
@@ -299,6 +373,127 @@ impl Peers {
         all.sort_by_key(|metrics| metrics.cpu);
         all
     }
+}
+
+impl Peers {
+    /// A page of `merchant`'s dead-lettered webhook events from every shard, ordered by
+    /// the time of the dead letter, then event id; after `starting_after` if given.
+    pub async fn failed_events(
+        &self,
+        merchant: MerchantIndex,
+        starting_after: Option<EventId>,
+        limit: usize,
+    ) -> Result<FailedEventsPage, EventsError> {
+        let after = match starting_after {
+            None => None,
+            Some(event) => {
+                let owner = usize::from(event.shard) % self.count;
+                let query = EventsQuery::KeyOf { merchant, event };
+                match self.ask_events(&[owner], query).await?.pop() {
+                    Some(EventsAnswer::Key(Some(key))) => Some(key),
+                    _ => return Err(EventsError::UnknownCursor),
+                }
+            }
+        };
+        // One more than asked tells whether more follow.
+        let query = EventsQuery::Page {
+            merchant,
+            after,
+            limit: limit + 1,
+        };
+        let cores: Vec<usize> = (0..self.count).collect();
+        let mut events = Vec::new();
+        for answer in self.ask_events(&cores, query).await? {
+            if let EventsAnswer::Page(page) = answer {
+                events.extend(page);
+            }
+        }
+        let has_more = merge_page(&mut events, limit);
+        Ok(FailedEventsPage { events, has_more })
+    }
+
+    /// Asks `cores` one events query each (this core answers directly) and waits for
+    /// every answer, at most `SCRAPE_TIMEOUT_MS`.
+    async fn ask_events(
+        &self,
+        cores: &[usize],
+        query: EventsQuery,
+    ) -> Result<Vec<EventsAnswer>, EventsError> {
+        let gather = Rc::new(EventsGather {
+            answers: RefCell::new(Vec::with_capacity(cores.len())),
+            arrived: Semaphore::new(0),
+        });
+        let mut tokens = Vec::with_capacity(cores.len());
+        for &core in cores.iter().filter(|&&core| core != self.index) {
+            let Some(senders) = &self.senders else {
+                return Err(EventsError::NotReady);
+            };
+            let token = self.token();
+            self.awaiting
+                .borrow_mut()
+                .insert(token, Awaited::Events(Rc::clone(&gather)));
+            tokens.push(token);
+            if senders
+                .try_send_to(core, Message::EventsRequest { token, query })
+                .is_err()
+            {
+                self.forget(&tokens);
+                return Err(EventsError::NotReady);
+            }
+        }
+        let deadline = Duration::from_millis(SCRAPE_TIMEOUT_MS);
+        let expected = tokens.len() as u64;
+        let arrived = glommio::timer::timeout(deadline, gather.arrived.acquire(expected)).await;
+        self.forget(&tokens);
+        if arrived.is_err() {
+            return Err(EventsError::NotReady);
+        }
+        let mut answers = std::mem::take(&mut *gather.answers.borrow_mut());
+        if cores.contains(&self.index) {
+            answers.push(self.answer_events(query));
+        }
+        Ok(answers)
+    }
+
+    fn forget(&self, tokens: &[u64]) {
+        let mut awaiting = self.awaiting.borrow_mut();
+        for token in tokens {
+            awaiting.remove(token);
+        }
+    }
+
+    /// This core's answer, from its own shards.
+    fn answer_events(&self, query: EventsQuery) -> EventsAnswer {
+        match query {
+            EventsQuery::KeyOf { merchant, event } => {
+                let key = self
+                    .local_shard(event.shard)
+                    .and_then(|shard| shard.webhooks().dead_letter_key(merchant, event));
+                EventsAnswer::Key(key)
+            }
+            EventsQuery::Page {
+                merchant,
+                after,
+                limit,
+            } => {
+                let mut events = Vec::new();
+                for shard in self.local_shards() {
+                    events.extend(shard.webhooks().dead_letter_page(merchant, after, limit));
+                }
+                merge_page(&mut events, limit);
+                EventsAnswer::Page(events)
+            }
+        }
+    }
+}
+
+/// Sorts pages gathered from several shards into one (dead-letter time, then event id)
+/// and keeps the first `limit`. True when some were cut.
+fn merge_page(events: &mut Vec<FailedEvent>, limit: usize) -> bool {
+    events.sort_unstable_by_key(|event| (event.failed_at_ms, event.event));
+    let has_more = events.len() > limit;
+    events.truncate(limit);
+    has_more
 }
 
 const TOKEN_CORE_SHIFT: u32 = 48;

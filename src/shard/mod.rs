@@ -14,4 +14,5 @@ pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod store;
+pub mod webhook_reload;
 pub mod webhooks;

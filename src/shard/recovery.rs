@@ -15,12 +15,14 @@
 
 use super::retention::AppendMarks;
 use super::state::{Payment, RestoreError, ShardState};
+use super::webhook_reload::{OwedEvents, Scan};
 use crate::auth::MerchantKeys;
 use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
 use crate::wal::{
-    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDelivered,
-    WebhookEvent,
+    self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDeadLetter,
 };
+use crate::webhooks::dead_letters::DEAD_LETTERS_PER_SHARD_MAX;
+use crate::webhooks::BACKLOG_EVENTS_PER_SHARD_MAX;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -30,10 +32,14 @@ pub struct Rebuilt {
     pub recovery: Recovery,
     /// Payments skipped because their merchant is not in the config.
     pub orphaned: usize,
-    /// Webhook events with no `WebhookDelivered` after them, in log order: their record's
-    /// sequence, their merchant, the event. Events of merchants no longer in the config
-    /// stay on disk.
-    pub webhooks_owed: Vec<(u64, MerchantIndex, WebhookEvent)>,
+    /// Webhook events whose delivery has not ended, in log order, at most
+    /// `BACKLOG_EVENTS_PER_SHARD_MAX` per merchant; where each merchant's others start
+    /// (the dispatcher reloads them as its backlog drains). Events of merchants no
+    /// longer in the config stay on disk.
+    pub webhooks_owed: Scan,
+    /// Dead-lettered events, oldest first: at most `DEAD_LETTERS_PER_SHARD_MAX`, the
+    /// newest ones (retention decides which are still kept).
+    pub dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
     /// When the recovered records were appended, from the segment files' times: retention
     /// starts from these instead of knowing nothing older than the start.
     pub append_marks: AppendMarks,
@@ -48,8 +54,12 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         orphans: HashSet::new(),
         waiting: HashMap::new(),
         checkpoint_sequence: 0,
-        owed: BTreeMap::new(),
-        owed_positions: HashMap::new(),
+        owed: OwedEvents::new(
+            vec![Some(0); keys.len()],
+            BACKLOG_EVENTS_PER_SHARD_MAX,
+            keys,
+        ),
+        dead_letters: BTreeMap::new(),
         keys,
     };
     let recovery =
@@ -69,11 +79,8 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
         recovery,
         append_marks,
         orphaned: replay.orphans.len(),
-        webhooks_owed: replay
-            .owed
-            .into_iter()
-            .map(|(position, (merchant, event))| (position, merchant, event))
-            .collect(),
+        webhooks_owed: replay.owed.finish(),
+        dead_letters: replay.dead_letters.into_values().collect(),
     })
 }
 
@@ -85,9 +92,10 @@ struct Replay<'k> {
     waiting: HashMap<PaymentId, Finalized>,
     /// The highest checkpoint seen: payments below it may have lost their creation.
     checkpoint_sequence: u64,
-    /// Webhook events not (yet) seen delivered, by the sequence of their record.
-    owed: BTreeMap<u64, (MerchantIndex, WebhookEvent)>,
-    owed_positions: HashMap<EventId, u64>,
+    /// Webhook events not (yet) seen delivered, with their last failed attempts.
+    owed: OwedEvents<'k>,
+    /// Dead letters by failure time, the newest `DEAD_LETTERS_PER_SHARD_MAX` only.
+    dead_letters: BTreeMap<(u64, EventId), (MerchantIndex, WebhookDeadLetter)>,
     keys: &'k MerchantKeys,
 }
 
@@ -117,27 +125,35 @@ impl Replay<'_> {
                 self.state.restore_next_sequence(sequence);
                 Ok(())
             }
-            Some(RecordKind::WebhookEvent) => {
-                let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
-                let merchant_id = event.payment.merchant_id.as_bytes();
-                if let Some(merchant) = self.keys.index_of(merchant_id) {
-                    // A carried-forward copy replaces the older one: one delivery owed.
-                    if let Some(older) = self.owed_positions.insert(event.event, record.sequence) {
-                        self.owed.remove(&older);
-                    }
-                    self.owed.insert(record.sequence, (merchant, event));
-                }
+            Some(RecordKind::WebhookDeadLetter) => {
+                self.owed
+                    .visit(record.kind, record.sequence, record.payload)?;
+                let dead = WebhookDeadLetter::decode(record.payload).map_err(|e| e.to_string())?;
+                self.keep_dead_letter(dead);
                 Ok(())
             }
-            Some(RecordKind::WebhookDelivered) => {
-                let delivered =
-                    WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
-                if let Some(position) = self.owed_positions.remove(&delivered.event) {
-                    self.owed.remove(&position);
-                }
-                Ok(())
-            }
+            // Owed events, their attempts and their ends: attempts only grow, so the
+            // highest count wins (retention may carry an older record forward).
+            Some(
+                RecordKind::WebhookEvent
+                | RecordKind::WebhookAttempted
+                | RecordKind::WebhookDelivered,
+            ) => self
+                .owed
+                .visit(record.kind, record.sequence, record.payload),
             None => Err(format!("unknown record kind {}", record.kind)),
+        }
+    }
+
+    fn keep_dead_letter(&mut self, dead: WebhookDeadLetter) {
+        let merchant_id = dead.event.payment.merchant_id.as_bytes();
+        let Some(merchant) = self.keys.index_of(merchant_id) else {
+            return;
+        };
+        let key = (dead.failed_at_ms, dead.event.event);
+        self.dead_letters.insert(key, (merchant, dead));
+        if self.dead_letters.len() > DEAD_LETTERS_PER_SHARD_MAX {
+            self.dead_letters.pop_first();
         }
     }
 
@@ -199,8 +215,11 @@ fn restore_created(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payment::EventId;
     use crate::payment::PaymentStatus;
-    use crate::wal::{encode_record, segment_file_name};
+    use crate::wal::{
+        encode_record, segment_file_name, WebhookAttempted, WebhookDelivered, WebhookEvent,
+    };
 
     fn finalized(sequence: u64) -> Vec<u8> {
         let mut out = Vec::new();
@@ -230,6 +249,90 @@ mod tests {
             encode_record(&mut bytes, kind.as_u8(), 40 + offset as u64, payload);
         }
         std::fs::write(dir.join(segment_file_name(40)), bytes).unwrap();
+    }
+
+    fn webhook_event(sequence: u64) -> WebhookEvent {
+        let mut payment = crate::payment_object::sample_snapshot();
+        payment.id = PaymentId { shard: 0, sequence };
+        WebhookEvent {
+            event: EventId::of_final_status(payment.id),
+            created_at_ms: 5,
+            payment,
+        }
+    }
+
+    fn encoded(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out);
+        out
+    }
+
+    fn attempted(event: EventId, attempts: u16) -> Vec<u8> {
+        encoded(|out| {
+            WebhookAttempted {
+                event,
+                attempts,
+                last_status: Some(503),
+                attempted_at_ms: 10,
+                next_attempt_at_ms: 10_000 + u64::from(attempts),
+            }
+            .encode(out)
+        })
+    }
+
+    #[test]
+    fn owed_events_resume_with_their_highest_attempt_and_dead_letters_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MerchantKeys::new(vec![("m_demo".to_string(), vec![b"s".to_vec()])]);
+        let (owed, dead, delivered) = (webhook_event(1), webhook_event(2), webhook_event(3));
+        let dead_letter = WebhookDeadLetter {
+            outcome: crate::wal::WebhookOutcome::Gone,
+            attempts: 1,
+            last_status: Some(410),
+            failed_at_ms: 20,
+            event: dead.clone(),
+        };
+        let finished = WebhookDelivered {
+            event: delivered.event,
+            attempts: 1,
+            outcome: crate::wal::WebhookOutcome::Delivered,
+            finished_at_ms: 30,
+        };
+        write_log(
+            dir.path(),
+            &[
+                (RecordKind::WebhookEvent, encoded(|out| owed.encode(out))),
+                (RecordKind::WebhookEvent, encoded(|out| dead.encode(out))),
+                (
+                    RecordKind::WebhookEvent,
+                    encoded(|out| delivered.encode(out)),
+                ),
+                (RecordKind::WebhookAttempted, attempted(owed.event, 2)),
+                (RecordKind::WebhookAttempted, attempted(delivered.event, 4)),
+                (
+                    RecordKind::WebhookDeadLetter,
+                    encoded(|out| dead_letter.encode(out)),
+                ),
+                (
+                    RecordKind::WebhookDelivered,
+                    encoded(|out| finished.encode(out)),
+                ),
+                // Retention carried the event and an older attempt forward.
+                (RecordKind::WebhookEvent, encoded(|out| owed.encode(out))),
+                (RecordKind::WebhookAttempted, attempted(owed.event, 1)),
+            ],
+        );
+        let rebuilt = rebuild(0, dir.path(), &keys).unwrap();
+        assert_eq!(rebuilt.webhooks_owed.events.len(), 1);
+        assert!(rebuilt.webhooks_owed.left_on_disk.is_empty());
+        let resumed = &rebuilt.webhooks_owed.events[0];
+        assert_eq!(resumed.position, 47, "the carried copy's position");
+        assert_eq!(resumed.event, owed);
+        let attempts = resumed
+            .attempted
+            .map(|a| (a.attempts, a.next_attempt_at_ms));
+        assert_eq!(attempts, Some((2, 10_002)), "attempts only grow");
+        assert_eq!(rebuilt.dead_letters, vec![(0, dead_letter)]);
     }
 
     #[test]

@@ -22,10 +22,11 @@
 
 use super::runtime::Shard;
 use crate::metrics::{CoreMetrics, RetentionMetrics};
-use crate::payment::{EventId, PaymentId};
+use crate::payment::PaymentId;
 use crate::wal::{
     self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
-    SegmentFile, SegmentSummary, WebhookDelivered, WebhookEvent,
+    SegmentFile, SegmentSummary, WebhookAttempted, WebhookDeadLetter, WebhookDelivered,
+    WebhookEvent,
 };
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -248,6 +249,7 @@ impl Retention {
         let now_ms = super::runtime::now_ms();
         let retention_ms = shard.config().retention_ms();
         self.published.payments_expired += shard.expire(now_ms, retention_ms) as u64;
+        shard.webhooks().expire_dead_letters(now_ms, retention_ms);
         self.marks
             .record(shard.log().next_sequence(), now_ms, retention_ms);
         let horizon = self.marks.horizon(now_ms, retention_ms);
@@ -330,8 +332,9 @@ async fn free_segments(
     let mentioned = glommio::executor()
         .spawn_blocking(move || payments_mentioned(&to_read))
         .await?;
+    let webhook_records = webhook_records_to_carry(shard, mentioned.owed_webhooks);
     let carried = shard
-        .carry_forward(&mentioned.payments, &mentioned.owed_events)
+        .carry_forward(&mentioned.payments, &webhook_records)
         .await
         .map_err(|error| format!("carrying payments forward failed: {}", error.0))?;
     delete_segments(shard_dir, expired).await?;
@@ -344,13 +347,41 @@ async fn free_segments(
 struct Mentioned {
     /// Every payment with a record there, once each, in order.
     payments: Vec<PaymentId>,
-    /// Payloads of webhook events there with no delivery outcome after them there.
-    owed_events: Vec<Vec<u8>>,
+    /// Webhook events there with no delivery outcome after them there.
+    owed_webhooks: Vec<OwedRecords>,
+}
+
+/// A webhook event met in segments being freed with no end of delivery after it there:
+/// its record, and its last failed attempt's (so a restart after the carry still
+/// resumes the schedule where it was).
+#[derive(Debug, PartialEq, Eq)]
+struct OwedRecords {
+    event: WebhookEvent,
+    position: u64,
+    payload: Vec<u8>,
+    attempted: Option<Vec<u8>>,
+}
+
+/// The records to append again for the events still owed. Its end of delivery may lie
+/// in a segment that stays; the dispatcher knows an event that has finished, and such
+/// an event is not carried (a carried copy would be sent again after a restart).
+fn webhook_records_to_carry(shard: &Shard, owed: Vec<OwedRecords>) -> Vec<(RecordKind, Vec<u8>)> {
+    let mut records = Vec::with_capacity(owed.len());
+    for owed in owed {
+        if !shard.webhooks().may_be_owed(&owed.event, owed.position) {
+            continue;
+        }
+        records.push((RecordKind::WebhookEvent, owed.payload));
+        if let Some(attempted) = owed.attempted {
+            records.push((RecordKind::WebhookAttempted, attempted));
+        }
+    }
+    records
 }
 
 fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
     let mut ids = Vec::new();
-    let mut owed: Vec<(EventId, Vec<u8>)> = Vec::new();
+    let mut owed: Vec<OwedRecords> = Vec::new();
     for segment in segments {
         let mut visit = |record: wal::Record<'_>| -> Result<(), String> {
             let id = match RecordKind::from_u8(record.kind) {
@@ -362,14 +393,41 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
                 }
                 Some(RecordKind::WebhookEvent) => {
                     let event = WebhookEvent::decode(record.payload).map_err(|e| e.to_string())?;
-                    owed.retain(|(id, _)| *id != event.event);
-                    owed.push((event.event, record.payload.to_vec()));
+                    let attempted = owed
+                        .iter()
+                        .position(|owed| owed.event.event == event.event)
+                        .and_then(|index| owed.remove(index).attempted);
+                    owed.push(OwedRecords {
+                        event,
+                        position: record.sequence,
+                        payload: record.payload.to_vec(),
+                        attempted,
+                    });
+                    return Ok(());
+                }
+                Some(RecordKind::WebhookAttempted) => {
+                    let attempted =
+                        WebhookAttempted::decode(record.payload).map_err(|e| e.to_string())?;
+                    if let Some(owed) = owed
+                        .iter_mut()
+                        .find(|owed| owed.event.event == attempted.event)
+                    {
+                        owed.attempted = Some(record.payload.to_vec());
+                    }
                     return Ok(());
                 }
                 Some(RecordKind::WebhookDelivered) => {
                     let delivered =
                         WebhookDelivered::decode(record.payload).map_err(|e| e.to_string())?;
-                    owed.retain(|(id, _)| *id != delivered.event);
+                    owed.retain(|owed| owed.event.event != delivered.event);
+                    return Ok(());
+                }
+                // A dead letter ends a delivery; its own record stays for the retention
+                // after it, like any record, and is not carried.
+                Some(RecordKind::WebhookDeadLetter) => {
+                    let dead =
+                        WebhookDeadLetter::decode(record.payload).map_err(|e| e.to_string())?;
+                    owed.retain(|owed| owed.event.event != dead.event.event);
                     return Ok(());
                 }
                 // No other kind is written by this version; refuse to delete what we
@@ -383,16 +441,16 @@ fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {
     }
     ids.sort_unstable();
     ids.dedup();
-    let owed_events = owed.into_iter().map(|(_, payload)| payload).collect();
     Ok(Mentioned {
         payments: ids,
-        owed_events,
+        owed_webhooks: owed,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payment::EventId;
     use crate::wal::segment_file_name;
 
     const RETENTION_MS: u64 = 1_000;
@@ -639,6 +697,11 @@ mod tests {
             path,
         };
         let mentioned = payments_mentioned(&[segment]).unwrap();
-        assert_eq!(mentioned.owed_events, vec![owed_payload]);
+        let carried: Vec<(u64, &[u8])> = mentioned
+            .owed_webhooks
+            .iter()
+            .map(|owed| (owed.position, owed.payload.as_slice()))
+            .collect();
+        assert_eq!(carried, [(2, owed_payload.as_slice())]);
     }
 }

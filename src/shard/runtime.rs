@@ -133,9 +133,9 @@ impl Shard {
     pub async fn carry_forward(
         &self,
         ids: &[PaymentId],
-        owed_events: &[Vec<u8>],
+        webhook_records: &[(RecordKind, Vec<u8>)],
     ) -> Result<usize, StoreError> {
-        let (records, carried) = self.carried_records(ids, owed_events);
+        let (records, carried) = self.carried_records(ids, webhook_records);
         let log = self.store.log();
         let appends: Vec<_> = records
             .iter()
@@ -152,7 +152,7 @@ impl Shard {
     fn carried_records(
         &self,
         ids: &[PaymentId],
-        owed_events: &[Vec<u8>],
+        webhook_records: &[(RecordKind, Vec<u8>)],
     ) -> (Vec<(RecordKind, Vec<u8>)>, usize) {
         let state = self.state.borrow();
         let mut records = Vec::new();
@@ -182,11 +182,9 @@ impl Shard {
                 records.push((RecordKind::Finalized, finalized));
             }
         }
-        // Webhook events still owed are written again verbatim: recovery lets the later
-        // copy of an event replace the earlier one.
-        for event in owed_events {
-            records.push((RecordKind::WebhookEvent, event.clone()));
-        }
+        // Webhook events still owed (and their last failed attempts) are written again
+        // verbatim: recovery lets the later copy of an event replace the earlier one.
+        records.extend_from_slice(webhook_records);
         let mut checkpoint = Vec::new();
         Checkpoint {
             next_payment_sequence: state.next_sequence(),

@@ -6,7 +6,8 @@
 //! lock is ever taken. A log is a directory of *segment* files (`<data_dir>/shard-NNNN/`),
 //! each named by the sequence number of its first record and rolled over at a size
 //! limit. A *record* is framed as length, CRC32C, kind and sequence number, followed by a
-//! compact binary payload (`Created`, `Finalized`, `WebhookEvent`, `WebhookDelivered`).
+//! compact binary payload (`Created`, `Finalized`, `Checkpoint`, and the webhook outbox's
+//! `WebhookEvent`, `WebhookAttempted`, `WebhookDelivered`, `WebhookDeadLetter`).
 //!
 //! Writes use *group commit*. `ShardLog::append` encodes the record into the batch that
 //! is filling and returns a future; one commit task per shard writes the whole batch with
@@ -72,7 +73,9 @@ pub use segment::{
     list_segments, segment_file_name, SegmentFile, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN,
     SEQUENCE_FIRST,
 };
-pub use webhook_payload::{WebhookDelivered, WebhookEvent, WebhookOutcome};
+pub use webhook_payload::{
+    WebhookAttempted, WebhookDeadLetter, WebhookDelivered, WebhookEvent, WebhookOutcome,
+};
 pub use writer::{IoMode, BATCH_BYTES_MAX};
 
 /// A segment size for when the config has no say: large enough that roll-overs are

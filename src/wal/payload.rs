@@ -38,6 +38,13 @@ pub enum RecordKind {
     WebhookDelivered = 4,
     /// Written by retention before it deletes segments: `Checkpoint`.
     Checkpoint = 5,
+    /// A webhook attempt failed and another is scheduled: `WebhookAttempted`
+    /// (webhook_payload.rs). A restart resumes the schedule from the last one.
+    WebhookAttempted = 6,
+    /// A webhook event's delivery failed for good (schedule exhausted, or 410): the
+    /// event itself and its last attempt, `WebhookDeadLetter` (webhook_payload.rs).
+    /// Self-contained, so it stays queryable after the event's own record is deleted.
+    WebhookDeadLetter = 7,
 }
 
 impl RecordKind {
@@ -48,6 +55,8 @@ impl RecordKind {
             3 => Some(RecordKind::WebhookEvent),
             4 => Some(RecordKind::WebhookDelivered),
             5 => Some(RecordKind::Checkpoint),
+            6 => Some(RecordKind::WebhookAttempted),
+            7 => Some(RecordKind::WebhookDeadLetter),
             _ => None,
         }
     }
@@ -613,11 +622,13 @@ mod tests {
             RecordKind::WebhookEvent,
             RecordKind::WebhookDelivered,
             RecordKind::Checkpoint,
+            RecordKind::WebhookAttempted,
+            RecordKind::WebhookDeadLetter,
         ] {
             assert_eq!(RecordKind::from_u8(kind.as_u8()), Some(kind));
         }
         assert_eq!(RecordKind::from_u8(0), None);
-        assert_eq!(RecordKind::from_u8(6), None);
+        assert_eq!(RecordKind::from_u8(8), None);
     }
 
     /// xorshift64*: a seeded generator so a failing case can be replayed.

@@ -1,5 +1,5 @@
-//! Record payloads of the webhook outbox: an event owed to a merchant, and the end of its
-//! delivery. Same conventions as `payload` (little-endian, `u16`-counted strings,
+//! Record payloads of the webhook outbox: an event owed to a merchant, a failed attempt
+//! of it, and the end of its delivery (delivered, or dead-lettered with the event). Same conventions as `payload` (little-endian, `u16`-counted strings,
 //! decoders that bound everything and never panic).
 //!
 //! The outbox is these two kinds of records: an event whose `WebhookEvent` has no
@@ -50,6 +50,38 @@ pub struct WebhookDelivered {
     pub outcome: WebhookOutcome,
     pub finished_at_ms: u64,
 }
+
+/// A failed attempt after which another is scheduled. Only the last one of an event
+/// matters: a restart resumes the event's schedule from it instead of from attempt 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookAttempted {
+    pub event: EventId,
+    /// Attempts made so far, this one included.
+    pub attempts: u16,
+    /// The receiver's HTTP status; `None` when it did not answer (timeout, refused).
+    pub last_status: Option<u16>,
+    pub attempted_at_ms: u64,
+    /// When the next attempt is due (schedule, jitter and `Retry-After` applied).
+    pub next_attempt_at_ms: u64,
+}
+
+/// An event whose delivery failed for good, with the event itself: it ends the delivery
+/// as `WebhookDelivered` does, and the merchant can list it (`GET /v1/events`) for
+/// `storage.retention_hours` after `failed_at_ms`, even once the event's own record is
+/// gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookDeadLetter {
+    /// `DeadLettered` or `Gone`, never `Delivered`.
+    pub outcome: WebhookOutcome,
+    pub attempts: u16,
+    pub last_status: Option<u16>,
+    /// When the last attempt ended: the time of the dead letter.
+    pub failed_at_ms: u64,
+    pub event: WebhookEvent,
+}
+
+/// Bytes of `WebhookDeadLetter` before its event: outcome, attempts, status, time.
+const DEAD_LETTER_FIXED_BYTES: usize = 1 + 2 + 2 + 8;
 
 impl WebhookEvent {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -133,6 +165,83 @@ impl WebhookDelivered {
             outcome,
             finished_at_ms,
         })
+    }
+}
+
+impl WebhookAttempted {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_event_id(out, self.event);
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        out.extend_from_slice(&status_or_zero(self.last_status).to_le_bytes());
+        out.extend_from_slice(&self.attempted_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.next_attempt_at_ms.to_le_bytes());
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<WebhookAttempted, PayloadError> {
+        let mut reader = Reader::new(payload);
+        let event = read_event_id(&mut reader)?;
+        let attempts = reader.u16("attempts")?;
+        let last_status = read_status(&mut reader)?;
+        let attempted_at_ms = reader.u64("attempted_at_ms")?;
+        let next_attempt_at_ms = reader.u64("next_attempt_at_ms")?;
+        reader.finish()?;
+        Ok(WebhookAttempted {
+            event,
+            attempts,
+            last_status,
+            attempted_at_ms,
+            next_attempt_at_ms,
+        })
+    }
+}
+
+impl WebhookDeadLetter {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        assert_ne!(
+            self.outcome,
+            WebhookOutcome::Delivered,
+            "a dead letter failed"
+        );
+        out.push(self.outcome as u8);
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        out.extend_from_slice(&status_or_zero(self.last_status).to_le_bytes());
+        out.extend_from_slice(&self.failed_at_ms.to_le_bytes());
+        self.event.encode(out);
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<WebhookDeadLetter, PayloadError> {
+        let mut reader = Reader::new(payload);
+        let outcome = match reader.u8("outcome")? {
+            2 => WebhookOutcome::DeadLettered,
+            3 => WebhookOutcome::Gone,
+            _ => return Err(PayloadError::Invalid("outcome")),
+        };
+        let attempts = reader.u16("attempts")?;
+        let last_status = read_status(&mut reader)?;
+        let failed_at_ms = reader.u64("failed_at_ms")?;
+        let event = WebhookEvent::decode(&payload[DEAD_LETTER_FIXED_BYTES..])?;
+        Ok(WebhookDeadLetter {
+            outcome,
+            attempts,
+            last_status,
+            failed_at_ms,
+            event,
+        })
+    }
+}
+
+/// An HTTP status is 100..=999; zero stands for "no answer".
+fn status_or_zero(status: Option<u16>) -> u16 {
+    let status = status.unwrap_or(0);
+    assert!(status == 0 || (100..=999).contains(&status));
+    status
+}
+
+fn read_status(reader: &mut Reader<'_>) -> Result<Option<u16>, PayloadError> {
+    match reader.u16("last_status")? {
+        0 => Ok(None),
+        status @ 100..=999 => Ok(Some(status)),
+        _ => Err(PayloadError::Invalid("last_status")),
     }
 }
 
@@ -253,6 +362,77 @@ mod tests {
         }
     }
 
+    fn sample_attempted() -> WebhookAttempted {
+        WebhookAttempted {
+            event: EventId {
+                shard: 2,
+                sequence: 41,
+            },
+            attempts: 3,
+            last_status: Some(503),
+            attempted_at_ms: 1_763_800_000_000,
+            next_attempt_at_ms: 1_763_800_300_000,
+        }
+    }
+
+    fn sample_dead_letter(outcome: WebhookOutcome) -> WebhookDeadLetter {
+        WebhookDeadLetter {
+            outcome,
+            attempts: 8,
+            last_status: None,
+            failed_at_ms: 1_763_900_000_000,
+            event: sample_event(),
+        }
+    }
+
+    #[test]
+    fn attempts_round_trip_with_and_without_a_status() {
+        for last_status in [Some(100), Some(503), Some(999), None] {
+            let attempted = WebhookAttempted {
+                last_status,
+                ..sample_attempted()
+            };
+            let mut out = Vec::new();
+            attempted.encode(&mut out);
+            assert_eq!(out.len(), 10 + 2 + 2 + 8 + 8);
+            assert_eq!(WebhookAttempted::decode(&out), Ok(attempted));
+        }
+        let mut out = Vec::new();
+        sample_attempted().encode(&mut out);
+        out[12..14].copy_from_slice(&42u16.to_le_bytes());
+        assert_eq!(
+            WebhookAttempted::decode(&out),
+            Err(PayloadError::Invalid("last_status"))
+        );
+    }
+
+    #[test]
+    fn dead_letters_round_trip_and_carry_the_whole_event() {
+        for outcome in [WebhookOutcome::DeadLettered, WebhookOutcome::Gone] {
+            let dead = sample_dead_letter(outcome);
+            let mut out = Vec::new();
+            dead.encode(&mut out);
+            assert_eq!(WebhookDeadLetter::decode(&out), Ok(dead));
+        }
+        let mut largest = sample_dead_letter(WebhookOutcome::Gone);
+        largest.event = largest_event();
+        let mut out = Vec::new();
+        largest.encode(&mut out);
+        assert!(out.len() <= RECORD_PAYLOAD_BYTES_MAX, "{}", out.len());
+        out[0] = WebhookOutcome::Delivered as u8;
+        assert_eq!(
+            WebhookDeadLetter::decode(&out),
+            Err(PayloadError::Invalid("outcome"))
+        );
+        assert!(WebhookDeadLetter::decode(&out[..5]).is_err());
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_delivered_dead_letter_is_a_bug() {
+        sample_dead_letter(WebhookOutcome::Delivered).encode(&mut Vec::new());
+    }
+
     #[test]
     fn structural_damage_is_reported_with_the_field() {
         let mut out = Vec::new();
@@ -307,13 +487,30 @@ mod tests {
         let (mut event, mut delivered) = (Vec::new(), Vec::new());
         sample_event().encode(&mut event);
         sample_delivered(WebhookOutcome::DeadLettered).encode(&mut delivered);
+        let (mut attempted, mut dead) = (Vec::new(), Vec::new());
+        sample_attempted().encode(&mut attempted);
+        sample_dead_letter(WebhookOutcome::Gone).encode(&mut dead);
         let mut decoded = 0;
         for case in 0..60_000 {
-            let input: Vec<u8> = match case % 3 {
+            let input: Vec<u8> = match case % 5 {
                 0 => (0..prng.below(300)).map(|_| prng.next() as u8).collect(),
                 1 => mutate(&mut prng, &event),
+                2 => mutate(&mut prng, &attempted),
+                3 => mutate(&mut prng, &dead),
                 _ => mutate(&mut prng, &delivered),
             };
+            if let Ok(value) = WebhookAttempted::decode(&input) {
+                let mut again = Vec::new();
+                value.encode(&mut again);
+                assert_eq!(again, input);
+                decoded += 1;
+            }
+            if let Ok(value) = WebhookDeadLetter::decode(&input) {
+                let mut again = Vec::new();
+                value.encode(&mut again);
+                assert_eq!(again, input);
+                decoded += 1;
+            }
             if let Ok(value) = WebhookEvent::decode(&input) {
                 let mut again = Vec::new();
                 value.encode(&mut again);

@@ -34,8 +34,10 @@
 //!   - when the backlog is full, an event of a merchant holding fewer events than the
 //!     heaviest takes the place of the heaviest's newest event (not in flight, last of
 //!     its payment), which goes back to disk. A dead endpoint's retries cannot fill
-//!     memory and starve the others. An event sent back to disk starts its retry
-//!     schedule again when it is reloaded: its attempt count lived in memory only.
+//!     memory and starve the others.
+//! - Progress survives disk: every failed attempt with a retry to come is written as a
+//!   `WebhookAttempted` record, and a reload (or a restart) that finds one hands it to
+//!   `restore_attempts`, so the schedule goes on from there instead of from attempt 1.
 
 use super::retry::{RetrySchedule, Verdict};
 use super::sender::DeliveryOutcome;
@@ -128,8 +130,11 @@ pub struct OutboxStats {
 enum State {
     /// Waiting for an earlier event of its payment to finish.
     Blocked,
-    /// Loaded by a reload under way; its `WebhookDelivered` may still follow.
-    Staged,
+    /// Loaded by a reload under way; its `WebhookDelivered` may still follow. It becomes
+    /// ready at `due_ms` (0 until `restore_attempts` says otherwise: at once).
+    Staged {
+        due_ms: u64,
+    },
     Ready {
         due_ms: u64,
     },
@@ -325,6 +330,27 @@ impl<P> Outbox<P> {
         }
     }
 
+    /// Whether the event whose record is at `position` may still be owed: it is loaded,
+    /// or its merchant has events on disk from that position or before. One neither
+    /// loaded nor there was loaded once and has finished since, whatever records later
+    /// in the log say. Retention asks before carrying an event forward: a finished one
+    /// carried would be sent again after a restart.
+    pub fn may_be_owed(&self, event: EventId, merchant: MerchantIndex, position: u64) -> bool {
+        self.lane_index(merchant);
+        self.events.contains_key(&event)
+            || self
+                .unloaded_from(merchant)
+                .is_some_and(|from| from <= position)
+            || self.reload.is_some()
+    }
+
+    /// Per merchant, the lowest position of its events waiting on disk (`None`: none).
+    pub fn unloaded_positions(&self) -> Vec<Option<u64>> {
+        (0..self.lanes.len() as MerchantIndex)
+            .map(|merchant| self.unloaded_from(merchant))
+            .collect()
+    }
+
     /// Where a reload should start scanning the log, when one is worth it: events wait
     /// on disk, no reload is under way, and either a good part of the backlog is free or
     /// a merchant with events on disk would get in by fairness.
@@ -389,7 +415,29 @@ impl<P> Outbox<P> {
         if reload.unloaded_after[merchant].is_some_and(|after| after <= event.position) {
             return self.refuse(event.merchant, event.position);
         }
-        self.admit(event, State::Staged)
+        self.admit(event, State::Staged { due_ms: 0 })
+    }
+
+    /// The reload read that `attempts` attempts of a staged `event` failed and the next
+    /// is due at `due_ms`: its schedule goes on from there. Ignored for an event not
+    /// staged by this reload (one loaded before keeps its own, newer, count).
+    pub fn restore_attempts(&mut self, event: EventId, attempts: u32, due_ms: u64) {
+        assert!(self.reload.is_some(), "restore_attempts inside a reload");
+        if let Some(entry) = self.events.get_mut(&event) {
+            if let State::Staged { .. } = entry.state {
+                entry.attempts = attempts;
+                entry.state = State::Staged { due_ms };
+            }
+        }
+    }
+
+    /// The reload left an owed event at `position` on disk without offering it (it
+    /// reads only so many per merchant): that merchant's events wait on disk from there.
+    pub fn leave_on_disk(&mut self, merchant: MerchantIndex, position: u64) {
+        self.lane_index(merchant);
+        let reload = self.reload.as_ref().expect("leave_on_disk inside a reload");
+        assert!(position < reload.end, "the reload reads up to its end");
+        self.refuse(merchant, position);
     }
 
     /// The reload read a `WebhookDelivered` for `event`: it is no longer owed.
@@ -407,16 +455,18 @@ impl<P> Outbox<P> {
     /// Ends the reload: what it loaded may be attempted from `now_ms`.
     pub fn end_reload(&mut self, now_ms: u64) {
         let reload = self.reload.take().expect("end_reload after begin_reload");
-        let staged: Vec<EventId> = self
+        let staged: Vec<(EventId, u64)> = self
             .events
             .iter()
-            .filter(|(_, entry)| entry.state == State::Staged)
-            .map(|(&event, _)| event)
+            .filter_map(|(&event, entry)| match entry.state {
+                State::Staged { due_ms } => Some((event, due_ms)),
+                _ => None,
+            })
             .collect();
-        for event in staged {
+        for (event, due_ms) in staged {
             let entry = &self.events[&event];
             if self.chains[&entry.payment].front() == Some(&event) {
-                self.make_ready(event, now_ms);
+                self.make_ready(event, due_ms.max(now_ms));
             } else {
                 self.events.get_mut(&event).unwrap().state = State::Blocked;
             }

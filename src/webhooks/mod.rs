@@ -5,10 +5,16 @@
 //! When a payment becomes final, its shard writes a `WebhookEvent` record (wal) in the
 //! same batch as the final status: that record *is* the outbox entry, so an event owed
 //! survives any crash. Each shard delivers its own events: the outbox (`dispatch`) picks
-//! the next attempt, the sender seam (`sender`) makes it, and when an event's delivery
-//! ends a `WebhookDelivered` record says so. Replaying the log therefore resumes exactly
-//! the undelivered events. Delivery is at least once, in order per payment; receivers
-//! dedupe on the event id, which is the same on every attempt and every restart.
+//! the next attempt, the sender seam (`sender`) makes it. A failed attempt with a retry
+//! to come is written as `WebhookAttempted`; when an event's delivery ends, a
+//! `WebhookDelivered` record says so, or a self-contained `WebhookDeadLetter` when it
+//! failed for good (kept in `dead_letters` for `GET /v1/events?delivery=failed`).
+//! Replaying the log therefore resumes exactly the undelivered events, each where its
+//! schedule was. Delivery is at least once, in order per payment; receivers dedupe on
+//! the event id, which is the same on every attempt and every restart.
+//!
+//! The in-memory backlog is bounded (`webhooks.max_backlog_per_shard`); events beyond it
+//! wait in the log and the shard reads them back as the backlog drains.
 //!
 //! Everything here but `sender::attempt` is pure: the outbox takes the time and a random
 //! value from its caller, so every rule (retry schedule, `Retry-After`, 410, dead
@@ -22,6 +28,7 @@
 //!   `webhook-signature`) under the merchant's `whsec_` key.
 //! - `retry`: what an attempt's outcome means, and when the next attempt is due.
 //! - `dispatch`: the per-shard outbox state machine, its bounds and its fairness.
+//! - `dead_letters`: the per-shard index of events whose delivery failed for good.
 //! - `sender`: the seam to the outbound HTTP client, with the per-attempt timeout.
 //!
 //! # Limits
@@ -29,6 +36,7 @@
 //! The constants below are the defaults of `OutboxLimits`; the retry schedule and the
 //! attempt timeout come from `[webhooks]` in the config.
 
+pub mod dead_letters;
 pub mod dispatch;
 pub mod event;
 pub mod retry;
@@ -37,10 +45,14 @@ pub mod signing;
 
 use dispatch::OutboxLimits;
 
-/// Events one shard holds in memory; the rest wait in its log for a reload. An event
+/// Events one shard holds in memory by default (`webhooks.max_backlog_per_shard`); the
+/// rest wait in its log for a reload. An event
 /// in memory is its payment object (a few hundred bytes, usually), so this bounds a
 /// shard's outbox to a few MiB at most.
 pub const BACKLOG_EVENTS_PER_SHARD_MAX: usize = 4096;
+/// The highest `webhooks.max_backlog_per_shard` the config accepts: about 1 GiB of
+/// typical events per shard, far past any sensible setting.
+pub const BACKLOG_EVENTS_PER_SHARD_CEILING: usize = 1 << 20;
 /// Deliveries in flight on one shard beyond each merchant's first. A core with several
 /// shards has this many per shard.
 pub const SHARED_DELIVERIES_PER_SHARD_MAX: usize = 64;
@@ -61,3 +73,4 @@ impl Default for OutboxLimits {
 // One merchant's attempts beyond its first take only part of the shared slots.
 const _: () = assert!(MERCHANT_DELIVERIES_PER_SHARD_MAX <= SHARED_DELIVERIES_PER_SHARD_MAX / 2);
 const _: () = assert!(MERCHANT_DELIVERIES_PER_SHARD_MAX >= 1);
+const _: () = assert!(BACKLOG_EVENTS_PER_SHARD_MAX <= BACKLOG_EVENTS_PER_SHARD_CEILING);

@@ -525,6 +525,103 @@ fn events_refused_during_a_reload_are_on_disk_after_it() {
 }
 
 #[test]
+fn a_reloaded_event_goes_on_with_its_attempt_count_and_due_time() {
+    // Schedule: 1 s, 2 s, 3 s. The log says 2 attempts failed, the third is due later.
+    let mut outbox: Outbox<u64> =
+        Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1, 2, 3]), 1);
+    outbox.begin_reload(10);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Accepted);
+    outbox.restore_attempts(id(1), 2, NOW + 5_000);
+    outbox.end_reload(NOW);
+    assert!(
+        drain(&mut outbox, NOW).is_empty(),
+        "not before its due time"
+    );
+    assert_eq!(outbox.next_due_ms(), Some(NOW + 5_000));
+    let delivery = outbox.next_delivery(NOW + 5_000).unwrap();
+    assert_eq!(delivery.attempt, 3);
+    // The third attempt fails: the retry waits the schedule's third delay, 3 s.
+    let Completion::Retry { due_ms } = outbox.complete(id(1), &ERROR, NOW + 5_000, 0) else {
+        panic!("a retry");
+    };
+    assert_eq!(due_ms, NOW + 8_000);
+    assert_eq!(outbox.next_delivery(due_ms).unwrap().attempt, 4);
+    assert_eq!(
+        outbox.complete(id(1), &ERROR, due_ms, 0),
+        Completion::Finished {
+            fate: Fate::DeadLettered,
+            attempts: 4
+        }
+    );
+}
+
+#[test]
+fn restored_attempts_never_touch_an_event_loaded_before_the_reload() {
+    let mut outbox = started(limits(8, 4, 4), &[1, 1, 1], 1);
+    outbox.offer(event(0, 1, 1), NOW);
+    assert_eq!(outbox.next_delivery(NOW).unwrap().attempt, 1);
+    outbox.complete(id(1), &ERROR, NOW, 0);
+    outbox.offer(event(0, 2, 2), NOW);
+    outbox.begin_reload(3);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Duplicate);
+    // An older record of the same event: the outbox's own count is newer.
+    outbox.restore_attempts(id(1), 0, NOW);
+    outbox.end_reload(NOW);
+    let attempts: Vec<u32> = std::iter::from_fn(|| outbox.next_delivery(NOW + 1_000))
+        .map(|delivery| delivery.attempt)
+        .collect();
+    // Event 2 (due now) first, then event 1's second attempt.
+    assert_eq!(attempts, [1, 2]);
+}
+
+#[test]
+fn events_a_reload_leaves_on_disk_wait_for_the_next_one_in_order() {
+    let mut outbox = started(limits(8, 4, 4), &[1], 2);
+    assert_eq!(outbox.offer(event(0, 1, 1), NOW), Offer::Accepted);
+    // Pretend the backlog was full for merchant 0 and its events 5.. went to disk.
+    outbox.begin_reload(10);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Duplicate);
+    outbox.end_reload(NOW);
+    outbox.begin_reload(10);
+    outbox.leave_on_disk(0, 5);
+    outbox.end_reload(NOW);
+    assert_eq!(outbox.stats().merchants_with_unloaded, 1);
+    // Its next live event waits behind the ones on disk; the other merchant's does not.
+    assert_eq!(outbox.offer(event(0, 11, 11), NOW), Offer::Refused);
+    assert_eq!(outbox.offer(event(1, 12, 12), NOW), Offer::Accepted);
+    assert_eq!(outbox.reload_wanted(), Some(5));
+    outbox.begin_reload(13);
+    assert_eq!(outbox.offer_reloaded(event(0, 5, 5)), Offer::Accepted);
+    assert_eq!(outbox.offer_reloaded(event(0, 11, 11)), Offer::Accepted);
+    outbox.end_reload(NOW);
+    assert_eq!(outbox.stats().merchants_with_unloaded, 0);
+    assert_eq!(drain(&mut outbox, NOW), vec![1, 12, 5, 11]);
+}
+
+#[test]
+fn only_loaded_events_or_those_on_disk_may_be_owed() {
+    let mut outbox: Outbox<u64> = Outbox::new(limits(2, 4, 4), RetrySchedule::new(vec![1]), 2);
+    // Before the start-up reload everything may be owed.
+    assert!(outbox.may_be_owed(id(1), 0, 1));
+    outbox.begin_reload(1);
+    outbox.end_reload(NOW);
+    outbox.offer(event(0, 1, 1), NOW);
+    outbox.offer(event(0, 2, 2), NOW);
+    assert_eq!(outbox.offer(event(0, 3, 3), NOW), Offer::Refused);
+    assert!(outbox.may_be_owed(id(1), 0, 1), "loaded");
+    assert!(outbox.may_be_owed(id(3), 0, 3), "on disk");
+    assert!(outbox.may_be_owed(id(4), 0, 4), "after one on disk");
+    assert_eq!(drain(&mut outbox, NOW), vec![1, 2]);
+    outbox.complete(id(1), &DELIVERED, NOW, 0);
+    assert!(!outbox.may_be_owed(id(1), 0, 1), "delivered");
+    // The other merchant never had one on disk: an event of it not loaded is finished.
+    assert!(!outbox.may_be_owed(id(9), 1, 9));
+    // While a reload runs, the outbox cannot tell.
+    outbox.begin_reload(4);
+    assert!(outbox.may_be_owed(id(9), 1, 9));
+}
+
+#[test]
 fn live_offers_during_the_start_up_reload_wait_for_it() {
     let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
     outbox.begin_reload(10);
