@@ -723,6 +723,25 @@ fn durability_none_still_creates_and_writes_the_log() {
     stop_cleanly(&mut server);
 }
 
+/// A clean stop right after the last answer: shutdown itself must write and sync what
+/// durability "none" acknowledged, not leave it to the commit task's timing.
+#[test]
+fn durability_none_keeps_every_acknowledged_payment_across_an_immediate_clean_stop() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let text = simple_config(base.path(), &[0, 1], "none");
+    let config = write_config(base.path(), "payd.toml", &text);
+    let mut server = start_server(&config);
+    let acks = create_payments(&server, "stop", PAYMENTS_COUNT);
+    stop_cleanly(&mut server);
+    let mut server = start_server(&config);
+    assert_all_there(
+        &server,
+        &acks,
+        "after an immediate clean stop with \"none\"",
+    );
+    stop_cleanly(&mut server);
+}
+
 #[test]
 fn damage_at_the_end_of_a_segment_that_is_not_the_last_is_corruption() {
     let base = tempfile::tempdir().expect("tempdir");

@@ -295,7 +295,7 @@ fn reject(core: &Rc<Core>, stream: TcpStream) {
 }
 
 /// Waits for open connections to finish their in-flight requests, at most
-/// `server.shutdown_timeout_ms`.
+/// `server.shutdown_timeout_ms`, then commits, syncs and closes the local shards' logs.
 async fn drain(core: &Rc<Core>) {
     let deadline =
         Instant::now() + Duration::from_millis(core.api.config.server.shutdown_timeout_ms);
@@ -308,6 +308,9 @@ async fn drain(core: &Rc<Core>) {
             "payd: core {}: {left} connections still open at the shutdown deadline",
             core.index
         );
+    }
+    for shard in core.api.peers.local_shards() {
+        shard.shut_log().await;
     }
     core.access_log.close().await;
 }

@@ -118,6 +118,14 @@ impl Shard {
         self.state.borrow_mut().expire(now_ms, retention_ms)
     }
 
+    /// Makes what the log holds durable and refuses later appends (shutdown): with
+    /// `durability = "none"` this is what keeps acknowledged payments across a clean stop.
+    pub async fn shut_log(&self) {
+        if let Err(error) = self.store.log().shut().await {
+            eprintln!("payd: shard {}: closing the log: {error}", self.id);
+        }
+    }
+
     /// Retention: how many payments the shard holds in memory, for `/metrics`.
     pub fn payments_in_memory(&self) -> usize {
         self.state.borrow().len()

@@ -19,7 +19,7 @@ use crate::wal::record::{encode_record, RECORD_OVERHEAD_BYTES, RECORD_PAYLOAD_BY
 use crate::wal::segment::{list_segments, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN};
 use crate::wal::writer::{IoMode, SegmentWriter, BATCH_BYTES_MAX};
 use hdrhistogram::Histogram;
-use std::cell::{Ref, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -220,7 +220,8 @@ impl Shared {
 /// The write-ahead log of one shard. Not `Send`: it lives on its shard's executor.
 pub struct ShardLog {
     shared: Rc<RefCell<Shared>>,
-    commit_task: Option<glommio::Task<()>>,
+    /// Taken by the first `close` or `shut`; a detached task after that would be lost.
+    commit_task: Cell<Option<glommio::Task<()>>>,
     mode: IoMode,
 }
 
@@ -274,7 +275,7 @@ impl ShardLog {
         let task = commit_loop(shared.clone(), writer, shard_dir.to_path_buf());
         Ok(ShardLog {
             shared,
-            commit_task: Some(glommio::spawn_local(task)),
+            commit_task: Cell::new(Some(glommio::spawn_local(task))),
             mode,
         })
     }
@@ -314,7 +315,15 @@ impl ShardLog {
 
     /// Commits and syncs every record appended so far, then closes the files. Appends
     /// still waiting for room get `LogError::Closed`.
-    pub async fn close(mut self) -> Result<(), LogError> {
+    pub async fn close(self) -> Result<(), LogError> {
+        self.shut().await
+    }
+
+    /// `close` for a log others still hold (the shard's tasks, at shutdown): commits and
+    /// syncs what was appended, then refuses every later append with `LogError::Closed`.
+    /// With `Durability::None` this is what makes acknowledged records durable before
+    /// the process exits. A second call returns at once.
+    pub async fn shut(&self) -> Result<(), LogError> {
         self.begin_closing();
         if let Some(task) = self.commit_task.take() {
             task.await;
@@ -344,7 +353,7 @@ impl ShardLog {
 impl Drop for ShardLog {
     /// Without `close`, the commit task still writes what was appended, in the background.
     fn drop(&mut self) {
-        if let Some(task) = self.commit_task.take() {
+        if let Some(task) = self.commit_task.get_mut().take() {
             self.begin_closing();
             task.detach();
         }
@@ -835,6 +844,29 @@ mod tests {
             // Nothing was committed yet: the acknowledgements came first.
             assert_eq!(log.stats().batches, 0);
             log.close().await.unwrap();
+        });
+        assert_eq!(recovered(dir.path()).1.len(), 10);
+    }
+
+    #[test]
+    fn shut_through_a_shared_log_writes_what_was_acknowledged_and_refuses_the_rest() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = Rc::new(
+                ShardLog::open_with(&path, options(Durability::None, false), 1)
+                    .await
+                    .unwrap(),
+            );
+            let holder = Rc::clone(&log);
+            for expected in 1..=10 {
+                assert_eq!(log.append(1, b"fast").await, Ok(expected));
+            }
+            assert_eq!(log.stats().batches, 0);
+            log.shut().await.unwrap();
+            assert_eq!(holder.append(1, b"late").await, Err(LogError::Closed));
+            // A second shut, as another core's drain might do, returns at once.
+            holder.shut().await.unwrap();
         });
         assert_eq!(recovered(dir.path()).1.len(), 10);
     }
