@@ -208,7 +208,7 @@ async fn answer_together(
             written += 1;
         }
         if written < slots.len() && failure.is_none() && !output.is_empty() {
-            if let Err(error) = stream.write_all(output).await {
+            if let Err(error) = write_while_running(stream, output, &mut slots, written).await {
                 failure = Some(error);
                 closing = true;
             }
@@ -219,6 +219,25 @@ async fn answer_together(
         Some(error) => Err(error),
         None => Ok(closing),
     }
+}
+
+/// Writes the responses ready so far while polling the requests still running: a client
+/// slow to read must not stall creates between their decision and their answer (an
+/// authorisation, a response timeout, the shard's in-flight count), only its own answers.
+async fn write_while_running<'r, F: Future<Output = Answered<'r>>>(
+    stream: &mut TcpStream,
+    output: &[u8],
+    slots: &mut [Slot<'r, F>],
+    written: usize,
+) -> io::Result<()> {
+    let mut write = std::pin::pin!(stream.write_all(output));
+    std::future::poll_fn(|cx| {
+        for index in written..slots.len() {
+            poll_slot(slots, index, cx);
+        }
+        write.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Polls every request still running, until the next response to write is ready.
