@@ -726,3 +726,56 @@ fn retention_carries_owed_events_forward_and_lets_old_dead_letters_go() {
     assert_eq!(text(&record, "id"), event_id_of(&owed));
     assert!(page_ids(&failed_events(&server, leaving, "")).is_empty());
 }
+
+/// Owed events of a merchant whose `webhook_url` a restart removed: payd keeps serving
+/// (no attempt without an endpoint), keeps them on disk, and a later restart with a url
+/// delivers them.
+#[test]
+fn events_owed_to_a_merchant_whose_url_was_removed_wait_for_a_url() {
+    let port = free_port();
+    let server = Server::start(options(&url_of(port), PATIENT_SCHEDULE));
+    let (id, _) = create(&server, "ord-unhooked-1", "tok_visa");
+    let attempted = common::eventually(Duration::from_millis(DELIVERY_TIMEOUT_MS), || {
+        let metrics = server.metrics();
+        metrics.value(
+            "payd_webhook_attempts_total",
+            &[("outcome", "connection_error")],
+        ) >= 1.0
+    });
+    assert!(attempted, "the event met the receiver down");
+    let (dir, _) = server.stop_keeping_dir(false);
+
+    let without_url = ServerOptions {
+        extra_toml: format!(
+            "\n[[merchants]]\nid = {}\nsecrets = [{}]\n",
+            toml_string(MERCHANT),
+            toml_string(MERCHANT_SECRET),
+        ),
+        ..ServerOptions::default()
+    };
+    let mut server = Server::start_in(dir, without_url);
+    // The owed event's retry falls due within a second of the start.
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert!(
+        server.wait_exit(Duration::from_millis(100)).is_none(),
+        "payd died: {}",
+        server.stderr.text()
+    );
+    create(&server, "ord-unhooked-2", "tok_visa");
+    assert!(
+        server
+            .stderr
+            .text()
+            .contains("until it has a webhook_url again"),
+        "{}",
+        server.stderr.text()
+    );
+    let (dir, status) = server.stop_keeping_dir(false);
+    assert!(status.success(), "{status:?}");
+
+    let receiver = Receiver::start(&["--port", &port.to_string()]);
+    let _server = Server::start_in(dir, options(&receiver.url(), PATIENT_SCHEDULE));
+    let record = receiver.next(3 * DELIVERY_TIMEOUT_MS);
+    assert!(verified(&record), "{record:?}");
+    assert_eq!(text(&record, "id"), event_id_of(&id));
+}

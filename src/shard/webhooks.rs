@@ -176,7 +176,13 @@ impl Dispatcher {
             backlog_events_max: config.webhooks.max_backlog_per_shard,
             ..OutboxLimits::default()
         };
-        let outbox = Outbox::new(limits, schedule, endpoints.len());
+        let mut outbox = Outbox::new(limits, schedule, endpoints.len());
+        // Their events stay owed on disk until a config gives them a url again.
+        for merchant in 0..endpoints.len() as MerchantIndex {
+            if endpoints.get(merchant).is_none() {
+                outbox.park(merchant);
+            }
+        }
         let (wake_sender, wake_receiver) = local_channel::new_bounded(1);
         Dispatcher {
             outbox: RefCell::new(outbox),
@@ -210,6 +216,7 @@ impl Dispatcher {
         dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
         end: u64,
     ) -> usize {
+        self.note_waiting_for_url(&owed);
         let mut outbox = self.outbox.borrow_mut();
         outbox.begin_reload(end);
         apply_scan(&mut outbox, owed, &[], end);
@@ -221,6 +228,23 @@ impl Dispatcher {
             index.insert(dead_letter_entry(merchant, &dead));
         }
         loaded
+    }
+
+    /// Says which merchants without a `webhook_url` have events owed: they stay on disk
+    /// (kept by retention) and go out once a config gives the merchant a url again.
+    fn note_waiting_for_url(&self, owed: &Scan) {
+        let mut waiting = vec![false; self.endpoints.len()];
+        let merchants = owed.events.iter().map(|found| found.merchant);
+        let left = owed.left_on_disk.iter().map(|&(merchant, _)| merchant);
+        for merchant in merchants.chain(left) {
+            waiting[merchant as usize] |= self.endpoint(merchant).is_none();
+        }
+        for merchant in (0..waiting.len()).filter(|&merchant| waiting[merchant]) {
+            eprintln!(
+                "payd: webhook events owed to merchant {} wait on disk until it has a webhook_url again",
+                self.keys.merchant_id(merchant as MerchantIndex)
+            );
+        }
     }
 
     /// A record durable at `position`: durable means written, so a reload may read

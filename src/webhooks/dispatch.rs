@@ -85,6 +85,8 @@ pub enum Offer {
     Finished,
     /// Live offer only: a reload under way covers its position and will offer it.
     LeftToReload,
+    /// Its merchant has no endpoint: it stays on disk, owed (see `Outbox::park`).
+    Parked,
 }
 
 /// An attempt to make now.
@@ -161,6 +163,9 @@ struct Lane {
     positions: BTreeMap<u64, EventId>,
     /// The lowest position of an event of this merchant left on disk.
     unloaded_from: Option<u64>,
+    /// The merchant has no endpoint: its events stay on disk, owed, until a config
+    /// gives it one again (see `park`).
+    parked: bool,
 }
 
 struct Reload {
@@ -216,9 +221,23 @@ impl<P> Outbox<P> {
         }
     }
 
+    /// A merchant without an endpoint (its `webhook_url` was removed): its events are
+    /// never loaded, so never attempted, and stay owed on disk (`may_be_owed`) for a
+    /// config that gives it an endpoint again. No reload is wanted for it. Call before
+    /// the start-up reload.
+    pub fn park(&mut self, merchant: MerchantIndex) {
+        let index = self.lane_index(merchant);
+        assert!(self.reload.is_none() && self.unloaded_floor.is_some());
+        assert_eq!(self.lanes[index].loaded, 0);
+        self.lanes[index].parked = true;
+    }
+
     /// A new event, offered once its record is durable.
     pub fn offer(&mut self, event: OutboxEvent<P>, now_ms: u64) -> Offer {
         self.note_offered(&event);
+        if self.lanes[event.merchant as usize].parked {
+            return Offer::Parked;
+        }
         if self.events.contains_key(&event.event) {
             return Offer::Duplicate;
         }
@@ -336,8 +355,9 @@ impl<P> Outbox<P> {
     /// in the log say. Retention asks before carrying an event forward: a finished one
     /// carried would be sent again after a restart.
     pub fn may_be_owed(&self, event: EventId, merchant: MerchantIndex, position: u64) -> bool {
-        self.lane_index(merchant);
-        self.events.contains_key(&event)
+        let index = self.lane_index(merchant);
+        self.lanes[index].parked
+            || self.events.contains_key(&event)
             || self
                 .unloaded_from(merchant)
                 .is_some_and(|from| from <= position)
@@ -392,6 +412,9 @@ impl<P> Outbox<P> {
     pub fn offer_reloaded(&mut self, event: OutboxEvent<P>) -> Offer {
         let merchant = self.lane_index(event.merchant);
         self.note_offered(&event);
+        if self.lanes[merchant].parked {
+            return Offer::Parked;
+        }
         if self.events.contains_key(&event.event) {
             return Offer::Duplicate;
         }
@@ -434,10 +457,12 @@ impl<P> Outbox<P> {
     /// The reload left an owed event at `position` on disk without offering it (it
     /// reads only so many per merchant): that merchant's events wait on disk from there.
     pub fn leave_on_disk(&mut self, merchant: MerchantIndex, position: u64) {
-        self.lane_index(merchant);
+        let index = self.lane_index(merchant);
         let reload = self.reload.as_ref().expect("leave_on_disk inside a reload");
         assert!(position < reload.end, "the reload reads up to its end");
-        self.refuse(merchant, position);
+        if !self.lanes[index].parked {
+            self.refuse(merchant, position);
+        }
     }
 
     /// The reload read a `WebhookDelivered` for `event`: it is no longer owed.
@@ -493,7 +518,12 @@ impl<P> Outbox<P> {
         index
     }
 
+    /// Where `merchant`'s events wait on disk for a reload; never for a parked one (its
+    /// events wait for an endpoint, not for room).
     fn unloaded_from(&self, merchant: MerchantIndex) -> Option<u64> {
+        if self.lanes[merchant as usize].parked {
+            return None;
+        }
         min_position(
             self.lanes[merchant as usize].unloaded_from,
             self.unloaded_floor,
@@ -516,6 +546,7 @@ impl<P> Outbox<P> {
 
     fn mark_unloaded(&mut self, merchant: MerchantIndex, position: u64) {
         let lane = &mut self.lanes[merchant as usize];
+        assert!(!lane.parked, "a parked merchant's events are never loaded");
         lane.unloaded_from = min_position(lane.unloaded_from, Some(position));
         if let Some(reload) = &mut self.reload {
             let after = &mut reload.unloaded_after[merchant as usize];

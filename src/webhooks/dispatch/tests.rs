@@ -622,6 +622,27 @@ fn only_loaded_events_or_those_on_disk_may_be_owed() {
 }
 
 #[test]
+fn a_merchant_without_an_endpoint_keeps_its_events_owed_on_disk() {
+    let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
+    outbox.park(1);
+    // The start-up reload found an owed event of each merchant.
+    assert_eq!(outbox.begin_reload(10), 0);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Accepted);
+    assert_eq!(outbox.offer_reloaded(event(1, 2, 2)), Offer::Parked);
+    outbox.leave_on_disk(1, 3);
+    outbox.end_reload(NOW);
+    // Only merchant 0's is attempted; merchant 1's wants no reload but stays owed.
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    assert_eq!(outbox.reload_wanted(), None);
+    assert_eq!(outbox.stats().merchants_with_unloaded, 0);
+    assert_eq!(outbox.unloaded_positions(), [None, None]);
+    assert!(outbox.may_be_owed(id(2), 1, 2));
+    assert!(outbox.may_be_owed(id(3), 1, 3));
+    assert_eq!(outbox.offer(event(1, 4, 11), NOW), Offer::Parked);
+    assert_eq!(outbox.stats().loaded, 1);
+}
+
+#[test]
 fn live_offers_during_the_start_up_reload_wait_for_it() {
     let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
     outbox.begin_reload(10);
