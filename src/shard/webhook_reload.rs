@@ -103,7 +103,8 @@ fn read_segment(
     let data = match std::fs::read(&segment.path) {
         Ok(data) => data,
         // Retention deleted it after the listing: what it held that was owed was
-        // carried forward beyond the range first, so the rest is not owed.
+        // carried forward first, and the dispatcher was told where the copies wait
+        // (`Dispatcher::note_carried`), so the rest is not owed.
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(segment.first_sequence)
         }

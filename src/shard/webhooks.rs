@@ -318,6 +318,33 @@ impl Dispatcher {
         }
     }
 
+    /// Retention: `event`'s merchant and id if the event is owed but not loaded (it
+    /// waits on disk for a reload, or for an endpoint).
+    pub fn waiting_on_disk(&self, event: &WebhookEvent) -> Option<(MerchantIndex, EventId)> {
+        let merchant = self.keys.index_of(event.payment.merchant_id.as_bytes())?;
+        let loaded = self.outbox.borrow().payload(event.event).is_some();
+        (!loaded).then_some((merchant, event.event))
+    }
+
+    /// Retention carried `on_disk`'s events forward: their copies lie from `copies_from`
+    /// on, and every record up to `last_position` is durable. They wait on disk from
+    /// there, so a reload reads the copies before the originals' segments go.
+    pub fn note_carried(
+        &self,
+        on_disk: &[(MerchantIndex, EventId)],
+        copies_from: u64,
+        last_position: u64,
+    ) {
+        assert!(copies_from <= last_position);
+        self.note_readable(last_position);
+        let mut outbox = self.outbox.borrow_mut();
+        for &(merchant, event) in on_disk {
+            outbox.carried(merchant, event, copies_from);
+        }
+        drop(outbox);
+        self.wake();
+    }
+
     /// Retention: dead letters `retention_ms` old leave memory (their records may go).
     pub fn expire_dead_letters(&self, now_ms: u64, retention_ms: u64) -> usize {
         self.dead_letters.borrow_mut().expire(now_ms, retention_ms)

@@ -364,6 +364,16 @@ impl<P> Outbox<P> {
             || self.reload.is_some()
     }
 
+    /// Retention copied `event`, owed, to a position at or after `copies_from`, and will
+    /// delete the original. Unless it is loaded, the merchant's events wait on disk from
+    /// there: a reload then reads the copy, where the original is gone.
+    pub fn carried(&mut self, merchant: MerchantIndex, event: EventId, copies_from: u64) {
+        let index = self.lane_index(merchant);
+        if !self.lanes[index].parked && !self.events.contains_key(&event) {
+            self.mark_unloaded(merchant, copies_from);
+        }
+    }
+
     /// Per merchant, the lowest position of its events waiting on disk (`None`: none).
     pub fn unloaded_positions(&self) -> Vec<Option<u64>> {
         (0..self.lanes.len() as MerchantIndex)

@@ -643,6 +643,33 @@ fn a_merchant_without_an_endpoint_keeps_its_events_owed_on_disk() {
 }
 
 #[test]
+fn events_carried_forward_while_on_disk_wait_at_their_copies() {
+    let mut outbox = started(limits(1, 4, 4), &[1], 2);
+    assert_eq!(outbox.offer(event(0, 1, 1), NOW), Offer::Accepted);
+    assert_eq!(outbox.offer(event(0, 2, 2), NOW), Offer::Refused);
+    // A reload reads up to 3 while retention copies event 2 to 10 and deletes the
+    // original: the scan finds nothing, yet the copy still waits on disk.
+    assert_eq!(outbox.begin_reload(3), 2);
+    outbox.carried(0, id(2), 10);
+    // A loaded event needs no reload for its copy.
+    outbox.carried(0, id(1), 10);
+    outbox.end_reload(NOW);
+    assert_eq!(outbox.unloaded_positions(), [Some(10), None]);
+    assert!(
+        outbox.may_be_owed(id(2), 0, 10),
+        "a second retention keeps the copy"
+    );
+    // The next reload reads the copy and loads it once there is room.
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    outbox.complete(id(1), &DELIVERED, NOW, 0);
+    assert_eq!(outbox.reload_wanted(), Some(10));
+    assert_eq!(outbox.begin_reload(11), 10);
+    assert_eq!(outbox.offer_reloaded(event(0, 2, 10)), Offer::Accepted);
+    outbox.end_reload(NOW);
+    assert_eq!(drain(&mut outbox, NOW), vec![10]);
+}
+
+#[test]
 fn live_offers_during_the_start_up_reload_wait_for_it() {
     let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
     outbox.begin_reload(10);
