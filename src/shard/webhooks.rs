@@ -662,6 +662,7 @@ async fn finish(
         .webhooks
         .record_fate(metric);
     let mut payload = Vec::new();
+    let mut dead_letter = None;
     let kind = if fate == Fate::Delivered {
         WebhookDelivered {
             event: event.event,
@@ -691,16 +692,23 @@ async fn finish(
             event: event.clone(),
         };
         dead.encode(&mut payload);
-        let entry = dead_letter_entry(merchant, &dead);
-        shard.webhooks().dead_letters.borrow_mut().insert(entry);
+        dead_letter = Some(dead_letter_entry(merchant, &dead));
         RecordKind::WebhookDeadLetter
     };
     let append = shard.log().append(kind.as_u8(), &payload);
+    let dispatcher = shard.webhooks();
     match append.await {
-        Ok(position) => shard.webhooks().note_readable(position),
+        Ok(position) => {
+            dispatcher.note_readable(position);
+            // Listed only once durable: a failed write leaves the event owed.
+            if let Some(entry) = dead_letter {
+                dispatcher.dead_letters.borrow_mut().insert(entry);
+            }
+        }
         // The event stays owed in the log: a restart sends it again (at least once).
         Err(error) => eprintln!("payd: shard {}: {error}", shard.id()),
     }
+    dispatcher.outbox.borrow_mut().ended(event.event);
 }
 
 fn attempts_u16(attempts: u32) -> u16 {

@@ -12,7 +12,8 @@
 //!
 //! - `offer` each new event once its record is durable;
 //! - `next_delivery` while it returns one, and attempt each (see `sender::attempt`);
-//! - `complete` each attempt; a `Finished` completion is written as `WebhookDelivered`;
+//! - `complete` each attempt; a `Finished` completion is written as `WebhookDelivered`
+//!   (or `WebhookDeadLetter`), and `ended` once that record is durable;
 //! - sleep until `next_due_ms`, a completion or an offer;
 //! - when `reload_wanted`, scan: `begin_reload`, then in log order `offer_reloaded` each
 //!   `WebhookEvent` and `settled` each `WebhookDelivered`, then `end_reload`. Start-up
@@ -194,6 +195,10 @@ pub struct Outbox<P> {
     /// Until the first reload, every merchant's events are on disk from position 0.
     unloaded_floor: Option<u64>,
     reload: Option<Reload>,
+    /// Events that finished whose end record (`WebhookDelivered`, `WebhookDeadLetter`) is
+    /// not durable yet: a reload must not take them for owed. At most the deliveries in
+    /// flight when they finished.
+    ending: HashSet<EventId>,
     offered_position_max: Option<u64>,
     evicted_total: u64,
     refused_total: u64,
@@ -215,6 +220,7 @@ impl<P> Outbox<P> {
             shared_in_flight: 0,
             unloaded_floor: Some(0),
             reload: None,
+            ending: HashSet::new(),
             offered_position_max: None,
             evicted_total: 0,
             refused_total: 0,
@@ -325,7 +331,20 @@ impl<P> Outbox<P> {
         if let Some(reload) = &mut self.reload {
             reload.finished.insert(event);
         }
+        let inserted = self.ending.insert(event);
+        assert!(inserted, "an event finishes once while loaded");
         Completion::Finished { fate, attempts }
+    }
+
+    /// The end record of a `Finished` event is durable (or could not be written: then
+    /// the log has failed and a restart sends the event again). A reload under way may
+    /// have read the log before that record: it still knows the event finished.
+    pub fn ended(&mut self, event: EventId) {
+        let removed = self.ending.remove(&event);
+        assert!(removed, "only a finished event ends");
+        if let Some(reload) = &mut self.reload {
+            reload.finished.insert(event);
+        }
     }
 
     /// When the next delivery that the limits would allow falls due, if any.
@@ -436,7 +455,7 @@ impl<P> Outbox<P> {
             event.position < reload.end,
             "the reload reads up to its end"
         );
-        if reload.finished.contains(&event.event) {
+        if reload.finished.contains(&event.event) || self.ending.contains(&event.event) {
             return Offer::Finished;
         }
         // Below where the merchant's events went to disk, every event was loaded once:

@@ -670,6 +670,26 @@ fn events_carried_forward_while_on_disk_wait_at_their_copies() {
 }
 
 #[test]
+fn an_event_whose_end_is_not_durable_yet_is_not_loaded_again() {
+    let mut outbox = started(limits(8, 4, 4), &[1], 1);
+    outbox.offer(event(0, 1, 1), NOW);
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    let finished = outbox.complete(id(1), &DELIVERED, NOW, 0);
+    assert!(matches!(finished, Completion::Finished { .. }));
+    // A reload starts before its `WebhookDelivered` is durable: the scan reads the
+    // event, not its end.
+    outbox.mark_unloaded(0, 1);
+    outbox.begin_reload(2);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Finished);
+    // Durable now, but still beyond this reload's end.
+    outbox.ended(id(1));
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Finished);
+    outbox.end_reload(NOW);
+    assert_eq!(outbox.stats().loaded, 0);
+    assert_eq!(drain(&mut outbox, NOW), Vec::<u64>::new());
+}
+
+#[test]
 fn live_offers_during_the_start_up_reload_wait_for_it() {
     let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
     outbox.begin_reload(10);
