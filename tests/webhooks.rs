@@ -779,3 +779,56 @@ fn events_owed_to_a_merchant_whose_url_was_removed_wait_for_a_url() {
     assert!(verified(&record), "{record:?}");
     assert_eq!(text(&record, "id"), event_id_of(&id));
 }
+
+/// Events left on disk in a segment that closed with direct I/O's zero padding after its
+/// last record are loaded back while payd runs (a reload once took the padding for
+/// damage and failed for good).
+#[test]
+fn events_on_disk_across_a_segment_roll_are_loaded_while_payd_runs() {
+    use common::durable::{merchant_toml, segment_paths, shard_dir};
+    use common::retention::create_padded;
+    let port = free_port();
+    let options = options_for(
+        &[(MERCHANT, MERCHANT_SECRET, &url_of(port))],
+        PATIENT_SCHEDULE,
+        "max_backlog_per_shard = 2\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    let config = options.config_text(&base).replace(
+        "durability = \"none\"\n",
+        "durability = \"none\"\nsegment_bytes = 266240\n",
+    ) + &merchant_toml();
+    let server = Server::start_with_config(dir, &config);
+    let mut wanted = HashSet::new();
+    let mut owe = |index: usize| {
+        let (id, _) = create(&server, &format!("ord-roll-{index}"), "tok_visa");
+        wanted.insert(event_id_of(&id));
+    };
+    (0..3).for_each(&mut owe);
+    // Another merchant's payments (it has no endpoint: no events) roll the segment.
+    let mut client = server.connect();
+    for index in 0..250 {
+        let response = create_padded(&mut client, &format!("ord-fill-{index}"), "tok_visa");
+        assert_eq!(response.status, 201);
+    }
+    (3..6).for_each(&mut owe);
+    let segments = segment_paths(&shard_dir(&base, 0));
+    assert!(segments.len() >= 2, "the log rolled: {segments:?}");
+    let closed = std::fs::read(&segments[0]).unwrap();
+    assert_eq!(closed.len() % 4096, 0, "direct I/O pads each write");
+    assert_eq!(
+        closed.last(),
+        Some(&0),
+        "the closed segment ends in padding"
+    );
+
+    let receiver = Receiver::start(&["--port", &port.to_string()]);
+    let delivered = delivered_ids(&receiver, &wanted, 3 * DELIVERY_TIMEOUT_MS);
+    assert_eq!(delivered, wanted, "every event arrives without a restart");
+    assert!(
+        !server.stderr.text().contains("webhook reload"),
+        "{}",
+        server.stderr.text()
+    );
+}
