@@ -726,3 +726,109 @@ fn retention_carries_owed_events_forward_and_lets_old_dead_letters_go() {
     assert_eq!(text(&record, "id"), event_id_of(&owed));
     assert!(page_ids(&failed_events(&server, leaving, "")).is_empty());
 }
+
+/// Owed events of a merchant whose `webhook_url` a restart removed: payd keeps serving
+/// (no attempt without an endpoint), keeps them on disk, and a later restart with a url
+/// delivers them.
+#[test]
+fn events_owed_to_a_merchant_whose_url_was_removed_wait_for_a_url() {
+    let port = free_port();
+    let server = Server::start(options(&url_of(port), PATIENT_SCHEDULE));
+    let (id, _) = create(&server, "ord-unhooked-1", "tok_visa");
+    let attempted = common::eventually(Duration::from_millis(DELIVERY_TIMEOUT_MS), || {
+        let metrics = server.metrics();
+        metrics.value(
+            "payd_webhook_attempts_total",
+            &[("outcome", "connection_error")],
+        ) >= 1.0
+    });
+    assert!(attempted, "the event met the receiver down");
+    let (dir, _) = server.stop_keeping_dir(false);
+
+    let without_url = ServerOptions {
+        extra_toml: format!(
+            "\n[[merchants]]\nid = {}\nsecrets = [{}]\n",
+            toml_string(MERCHANT),
+            toml_string(MERCHANT_SECRET),
+        ),
+        ..ServerOptions::default()
+    };
+    let mut server = Server::start_in(dir, without_url);
+    // The owed event's retry falls due within a second of the start.
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert!(
+        server.wait_exit(Duration::from_millis(100)).is_none(),
+        "payd died: {}",
+        server.stderr.text()
+    );
+    create(&server, "ord-unhooked-2", "tok_visa");
+    assert!(
+        server
+            .stderr
+            .text()
+            .contains("until it has a webhook_url again"),
+        "{}",
+        server.stderr.text()
+    );
+    let (dir, status) = server.stop_keeping_dir(false);
+    assert!(status.success(), "{status:?}");
+
+    let receiver = Receiver::start(&["--port", &port.to_string()]);
+    let _server = Server::start_in(dir, options(&receiver.url(), PATIENT_SCHEDULE));
+    let record = receiver.next(3 * DELIVERY_TIMEOUT_MS);
+    assert!(verified(&record), "{record:?}");
+    assert_eq!(text(&record, "id"), event_id_of(&id));
+}
+
+/// Events left on disk in a segment that closed with direct I/O's zero padding after its
+/// last record are loaded back while payd runs (a reload once took the padding for
+/// damage and failed for good).
+#[test]
+fn events_on_disk_across_a_segment_roll_are_loaded_while_payd_runs() {
+    use common::durable::{merchant_toml, segment_paths, shard_dir};
+    use common::retention::create_padded;
+    let port = free_port();
+    let options = options_for(
+        &[(MERCHANT, MERCHANT_SECRET, &url_of(port))],
+        PATIENT_SCHEDULE,
+        "max_backlog_per_shard = 2\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    let config = options.config_text(&base).replace(
+        "durability = \"none\"\n",
+        "durability = \"none\"\nsegment_bytes = 266240\n",
+    ) + &merchant_toml();
+    let server = Server::start_with_config(dir, &config);
+    let mut wanted = HashSet::new();
+    let mut owe = |index: usize| {
+        let (id, _) = create(&server, &format!("ord-roll-{index}"), "tok_visa");
+        wanted.insert(event_id_of(&id));
+    };
+    (0..3).for_each(&mut owe);
+    // Another merchant's payments (it has no endpoint: no events) roll the segment.
+    let mut client = server.connect();
+    for index in 0..250 {
+        let response = create_padded(&mut client, &format!("ord-fill-{index}"), "tok_visa");
+        assert_eq!(response.status, 201);
+    }
+    (3..6).for_each(&mut owe);
+    let segments = segment_paths(&shard_dir(&base, 0));
+    assert!(segments.len() >= 2, "the log rolled: {segments:?}");
+    let closed = std::fs::read(&segments[0]).unwrap();
+    assert_eq!(closed.len() % 4096, 0, "direct I/O pads each write");
+    assert_eq!(
+        closed.last(),
+        Some(&0),
+        "the closed segment ends in padding"
+    );
+
+    let receiver = Receiver::start(&["--port", &port.to_string()]);
+    let delivered = delivered_ids(&receiver, &wanted, 3 * DELIVERY_TIMEOUT_MS);
+    assert_eq!(delivered, wanted, "every event arrives without a restart");
+    assert!(
+        !server.stderr.text().contains("webhook reload"),
+        "{}",
+        server.stderr.text()
+    );
+}

@@ -22,7 +22,7 @@
 
 use super::runtime::Shard;
 use crate::metrics::{CoreMetrics, RetentionMetrics};
-use crate::payment::PaymentId;
+use crate::payment::{EventId, MerchantIndex, PaymentId};
 use crate::wal::{
     self, dead_segment_prefix, delete_segments, Checkpoint, Created, Finalized, RecordKind,
     SegmentFile, SegmentSummary, WebhookAttempted, WebhookDeadLetter, WebhookDelivered,
@@ -332,11 +332,18 @@ async fn free_segments(
     let mentioned = glommio::executor()
         .spawn_blocking(move || payments_mentioned(&to_read))
         .await?;
-    let webhook_records = webhook_records_to_carry(shard, mentioned.owed_webhooks);
-    let carried = shard
+    let (webhook_records, on_disk) = webhook_records_to_carry(shard, mentioned.owed_webhooks);
+    // The copies take sequences from here on.
+    let copies_from = shard.log().next_sequence();
+    let (carried, last_position) = shard
         .carry_forward(&mentioned.payments, &webhook_records)
         .await
         .map_err(|error| format!("carrying payments forward failed: {}", error.0))?;
+    // Before the originals go: a reload must find the copies of the events waiting on
+    // disk, or it would take the vanished originals for delivered and orphan the copies.
+    shard
+        .webhooks()
+        .note_carried(&on_disk, copies_from, last_position);
     delete_segments(shard_dir, expired).await?;
     Ok(carried)
 }
@@ -362,21 +369,30 @@ struct OwedRecords {
     attempted: Option<Vec<u8>>,
 }
 
-/// The records to append again for the events still owed. Its end of delivery may lie
+/// An owed event not loaded: its merchant and id.
+type WaitingEvent = (MerchantIndex, EventId);
+
+/// The records to append again for the events still owed, and those of them that wait
+/// on disk (not loaded: only a reload finds their copies). Its end of delivery may lie
 /// in a segment that stays; the dispatcher knows an event that has finished, and such
 /// an event is not carried (a carried copy would be sent again after a restart).
-fn webhook_records_to_carry(shard: &Shard, owed: Vec<OwedRecords>) -> Vec<(RecordKind, Vec<u8>)> {
+fn webhook_records_to_carry(
+    shard: &Shard,
+    owed: Vec<OwedRecords>,
+) -> (Vec<(RecordKind, Vec<u8>)>, Vec<WaitingEvent>) {
     let mut records = Vec::with_capacity(owed.len());
+    let mut on_disk = Vec::new();
     for owed in owed {
         if !shard.webhooks().may_be_owed(&owed.event, owed.position) {
             continue;
         }
+        on_disk.extend(shard.webhooks().waiting_on_disk(&owed.event));
         records.push((RecordKind::WebhookEvent, owed.payload));
         if let Some(attempted) = owed.attempted {
             records.push((RecordKind::WebhookAttempted, attempted));
         }
     }
-    records
+    (records, on_disk)
 }
 
 fn payments_mentioned(segments: &[SegmentFile]) -> Result<Mentioned, String> {

@@ -142,19 +142,20 @@ impl Shard {
         &self,
         ids: &[PaymentId],
         webhook_records: &[(RecordKind, Vec<u8>)],
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, u64), StoreError> {
         let (records, carried) = self.carried_records(ids, webhook_records);
         let log = self.store.log();
         let appends: Vec<_> = records
             .iter()
             .map(|(kind, payload)| log.append(kind.as_u8(), payload))
             .collect();
+        let mut last_position = 0;
         for append in appends {
-            append
+            last_position = append
                 .await
                 .map_err(|error| StoreError(error.to_string()))?;
         }
-        Ok(carried)
+        Ok((carried, last_position))
     }
 
     fn carried_records(

@@ -77,7 +77,7 @@ pub fn scan(shard_dir: &Path, request: &ScanRequest<'_>) -> Result<Scan, String>
             continue;
         }
         let is_last = next_first.is_none();
-        let reached = read_segment(segment, is_last, &mut state)?;
+        let reached = read_segment(segment, next_first, &mut state)?;
         if is_last && reached < request.end {
             state.unread_from = Some(reached.max(request.from));
         }
@@ -88,16 +88,23 @@ pub fn scan(shard_dir: &Path, request: &ScanRequest<'_>) -> Result<Scan, String>
 }
 
 /// Reads one segment into the scan; returns the sequence after its last readable record.
+/// `next_first` is the next segment's first sequence (`None`: this one is the last).
 fn read_segment(
     segment: &SegmentFile,
-    is_last: bool,
+    next_first: Option<u64>,
     state: &mut ScanState<'_, '_>,
 ) -> Result<u64, String> {
+    let is_last = next_first.is_none();
+    // A closed segment ends at the next one's first record: what follows its last record
+    // is padding (direct I/O pads every write to a block and a rolled segment is not
+    // truncated), as recovery also accepts. Reading on would take it for damage.
+    let records_end = next_first.map_or(state.request.end, |next| next.min(state.request.end));
     let where_ = |offset: usize| format!("{} at offset {offset}", segment.path.display());
     let data = match std::fs::read(&segment.path) {
         Ok(data) => data,
         // Retention deleted it after the listing: what it held that was owed was
-        // carried forward beyond the range first, so the rest is not owed.
+        // carried forward first, and the dispatcher was told where the copies wait
+        // (`Dispatcher::note_carried`), so the rest is not owed.
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(segment.first_sequence)
         }
@@ -107,7 +114,7 @@ fn read_segment(
     let mut offset = 0;
     let mut expected = segment.first_sequence;
     // Bounded: every record moves the offset forward by at least its framing.
-    while offset < data.len() && expected < state.request.end {
+    while offset < data.len() && expected < records_end {
         let record = match decode_record(&data[offset..]) {
             DecodeOutcome::Record(record) if record.sequence == expected => record,
             // The writer's tail: padding, or a write not finished yet.
@@ -122,6 +129,12 @@ fn read_segment(
         }
         offset += record.length_total;
         expected += 1;
+    }
+    if !is_last && expected < records_end {
+        let file = segment.path.display();
+        return Err(format!(
+            "unreadable record in {file}: it ends before sequence {expected}"
+        ));
     }
     Ok(expected)
 }
@@ -379,6 +392,49 @@ mod tests {
         assert_eq!(positions, [3]);
         assert!(scan.left_on_disk.is_empty());
         assert_eq!(scan.unread_from, Some(8));
+    }
+
+    #[test]
+    fn a_closed_segment_padded_with_zeros_is_read_to_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path());
+        let path = dir.path().join(segment_file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let padded_bytes = bytes.len().div_ceil(4096) * 4096;
+        assert!(padded_bytes > bytes.len());
+        bytes.resize(padded_bytes, 0);
+        std::fs::write(&path, bytes).unwrap();
+        let keys = keys();
+        let request = ScanRequest {
+            from: 1,
+            end: 8,
+            unloaded_from: vec![Some(1), Some(1)],
+            events_per_merchant_max: 10,
+            keys: &keys,
+        };
+        let scan = scan(dir.path(), &request).unwrap();
+        let positions: Vec<u64> = scan.events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, [2, 3, 6, 7]);
+        assert_eq!(scan.unread_from, None);
+    }
+
+    #[test]
+    fn a_closed_segment_missing_records_before_the_next_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path());
+        // The next segment starts at 7: record 6 is missing from the closed one.
+        let from = dir.path().join(segment_file_name(6));
+        std::fs::rename(from, dir.path().join(segment_file_name(7))).unwrap();
+        let keys = keys();
+        let request = ScanRequest {
+            from: 1,
+            end: 8,
+            unloaded_from: vec![Some(1), Some(1)],
+            events_per_merchant_max: 10,
+            keys: &keys,
+        };
+        let error = scan(dir.path(), &request).err().unwrap();
+        assert!(error.contains("unreadable record"), "{error}");
     }
 
     #[test]

@@ -176,7 +176,13 @@ impl Dispatcher {
             backlog_events_max: config.webhooks.max_backlog_per_shard,
             ..OutboxLimits::default()
         };
-        let outbox = Outbox::new(limits, schedule, endpoints.len());
+        let mut outbox = Outbox::new(limits, schedule, endpoints.len());
+        // Their events stay owed on disk until a config gives them a url again.
+        for merchant in 0..endpoints.len() as MerchantIndex {
+            if endpoints.get(merchant).is_none() {
+                outbox.park(merchant);
+            }
+        }
         let (wake_sender, wake_receiver) = local_channel::new_bounded(1);
         Dispatcher {
             outbox: RefCell::new(outbox),
@@ -210,6 +216,7 @@ impl Dispatcher {
         dead_letters: Vec<(MerchantIndex, WebhookDeadLetter)>,
         end: u64,
     ) -> usize {
+        self.note_waiting_for_url(&owed);
         let mut outbox = self.outbox.borrow_mut();
         outbox.begin_reload(end);
         apply_scan(&mut outbox, owed, &[], end);
@@ -221,6 +228,23 @@ impl Dispatcher {
             index.insert(dead_letter_entry(merchant, &dead));
         }
         loaded
+    }
+
+    /// Says which merchants without a `webhook_url` have events owed: they stay on disk
+    /// (kept by retention) and go out once a config gives the merchant a url again.
+    fn note_waiting_for_url(&self, owed: &Scan) {
+        let mut waiting = vec![false; self.endpoints.len()];
+        let merchants = owed.events.iter().map(|found| found.merchant);
+        let left = owed.left_on_disk.iter().map(|&(merchant, _)| merchant);
+        for merchant in merchants.chain(left) {
+            waiting[merchant as usize] |= self.endpoint(merchant).is_none();
+        }
+        for merchant in (0..waiting.len()).filter(|&merchant| waiting[merchant]) {
+            eprintln!(
+                "payd: webhook events owed to merchant {} wait on disk until it has a webhook_url again",
+                self.keys.merchant_id(merchant as MerchantIndex)
+            );
+        }
     }
 
     /// A record durable at `position`: durable means written, so a reload may read
@@ -292,6 +316,33 @@ impl Dispatcher {
                 .may_be_owed(event.event, merchant, position),
             None => true,
         }
+    }
+
+    /// Retention: `event`'s merchant and id if the event is owed but not loaded (it
+    /// waits on disk for a reload, or for an endpoint).
+    pub fn waiting_on_disk(&self, event: &WebhookEvent) -> Option<(MerchantIndex, EventId)> {
+        let merchant = self.keys.index_of(event.payment.merchant_id.as_bytes())?;
+        let loaded = self.outbox.borrow().payload(event.event).is_some();
+        (!loaded).then_some((merchant, event.event))
+    }
+
+    /// Retention carried `on_disk`'s events forward: their copies lie from `copies_from`
+    /// on, and every record up to `last_position` is durable. They wait on disk from
+    /// there, so a reload reads the copies before the originals' segments go.
+    pub fn note_carried(
+        &self,
+        on_disk: &[(MerchantIndex, EventId)],
+        copies_from: u64,
+        last_position: u64,
+    ) {
+        assert!(copies_from <= last_position);
+        self.note_readable(last_position);
+        let mut outbox = self.outbox.borrow_mut();
+        for &(merchant, event) in on_disk {
+            outbox.carried(merchant, event, copies_from);
+        }
+        drop(outbox);
+        self.wake();
     }
 
     /// Retention: dead letters `retention_ms` old leave memory (their records may go).
@@ -611,6 +662,7 @@ async fn finish(
         .webhooks
         .record_fate(metric);
     let mut payload = Vec::new();
+    let mut dead_letter = None;
     let kind = if fate == Fate::Delivered {
         WebhookDelivered {
             event: event.event,
@@ -640,16 +692,23 @@ async fn finish(
             event: event.clone(),
         };
         dead.encode(&mut payload);
-        let entry = dead_letter_entry(merchant, &dead);
-        shard.webhooks().dead_letters.borrow_mut().insert(entry);
+        dead_letter = Some(dead_letter_entry(merchant, &dead));
         RecordKind::WebhookDeadLetter
     };
     let append = shard.log().append(kind.as_u8(), &payload);
+    let dispatcher = shard.webhooks();
     match append.await {
-        Ok(position) => shard.webhooks().note_readable(position),
+        Ok(position) => {
+            dispatcher.note_readable(position);
+            // Listed only once durable: a failed write leaves the event owed.
+            if let Some(entry) = dead_letter {
+                dispatcher.dead_letters.borrow_mut().insert(entry);
+            }
+        }
         // The event stays owed in the log: a restart sends it again (at least once).
         Err(error) => eprintln!("payd: shard {}: {error}", shard.id()),
     }
+    dispatcher.outbox.borrow_mut().ended(event.event);
 }
 
 fn attempts_u16(attempts: u32) -> u16 {

@@ -10,12 +10,12 @@
 
 use super::dispatch::Fate;
 use crate::payment::{EventId, MerchantIndex};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Dead letters one shard keeps in memory. An entry is 88 bytes of key and counters in
-/// one B-tree, 32 in the other, and its compact encoded event on the heap (97 bytes for
-/// a payment with a description and one metadata pair): about 300 bytes with the trees'
-/// slack, so at most about 20 MiB per shard. Beyond it the oldest leave memory (counted
+/// one B-tree, 32 in the other, 48 in the lookup by event, and its compact encoded event
+/// on the heap (97 bytes for a payment with a description and one metadata pair): about
+/// 350 bytes with the trees' and the table's slack, so at most about 23 MiB per shard. Beyond it the oldest leave memory (counted
 /// in `payd_webhook_dead_letters_dropped_total`); their records stay on disk until
 /// retention.
 pub const DEAD_LETTERS_PER_SHARD_MAX: usize = 65_536;
@@ -50,6 +50,9 @@ pub struct DeadLetters<P> {
     by_merchant: BTreeMap<(MerchantIndex, DeadLetterKey), DeadLetter<P>>,
     /// Every entry by key alone, to drop the oldest.
     by_age: BTreeSet<(DeadLetterKey, MerchantIndex)>,
+    /// Every entry's key by merchant and event: inserts and cursors find an event in
+    /// constant time (a merchant can hold every entry of the index).
+    by_event: HashMap<(MerchantIndex, EventId), DeadLetterKey>,
     dropped_total: u64,
 }
 
@@ -60,6 +63,7 @@ impl<P: Clone> DeadLetters<P> {
             capacity,
             by_merchant: BTreeMap::new(),
             by_age: BTreeSet::new(),
+            by_event: HashMap::new(),
             dropped_total: 0,
         }
     }
@@ -83,13 +87,15 @@ impl<P: Clone> DeadLetters<P> {
         self.remove_event(entry.merchant, entry.event);
         let key = entry.key();
         self.by_age.insert((key, entry.merchant));
+        self.by_event.insert((entry.merchant, entry.event), key);
         self.by_merchant.insert((entry.merchant, key), entry);
         if self.by_merchant.len() > self.capacity {
             let (oldest, merchant) = self.by_age.pop_first().expect("not empty");
-            self.by_merchant.remove(&(merchant, oldest));
+            self.forget(merchant, oldest);
             self.dropped_total += 1;
         }
         assert_eq!(self.by_age.len(), self.by_merchant.len());
+        assert_eq!(self.by_event.len(), self.by_merchant.len());
     }
 
     /// Drops the entries whose dead letter is `retention_ms` old at `now_ms`: retention
@@ -101,17 +107,16 @@ impl<P: Clone> DeadLetters<P> {
                 break;
             }
             self.by_age.pop_first();
-            self.by_merchant.remove(&(merchant, (failed_at_ms, event)));
+            self.forget(merchant, (failed_at_ms, event));
             expired += 1;
         }
+        assert_eq!(self.by_event.len(), self.by_merchant.len());
         expired
     }
 
     /// The sort key of `merchant`'s entry for `event`, if it has one.
     pub fn key_of(&self, merchant: MerchantIndex, event: EventId) -> Option<DeadLetterKey> {
-        self.merchant_range(merchant, None)
-            .map(|(&(_, key), _)| key)
-            .find(|&(_, listed)| listed == event)
+        self.by_event.get(&(merchant, event)).copied()
     }
 
     /// Up to `limit` of `merchant`'s entries, in key order, after `after` (exclusive).
@@ -151,9 +156,20 @@ impl<P: Clone> DeadLetters<P> {
 
     fn remove_event(&mut self, merchant: MerchantIndex, event: EventId) {
         if let Some(key) = self.key_of(merchant, event) {
-            self.by_merchant.remove(&(merchant, key));
             self.by_age.remove(&(key, merchant));
+            self.forget(merchant, key);
         }
+    }
+
+    /// Removes an entry from the merchant tree and the event lookup (`by_age` is the
+    /// caller's: it may have popped it already).
+    fn forget(&mut self, merchant: MerchantIndex, key: DeadLetterKey) {
+        let entry = self
+            .by_merchant
+            .remove(&(merchant, key))
+            .expect("an indexed entry");
+        let forgotten = self.by_event.remove(&(merchant, entry.event));
+        assert_eq!(forgotten, Some(key));
     }
 }
 
@@ -250,6 +266,36 @@ mod tests {
         assert_eq!(sequences(&index.page(0, None, 10)), [2]);
         assert_eq!(index.expire(u64::MAX, 1_000), 1);
         assert!(index.is_empty());
+    }
+
+    /// A merchant holding the whole index (one dead endpoint): every insert and cursor
+    /// finds its event without walking the merchant's entries. Quadratic, this took 24 s
+    /// in release at start-up; it must be quick even unoptimised.
+    #[test]
+    fn one_merchant_can_fill_the_index_and_find_every_entry() {
+        let mut index = DeadLetters::new(DEAD_LETTERS_PER_SHARD_MAX);
+        let count = DEAD_LETTERS_PER_SHARD_MAX as u64;
+        for sequence in 0..count {
+            index.insert(entry(0, sequence, sequence));
+        }
+        // One more drops the oldest, from every structure.
+        index.insert(entry(0, count, count));
+        assert_eq!(index.len(), DEAD_LETTERS_PER_SHARD_MAX);
+        assert_eq!(index.dropped_total(), 1);
+        let event = |sequence| EventId { shard: 1, sequence };
+        assert_eq!(index.key_of(0, event(0)), None);
+        for sequence in 1..=count {
+            assert_eq!(
+                index.key_of(0, event(sequence)),
+                Some((sequence, event(sequence)))
+            );
+        }
+        // A repeat replaces its entry; expiry forgets the lookup too.
+        index.insert(entry(0, 5, count + 1));
+        assert_eq!(index.key_of(0, event(5)), Some((count + 1, event(5))));
+        assert_eq!(index.expire(count, 0), DEAD_LETTERS_PER_SHARD_MAX - 1);
+        assert_eq!(index.key_of(0, event(7)), None);
+        assert_eq!(sequences(&index.page(0, None, 10)), [5]);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!
 //! - `offer` each new event once its record is durable;
 //! - `next_delivery` while it returns one, and attempt each (see `sender::attempt`);
-//! - `complete` each attempt; a `Finished` completion is written as `WebhookDelivered`;
+//! - `complete` each attempt; a `Finished` completion is written as `WebhookDelivered`
+//!   (or `WebhookDeadLetter`), and `ended` once that record is durable;
 //! - sleep until `next_due_ms`, a completion or an offer;
 //! - when `reload_wanted`, scan: `begin_reload`, then in log order `offer_reloaded` each
 //!   `WebhookEvent` and `settled` each `WebhookDelivered`, then `end_reload`. Start-up
@@ -85,6 +86,8 @@ pub enum Offer {
     Finished,
     /// Live offer only: a reload under way covers its position and will offer it.
     LeftToReload,
+    /// Its merchant has no endpoint: it stays on disk, owed (see `Outbox::park`).
+    Parked,
 }
 
 /// An attempt to make now.
@@ -161,6 +164,9 @@ struct Lane {
     positions: BTreeMap<u64, EventId>,
     /// The lowest position of an event of this merchant left on disk.
     unloaded_from: Option<u64>,
+    /// The merchant has no endpoint: its events stay on disk, owed, until a config
+    /// gives it one again (see `park`).
+    parked: bool,
 }
 
 struct Reload {
@@ -189,6 +195,10 @@ pub struct Outbox<P> {
     /// Until the first reload, every merchant's events are on disk from position 0.
     unloaded_floor: Option<u64>,
     reload: Option<Reload>,
+    /// Events that finished whose end record (`WebhookDelivered`, `WebhookDeadLetter`) is
+    /// not durable yet: a reload must not take them for owed. At most the deliveries in
+    /// flight when they finished.
+    ending: HashSet<EventId>,
     offered_position_max: Option<u64>,
     evicted_total: u64,
     refused_total: u64,
@@ -210,15 +220,30 @@ impl<P> Outbox<P> {
             shared_in_flight: 0,
             unloaded_floor: Some(0),
             reload: None,
+            ending: HashSet::new(),
             offered_position_max: None,
             evicted_total: 0,
             refused_total: 0,
         }
     }
 
+    /// A merchant without an endpoint (its `webhook_url` was removed): its events are
+    /// never loaded, so never attempted, and stay owed on disk (`may_be_owed`) for a
+    /// config that gives it an endpoint again. No reload is wanted for it. Call before
+    /// the start-up reload.
+    pub fn park(&mut self, merchant: MerchantIndex) {
+        let index = self.lane_index(merchant);
+        assert!(self.reload.is_none() && self.unloaded_floor.is_some());
+        assert_eq!(self.lanes[index].loaded, 0);
+        self.lanes[index].parked = true;
+    }
+
     /// A new event, offered once its record is durable.
     pub fn offer(&mut self, event: OutboxEvent<P>, now_ms: u64) -> Offer {
         self.note_offered(&event);
+        if self.lanes[event.merchant as usize].parked {
+            return Offer::Parked;
+        }
         if self.events.contains_key(&event.event) {
             return Offer::Duplicate;
         }
@@ -306,7 +331,20 @@ impl<P> Outbox<P> {
         if let Some(reload) = &mut self.reload {
             reload.finished.insert(event);
         }
+        let inserted = self.ending.insert(event);
+        assert!(inserted, "an event finishes once while loaded");
         Completion::Finished { fate, attempts }
+    }
+
+    /// The end record of a `Finished` event is durable (or could not be written: then
+    /// the log has failed and a restart sends the event again). A reload under way may
+    /// have read the log before that record: it still knows the event finished.
+    pub fn ended(&mut self, event: EventId) {
+        let removed = self.ending.remove(&event);
+        assert!(removed, "only a finished event ends");
+        if let Some(reload) = &mut self.reload {
+            reload.finished.insert(event);
+        }
     }
 
     /// When the next delivery that the limits would allow falls due, if any.
@@ -336,12 +374,23 @@ impl<P> Outbox<P> {
     /// in the log say. Retention asks before carrying an event forward: a finished one
     /// carried would be sent again after a restart.
     pub fn may_be_owed(&self, event: EventId, merchant: MerchantIndex, position: u64) -> bool {
-        self.lane_index(merchant);
-        self.events.contains_key(&event)
+        let index = self.lane_index(merchant);
+        self.lanes[index].parked
+            || self.events.contains_key(&event)
             || self
                 .unloaded_from(merchant)
                 .is_some_and(|from| from <= position)
             || self.reload.is_some()
+    }
+
+    /// Retention copied `event`, owed, to a position at or after `copies_from`, and will
+    /// delete the original. Unless it is loaded, the merchant's events wait on disk from
+    /// there: a reload then reads the copy, where the original is gone.
+    pub fn carried(&mut self, merchant: MerchantIndex, event: EventId, copies_from: u64) {
+        let index = self.lane_index(merchant);
+        if !self.lanes[index].parked && !self.events.contains_key(&event) {
+            self.mark_unloaded(merchant, copies_from);
+        }
     }
 
     /// Per merchant, the lowest position of its events waiting on disk (`None`: none).
@@ -392,6 +441,9 @@ impl<P> Outbox<P> {
     pub fn offer_reloaded(&mut self, event: OutboxEvent<P>) -> Offer {
         let merchant = self.lane_index(event.merchant);
         self.note_offered(&event);
+        if self.lanes[merchant].parked {
+            return Offer::Parked;
+        }
         if self.events.contains_key(&event.event) {
             return Offer::Duplicate;
         }
@@ -403,7 +455,7 @@ impl<P> Outbox<P> {
             event.position < reload.end,
             "the reload reads up to its end"
         );
-        if reload.finished.contains(&event.event) {
+        if reload.finished.contains(&event.event) || self.ending.contains(&event.event) {
             return Offer::Finished;
         }
         // Below where the merchant's events went to disk, every event was loaded once:
@@ -434,10 +486,12 @@ impl<P> Outbox<P> {
     /// The reload left an owed event at `position` on disk without offering it (it
     /// reads only so many per merchant): that merchant's events wait on disk from there.
     pub fn leave_on_disk(&mut self, merchant: MerchantIndex, position: u64) {
-        self.lane_index(merchant);
+        let index = self.lane_index(merchant);
         let reload = self.reload.as_ref().expect("leave_on_disk inside a reload");
         assert!(position < reload.end, "the reload reads up to its end");
-        self.refuse(merchant, position);
+        if !self.lanes[index].parked {
+            self.refuse(merchant, position);
+        }
     }
 
     /// The reload read a `WebhookDelivered` for `event`: it is no longer owed.
@@ -493,7 +547,12 @@ impl<P> Outbox<P> {
         index
     }
 
+    /// Where `merchant`'s events wait on disk for a reload; never for a parked one (its
+    /// events wait for an endpoint, not for room).
     fn unloaded_from(&self, merchant: MerchantIndex) -> Option<u64> {
+        if self.lanes[merchant as usize].parked {
+            return None;
+        }
         min_position(
             self.lanes[merchant as usize].unloaded_from,
             self.unloaded_floor,
@@ -516,6 +575,7 @@ impl<P> Outbox<P> {
 
     fn mark_unloaded(&mut self, merchant: MerchantIndex, position: u64) {
         let lane = &mut self.lanes[merchant as usize];
+        assert!(!lane.parked, "a parked merchant's events are never loaded");
         lane.unloaded_from = min_position(lane.unloaded_from, Some(position));
         if let Some(reload) = &mut self.reload {
             let after = &mut reload.unloaded_after[merchant as usize];

@@ -622,6 +622,74 @@ fn only_loaded_events_or_those_on_disk_may_be_owed() {
 }
 
 #[test]
+fn a_merchant_without_an_endpoint_keeps_its_events_owed_on_disk() {
+    let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
+    outbox.park(1);
+    // The start-up reload found an owed event of each merchant.
+    assert_eq!(outbox.begin_reload(10), 0);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Accepted);
+    assert_eq!(outbox.offer_reloaded(event(1, 2, 2)), Offer::Parked);
+    outbox.leave_on_disk(1, 3);
+    outbox.end_reload(NOW);
+    // Only merchant 0's is attempted; merchant 1's wants no reload but stays owed.
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    assert_eq!(outbox.reload_wanted(), None);
+    assert_eq!(outbox.stats().merchants_with_unloaded, 0);
+    assert_eq!(outbox.unloaded_positions(), [None, None]);
+    assert!(outbox.may_be_owed(id(2), 1, 2));
+    assert!(outbox.may_be_owed(id(3), 1, 3));
+    assert_eq!(outbox.offer(event(1, 4, 11), NOW), Offer::Parked);
+    assert_eq!(outbox.stats().loaded, 1);
+}
+
+#[test]
+fn events_carried_forward_while_on_disk_wait_at_their_copies() {
+    let mut outbox = started(limits(1, 4, 4), &[1], 2);
+    assert_eq!(outbox.offer(event(0, 1, 1), NOW), Offer::Accepted);
+    assert_eq!(outbox.offer(event(0, 2, 2), NOW), Offer::Refused);
+    // A reload reads up to 3 while retention copies event 2 to 10 and deletes the
+    // original: the scan finds nothing, yet the copy still waits on disk.
+    assert_eq!(outbox.begin_reload(3), 2);
+    outbox.carried(0, id(2), 10);
+    // A loaded event needs no reload for its copy.
+    outbox.carried(0, id(1), 10);
+    outbox.end_reload(NOW);
+    assert_eq!(outbox.unloaded_positions(), [Some(10), None]);
+    assert!(
+        outbox.may_be_owed(id(2), 0, 10),
+        "a second retention keeps the copy"
+    );
+    // The next reload reads the copy and loads it once there is room.
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    outbox.complete(id(1), &DELIVERED, NOW, 0);
+    assert_eq!(outbox.reload_wanted(), Some(10));
+    assert_eq!(outbox.begin_reload(11), 10);
+    assert_eq!(outbox.offer_reloaded(event(0, 2, 10)), Offer::Accepted);
+    outbox.end_reload(NOW);
+    assert_eq!(drain(&mut outbox, NOW), vec![10]);
+}
+
+#[test]
+fn an_event_whose_end_is_not_durable_yet_is_not_loaded_again() {
+    let mut outbox = started(limits(8, 4, 4), &[1], 1);
+    outbox.offer(event(0, 1, 1), NOW);
+    assert_eq!(drain(&mut outbox, NOW), vec![1]);
+    let finished = outbox.complete(id(1), &DELIVERED, NOW, 0);
+    assert!(matches!(finished, Completion::Finished { .. }));
+    // A reload starts before its `WebhookDelivered` is durable: the scan reads the
+    // event, not its end.
+    outbox.mark_unloaded(0, 1);
+    outbox.begin_reload(2);
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Finished);
+    // Durable now, but still beyond this reload's end.
+    outbox.ended(id(1));
+    assert_eq!(outbox.offer_reloaded(event(0, 1, 1)), Offer::Finished);
+    outbox.end_reload(NOW);
+    assert_eq!(outbox.stats().loaded, 0);
+    assert_eq!(drain(&mut outbox, NOW), Vec::<u64>::new());
+}
+
+#[test]
 fn live_offers_during_the_start_up_reload_wait_for_it() {
     let mut outbox: Outbox<u64> = Outbox::new(limits(8, 4, 4), RetrySchedule::new(vec![1]), 2);
     outbox.begin_reload(10);
