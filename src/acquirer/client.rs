@@ -4,8 +4,8 @@
 
 use super::breaker::BreakerState;
 use super::http::HttpAcquirer;
-use super::simulated::Simulated;
-use super::{authorize, AttemptOutcome, AuthorizeRequest, RetryPolicy};
+use super::simulated::{self, Simulated};
+use super::{authorize, final_authorization, AttemptOutcome, AuthorizeRequest, RetryPolicy};
 use crate::config::{AcquirerMode, Config};
 use crate::metrics::{AcquirerOutcome, BreakerGauge, CoreMetrics};
 use crate::payment::Authorization;
@@ -49,6 +49,28 @@ impl Acquirer {
             self.attempt(request, attempt_number)
         })
         .await
+    }
+
+    /// The simulation without latency answers a first attempt at once: when that answer
+    /// is final, it is returned here (and counted as a call of no latency) with no
+    /// request built, no timer and no clock read. `None` when the payment must go through
+    /// `authorize`: an HTTP acquirer, a simulated latency, or a first attempt to retry.
+    pub fn answer_at_once(&self, payment_method: &str) -> Option<Authorization> {
+        let Attempts::Simulated(simulated) = &self.attempts else {
+            return None;
+        };
+        if simulated.latency_ms != 0 || simulated.jitter_ms != 0 {
+            return None;
+        }
+        let answer = simulated::answer(payment_method, 1);
+        if answer.delay_ms != 0 {
+            return None;
+        }
+        let outcome = answer.reply.outcome();
+        let label = simulated_label(&outcome);
+        let authorization = final_authorization(outcome)?;
+        self.metrics.borrow_mut().acquirer.record_call(label, 0);
+        Some(authorization)
     }
 
     async fn attempt(&self, request: &AuthorizeRequest, attempt_number: u32) -> AttemptOutcome {

@@ -131,15 +131,8 @@ where
         let attempt_future = attempt(request, attempt_number);
         let timed = glommio::timer::timeout(attempt_timeout, async { Ok(attempt_future.await) });
         let outcome = timed.await.unwrap_or(AttemptOutcome::Retryable);
-        match outcome {
-            AttemptOutcome::Approved => return Authorization::Approved,
-            AttemptOutcome::Declined(code) => {
-                return Authorization::Declined(sanitize_decline_code(code))
-            }
-            AttemptOutcome::Rejected => {
-                return Authorization::Failed(DECLINE_CODE_REJECTED.to_string())
-            }
-            AttemptOutcome::Retryable => {}
+        if let Some(authorization) = final_authorization(outcome) {
+            return authorization;
         }
         if attempt_number < policy.max_attempts {
             let backoff_ms = policy.backoff_ms(attempt_number, random::next_u64());
@@ -147,6 +140,18 @@ where
         }
     }
     Authorization::Failed(DECLINE_CODE_UNAVAILABLE.to_string())
+}
+
+/// The payment's final status after an attempt with this outcome; `None` to retry.
+pub fn final_authorization(outcome: AttemptOutcome) -> Option<Authorization> {
+    match outcome {
+        AttemptOutcome::Approved => Some(Authorization::Approved),
+        AttemptOutcome::Declined(code) => {
+            Some(Authorization::Declined(sanitize_decline_code(code)))
+        }
+        AttemptOutcome::Rejected => Some(Authorization::Failed(DECLINE_CODE_REJECTED.to_string())),
+        AttemptOutcome::Retryable => None,
+    }
 }
 
 /// Keeps an acquirer's decline code only if it is a short identifier (it is stored, logged

@@ -3,6 +3,7 @@
 use super::simulated::Simulated;
 use super::*;
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Instant;
 
 fn policy(max_attempts: u32, attempt_timeout_ms: u64) -> RetryPolicy {
@@ -300,7 +301,7 @@ fn simulated_latency_is_waited_on_timers() {
 #[test]
 fn simulated_latency_does_not_block_the_executor() {
     let ticks = on_executor(|| async {
-        let ticks = std::rc::Rc::new(Cell::new(0u32));
+        let ticks = Rc::new(Cell::new(0u32));
         let ticker = glommio::spawn_local({
             let ticks = ticks.clone();
             async move {
@@ -320,4 +321,36 @@ fn simulated_latency_does_not_block_the_executor() {
         ticks_during_attempt
     });
     assert_eq!(ticks, 5, "the other task ran while the attempt waited");
+}
+
+fn acquirer_of(extra: &str) -> (Acquirer, Rc<RefCell<crate::metrics::CoreMetrics>>) {
+    let text = format!("[acquirer]\n{extra}\n[[merchants]]\nid = \"m\"\nsecrets = [\"s\"]\n");
+    let config = crate::config::Config::parse(&text).unwrap();
+    let metrics = Rc::new(RefCell::new(crate::metrics::CoreMetrics::new(0)));
+    (Acquirer::new(&config, Rc::clone(&metrics)), metrics)
+}
+
+#[test]
+fn the_simulation_without_latency_answers_final_first_attempts_at_once() {
+    use crate::metrics::AcquirerOutcome;
+    let (acquirer, metrics) = acquirer_of("");
+    assert_eq!(
+        acquirer.answer_at_once("tok_visa"),
+        Some(Authorization::Approved)
+    );
+    assert_eq!(
+        acquirer.answer_at_once("tok_decline"),
+        Some(Authorization::Declined("card_declined".into()))
+    );
+    // Slow, flaky and failing tokens still go through `authorize`: timers and retries.
+    for token in ["tok_slow", "tok_flaky", "tok_error"] {
+        assert_eq!(acquirer.answer_at_once(token), None, "{token}");
+    }
+    let calls = &metrics.borrow().acquirer;
+    assert_eq!(calls.calls(AcquirerOutcome::Approved), 1);
+    assert_eq!(calls.calls(AcquirerOutcome::Declined), 1);
+    assert_eq!(calls.calls(AcquirerOutcome::RetryableStatus), 0);
+
+    let (with_latency, _) = acquirer_of("latency_ms = 5");
+    assert_eq!(with_latency.answer_at_once("tok_visa"), None);
 }

@@ -4,7 +4,9 @@
 //!
 //! Two stages keep the codes apart: simd-json first builds its tape, and anything it
 //! refuses there is not JSON (`invalid_json`); everything refused while deserializing the
-//! tape is a field at fault (`invalid_request`), named by `serde_path_to_error`. No error
+//! tape is a field at fault (`invalid_request`). Each field's value is read through
+//! `Named`, which notes the field's (static) name first, so an error names its field
+//! without a path tracker allocating a string for every key of every request. No error
 //! message ever quotes a value: a value could be card data.
 
 use super::error::{ApiError, ErrorKind};
@@ -16,9 +18,13 @@ use crate::payment::{
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
+use std::marker::PhantomData;
 
 thread_local! {
+    /// The field whose value is being read, if any: the field at fault on an error.
+    static FIELD_READ: Cell<Option<&'static str>> = const { Cell::new(None) };
     static PARSE_BUFFERS: std::cell::RefCell<simd_json::Buffers> =
         std::cell::RefCell::new(simd_json::Buffers::new(PARSE_BUFFERS_BYTES_INITIAL));
 }
@@ -33,16 +39,76 @@ const ECHOED_FIELD_LENGTH_MAX: usize = 40;
 #[serde(deny_unknown_fields)]
 struct CreateRequest<'a> {
     #[serde(borrow)]
-    order_id: Cow<'a, str>,
-    amount: Amount,
+    order_id: Named<OrderId, Text<'a>>,
+    amount: Named<AmountField, Amount>,
     #[serde(borrow)]
-    currency: Cow<'a, str>,
+    currency: Named<CurrencyField, Text<'a>>,
     #[serde(borrow)]
-    payment_method: Cow<'a, str>,
+    payment_method: Named<PaymentMethod, Text<'a>>,
     #[serde(borrow, default)]
-    description: Option<Cow<'a, str>>,
+    description: Named<Description, Option<Text<'a>>>,
     #[serde(default)]
-    metadata: Option<Metadata>,
+    metadata: Named<MetadataField, Option<Metadata>>,
+}
+
+/// A field's name, known at compile time.
+trait FieldName {
+    const NAME: &'static str;
+}
+
+macro_rules! field_names {
+    ($($marker:ident = $name:literal),* $(,)?) => {
+        $(
+            #[derive(Default)]
+            struct $marker;
+            impl FieldName for $marker {
+                const NAME: &'static str = $name;
+            }
+        )*
+    };
+}
+
+field_names!(
+    OrderId = "order_id",
+    AmountField = "amount",
+    CurrencyField = "currency",
+    PaymentMethod = "payment_method",
+    Description = "description",
+    MetadataField = "metadata",
+);
+
+/// A field's value, read after noting the field's name in `FIELD_READ`.
+#[derive(Default)]
+struct Named<N, T>(T, PhantomData<N>);
+
+impl<'de, N: FieldName, T: Deserialize<'de>> Deserialize<'de> for Named<N, T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        FIELD_READ.with(|field| field.set(Some(N::NAME)));
+        T::deserialize(deserializer).map(|value| Named(value, PhantomData))
+    }
+}
+
+/// A string borrowed from the body (simd-json unescapes in place), owned only if the
+/// deserializer cannot lend it.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text<'a>, D::Error> {
+        struct TextVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(value)))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(value.to_string())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(PhantomData))
+    }
 }
 
 /// Any JSON number is read, so that 1.5, 1e3 or 2^64 are reported on `amount` rather
@@ -132,17 +198,20 @@ pub fn parse_create_request(
             .map_err(|_| {
                 ApiError::with_message(ErrorKind::InvalidJson, "the body is not valid JSON")
             })?;
-        let request: CreateRequest<'_> =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)?;
+        FIELD_READ.with(|field| field.set(None));
+        let request = CreateRequest::deserialize(&mut deserializer).map_err(|error| {
+            let field = FIELD_READ.with(Cell::get);
+            field_error(&error.to_string(), field)
+        })?;
         validate(request, merchant)
     })
 }
 
-/// Turns a deserialization error into `invalid_request` naming its field, or
-/// `invalid_json` when the document itself is not an object.
-fn field_error(error: serde_path_to_error::Error<simd_json::Error>) -> ApiError {
-    let path = error.path().to_string();
-    let message = error.inner().to_string();
+/// Turns a deserialization error into `invalid_request` naming its field (the one whose
+/// value was being read, `field`), or `invalid_json` when the document itself is not an
+/// object.
+fn field_error(message: &str, field: Option<&'static str>) -> ApiError {
+    let message = message.to_string();
     if let Some(field) = quoted_field(&message, "missing field `") {
         return invalid(field, "is required");
     }
@@ -157,16 +226,10 @@ fn field_error(error: serde_path_to_error::Error<simd_json::Error>) -> ApiError 
     if let Some(field) = quoted_field(&message, "duplicate field `") {
         return invalid(field, "appears twice");
     }
-    let top_level = path.is_empty() || path == ".";
-    if top_level {
+    let Some(field) = field else {
         return ApiError::with_message(ErrorKind::InvalidJson, "the body must be a JSON object");
-    }
-    let field = path
-        .split(['.', '['])
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let reason = match field.as_str() {
+    };
+    let reason = match field {
         "amount" => "must be an integer from 1 to 100000000000",
         "metadata" => "must be an object of at most 20 keys with string values",
         "description" => "must be a string or null",
@@ -196,7 +259,7 @@ fn is_echoable(field: &str) -> bool {
 }
 
 fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<PaymentTerms, ApiError> {
-    let order_id = request.order_id;
+    let order_id = request.order_id.0 .0;
     let order_id_ok = !order_id.is_empty()
         && order_id.len() <= ORDER_ID_LENGTH_MAX
         && order_id
@@ -208,7 +271,7 @@ fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<Payme
             "must be 1-64 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    let amount = match request.amount.0 {
+    let amount = match request.amount.0 .0 {
         Some(amount) if (1..=AMOUNT_MAX).contains(&amount) => amount,
         _ => {
             return Err(invalid(
@@ -217,9 +280,10 @@ fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<Payme
             ))
         }
     };
-    let currency = Currency::parse(&request.currency)
+    let currency = Currency::parse(&request.currency.0 .0)
         .ok_or_else(|| invalid("currency", "must be 3 uppercase letters"))?;
-    let payment_method = request.payment_method;
+    let payment_method = request.payment_method.0 .0;
+    let description = request.description.0.map(|text| text.0);
     if looks_like_card_number(&payment_method) {
         let message = "payment_method looks like a card number; send a token from your card vault";
         return Err(
@@ -234,14 +298,13 @@ fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<Payme
             "must be a token of 1-128 characters",
         ));
     }
-    if request
-        .description
+    if description
         .as_ref()
         .is_some_and(|d| d.chars().count() > DESCRIPTION_LENGTH_MAX)
     {
         return Err(invalid("description", "must be at most 256 characters"));
     }
-    let metadata = request.metadata.map(|m| m.0).unwrap_or_default();
+    let metadata = request.metadata.0.map(|m| m.0).unwrap_or_default();
     for (key, value) in &metadata {
         let key_length = key.chars().count();
         if key_length == 0 || key_length > METADATA_KEY_LENGTH_MAX {
@@ -257,7 +320,7 @@ fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<Payme
         amount,
         currency,
         payment_method: payment_method.into_owned(),
-        description: request.description.map(Cow::into_owned),
+        description: description.map(Cow::into_owned),
         metadata,
     })
 }

@@ -294,15 +294,24 @@ impl Shard {
             return Reply::Unavailable;
         }
         // Authorised inline, not in a task of its own: an acquirer that answers at once
-        // (the simulation without latency) then costs neither a task nor a timer. Only an
-        // authorisation still running at the timeout moves to a task, to finish there.
-        let mut authorization = Box::pin(Rc::clone(self).authorize(id));
-        let outcome = match futures_lite::future::poll_once(authorization.as_mut()).await {
-            Some(result) => Some(result),
+        // (the simulation without latency) then costs neither a task nor a timer, even
+        // while its final record waits for its sync (API.md: 202 is for an acquirer that
+        // has not answered). Only an authorisation whose acquirer is still thinking is
+        // timed, and moves to a task at the timeout, to finish there.
+        let mut asking = Box::pin(Rc::clone(self).ask_acquirer(id));
+        let outcome = match futures_lite::future::poll_once(asking.as_mut()).await {
+            Some(answer) => Some(Rc::clone(self).finalize(id, answer).await),
             None => {
+                let shard = Rc::clone(self);
+                let mut authorization =
+                    Box::pin(async move { shard.finalize(id, asking.await).await });
                 let wait = Duration::from_millis(self.config.acquirer.response_timeout_ms);
                 let authorized = async { Ok(authorization.as_mut().await) };
-                glommio::timer::timeout(wait, authorized).await.ok()
+                let outcome = glommio::timer::timeout(wait, authorized).await.ok();
+                if outcome.is_none() {
+                    glommio::spawn_local(authorization).detach();
+                }
+                outcome
             }
         };
         let reply = match outcome {
@@ -311,14 +320,12 @@ impl Shard {
                 r#final: true,
             },
             Some(Err(())) => Reply::Unavailable,
-            // Still authorising: the pending record is durable, so 202 is safe.
-            None => {
-                glommio::spawn_local(authorization).detach();
-                Reply::Created {
-                    payment: self.snapshot(id, take),
-                    r#final: false,
-                }
-            }
+            // Still authorising (in its task now): the pending record is durable, so 202
+            // is safe.
+            None => Reply::Created {
+                payment: self.snapshot(id, take),
+                r#final: false,
+            },
         };
         self.state.borrow_mut().mark_answered(id);
         reply
@@ -328,11 +335,20 @@ impl Shard {
     /// sees a status that a crash could take back. Err when the store failed: the
     /// payment stays pending in the log and recovery finishes it.
     async fn authorize(self: Rc<Self>, id: PaymentId) -> Result<(), ()> {
+        let authorization = Rc::clone(&self).ask_acquirer(id).await;
+        self.finalize(id, authorization).await
+    }
+
+    /// The acquirer's final answer for a pending payment, retries included.
+    async fn ask_acquirer(self: Rc<Self>, id: PaymentId) -> Authorization {
         let request = {
             let state = self.state.borrow();
             let payment = state
                 .get_by_id(id)
                 .expect("a payment being authorised exists");
+            if let Some(authorization) = self.acquirer.answer_at_once(payment.payment_method()) {
+                return authorization;
+            }
             AuthorizeRequest {
                 payment_id: id,
                 merchant_id: self.merchants.merchant_id(payment.merchant()).to_string(),
@@ -341,7 +357,15 @@ impl Shard {
                 payment_method: payment.payment_method().to_string(),
             }
         };
-        let authorization = self.acquirer.authorize(&request).await;
+        self.acquirer.authorize(&request).await
+    }
+
+    /// Makes the acquirer's answer durable (with its webhook event), then applies it.
+    async fn finalize(
+        self: Rc<Self>,
+        id: PaymentId,
+        authorization: Authorization,
+    ) -> Result<(), ()> {
         let updated_at_ms = now_ms();
         let mut finalized = Vec::with_capacity(FINALIZED_PAYLOAD_BYTES_TYPICAL);
         encode_finalized(

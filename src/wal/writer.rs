@@ -6,6 +6,12 @@
 //! write with zeros to the next block. The zeros are overwritten by the next write, and
 //! recovery reads a zeroed tail as the end of the log. Where the filesystem refuses
 //! `O_DIRECT` (tmpfs does), the writer falls back to buffered writes and fdatasync.
+//!
+//! Direct segments are grown ahead of the records with synced zeros (preallocation), so
+//! a batch's write never extends the file and its fdatasync is a cache flush: no inode
+//! write per sync. (Measured on ext4: that halved the sync latency and doubled the
+//! fsync create throughput. `O_DSYNC` writes instead of write + fdatasync measured
+//! slower there, so each batch stays a write and then a sync.)
 
 use crate::wal::record::{peek_length_total, peek_sequence, RECORD_BYTES_MAX};
 use crate::wal::segment::{segment_file_name, SEGMENT_BYTES_MIN};
@@ -18,6 +24,12 @@ use std::time::Instant;
 
 /// Direct writes are aligned to this: a multiple of every logical block size in use.
 pub const WRITE_ALIGNMENT_BYTES: u64 = 4096;
+/// Direct segments grow by this many bytes of zeros, synced, ahead of the records. A
+/// batch then overwrites blocks that are allocated and inside the file's size: its
+/// fdatasync has no inode to write (only the device cache to flush), and io_uring can
+/// issue the write at once instead of handing it to a kernel worker, as it must for a
+/// write that extends the file. One extra write and sync per this many bytes of log.
+pub const PREALLOCATION_BYTES: u64 = 1 << 20;
 /// Records gathered into one write. An append that would overflow a full batch waits
 /// until the commit task takes it: a bounded buffer, not an error.
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
@@ -48,6 +60,8 @@ struct OpenSegment {
     records_end: u64,
     /// Direct I/O only: the bytes of the last, partial block, rewritten by the next write.
     tail_block: Vec<u8>,
+    /// Direct I/O only: the file's synced size, zeros after the records (preallocated).
+    zeroed_end: u64,
 }
 
 pub(crate) struct SegmentWriter {
@@ -143,7 +157,15 @@ impl SegmentWriter {
         let segment = &mut self.segment;
         match &segment.file {
             SegmentFile::Direct(file) => {
-                write_direct(file, &mut segment.tail_block, segment.records_end, records).await
+                let end = align_up(segment.records_end + records.len() as u64);
+                let limit = align_up(self.segment_bytes_max);
+                match preallocate(file, &mut segment.zeroed_end, end, limit).await {
+                    Ok(()) => {
+                        write_direct(file, &mut segment.tail_block, segment.records_end, records)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                }
             }
             SegmentFile::Buffered(file) => write_buffered(file, segment.records_end, records).await,
         }
@@ -174,11 +196,68 @@ impl SegmentWriter {
     /// creates the next one and syncs the directory so its name survives a crash.
     async fn roll_over(&mut self, next_first_sequence: u64) -> Result<(), String> {
         self.sync().await?;
+        self.trim_preallocation().await?;
         let next = open_segment(&self.shard_dir, self.mode, next_first_sequence).await?;
         sync_directory(&self.directory, &self.shard_dir).await?;
         let full = std::mem::replace(&mut self.segment, next);
         close_file(full.file, &full.path).await
     }
+
+    /// A full segment keeps no preallocated zeros: it ends after the block its records
+    /// end in, as it would without preallocation, so listed sizes are the log's.
+    async fn trim_preallocation(&mut self) -> Result<(), String> {
+        let segment = &mut self.segment;
+        let SegmentFile::Direct(file) = &segment.file else {
+            return Ok(());
+        };
+        let end = align_up(segment.records_end);
+        if segment.zeroed_end <= end {
+            return Ok(());
+        }
+        let path = segment.path.display();
+        file.truncate(end)
+            .await
+            .map_err(|e| format!("cannot trim {path}: {e}"))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| format!("fdatasync of {path} failed: {e}"))?;
+        segment.zeroed_end = end;
+        Ok(())
+    }
+}
+
+/// Grows the file with synced zeros until it covers `end`, by `PREALLOCATION_BYTES` but
+/// never past `limit` (the segment's padded size). Zeros past the records read as the
+/// end of the log at recovery.
+async fn preallocate(
+    file: &DmaFile,
+    zeroed_end: &mut u64,
+    end: u64,
+    limit: u64,
+) -> Result<(), String> {
+    assert!(end <= limit);
+    // Bounded: each pass grows the file by at least a block, up to `limit`.
+    while *zeroed_end < end {
+        let grow_to = (*zeroed_end + PREALLOCATION_BYTES).min(limit);
+        let bytes = (grow_to - *zeroed_end) as usize;
+        let mut buffer = file.alloc_dma_buffer(bytes);
+        buffer.as_bytes_mut().fill(0);
+        let written = file
+            .write_at(buffer, *zeroed_end)
+            .await
+            .map_err(|e| format!("preallocation: {e}"))?;
+        if written != bytes {
+            return Err(format!(
+                "short preallocation of {written} bytes out of {bytes}"
+            ));
+        }
+        // The new size must be durable on its own, or the next sync writes the inode.
+        file.fdatasync()
+            .await
+            .map_err(|e| format!("fdatasync of the preallocation: {e}"))?;
+        *zeroed_end = grow_to;
+    }
+    Ok(())
 }
 
 /// The bytes of the longest run of whole records at the start of `records` that fits in
@@ -225,6 +304,7 @@ async fn open_segment(
         path,
         records_end: 0,
         tail_block: Vec::with_capacity(WRITE_ALIGNMENT_BYTES as usize),
+        zeroed_end: 0,
     })
 }
 
@@ -383,6 +463,68 @@ mod tests {
         assert_eq!(records_fitting(&records, 50), 50);
         assert_eq!(records_fitting(&records, 149), 100);
         assert_eq!(records_fitting(&records, 1000), 150);
+    }
+
+    #[test]
+    fn direct_segments_are_preallocated_and_trimmed_when_full() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let path = dir.path().to_path_buf();
+        let segment_bytes_max = 3 * PREALLOCATION_BYTES / 2;
+        let mut records = Vec::new();
+        for sequence in 1..=3 {
+            encode_record(&mut records, 1, sequence, &[7; 33]); // 50 bytes each
+        }
+        let record_bytes = records.len() as u64;
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let mut writer = SegmentWriter::open(&path, 1, segment_bytes_max, false)
+                    .await
+                    .unwrap();
+                if writer.mode() == IoMode::Buffered {
+                    return; // No O_DIRECT here: nothing is preallocated.
+                }
+                writer.commit(&records, true).await.unwrap();
+                let first = path.join(segment_file_name(1));
+                assert_eq!(
+                    std::fs::metadata(&first).unwrap().len(),
+                    PREALLOCATION_BYTES
+                );
+                // Records past the first megabyte grow the file to the segment's limit.
+                let mut large = Vec::new();
+                let mut sequence = 4;
+                while (large.len() as u64) < PREALLOCATION_BYTES {
+                    encode_record(&mut large, 1, sequence, &[9; 60_000]);
+                    sequence += 1;
+                }
+                writer.commit(&large, true).await.unwrap();
+                let grown = std::fs::metadata(&first).unwrap().len();
+                assert_eq!(grown, align_up(segment_bytes_max));
+                // 18 records of 60 017 bytes took the first megabyte; 8 more fit below the
+                // limit, then the segment rolls over and is trimmed to its records.
+                let mut next = Vec::new();
+                while (next.len() as u64) < PREALLOCATION_BYTES / 2 {
+                    encode_record(&mut next, 1, sequence, &[5; 60_000]);
+                    sequence += 1;
+                }
+                writer.commit(&next, true).await.unwrap();
+                let trimmed = std::fs::metadata(&first).unwrap().len();
+                assert!(trimmed < grown && trimmed.is_multiple_of(WRITE_ALIGNMENT_BYTES));
+                assert!(trimmed >= record_bytes + PREALLOCATION_BYTES);
+                writer.close().await.unwrap();
+            });
+        let mut sequences = Vec::new();
+        crate::wal::recovery::recover(dir.path(), &mut |record| {
+            sequences.push(record.sequence);
+            Ok(())
+        })
+        .unwrap();
+        let expected: Vec<u64> = (1..=3 + 18 + 9).collect();
+        assert_eq!(sequences, expected);
     }
 
     #[test]
