@@ -54,6 +54,9 @@ mod segment;
 mod webhook_payload;
 mod writer;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
 pub use manifest::{DataDir, DataDirError, MANIFEST_FORMAT_VERSION};
 pub use payload::{

@@ -439,6 +439,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::fuzz::{mutate, Prng};
     use crate::wal::record::{decode_record, encode_record, RECORD_PAYLOAD_BYTES_MAX};
 
     #[test]
@@ -631,22 +632,6 @@ mod tests {
         assert_eq!(RecordKind::from_u8(8), None);
     }
 
-    /// xorshift64*: a seeded generator so a failing case can be replayed.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-    }
-
     /// Random bytes, random mutations of valid encodings, and random cuts: the decoders
     /// answer every one without panicking, and only a valid record decodes as one.
     #[test]
@@ -685,17 +670,5 @@ mod tests {
         }
         // Mutations that leave the frame intact (for example a cut after it) still decode.
         assert!(decoded_records > 0);
-    }
-
-    fn mutate(prng: &mut Prng, valid: &[u8]) -> Vec<u8> {
-        let mut bytes = valid.to_vec();
-        for _ in 0..prng.below(4) {
-            let at = prng.below(bytes.len());
-            bytes[at] = prng.next() as u8;
-        }
-        if prng.below(2) == 0 {
-            bytes.truncate(prng.below(bytes.len() + 1));
-        }
-        bytes
     }
 }

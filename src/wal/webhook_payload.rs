@@ -269,6 +269,7 @@ mod tests {
         PaymentStatus, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
     };
     use crate::payment_object::sample_snapshot;
+    use crate::wal::fuzz::{mutate, Prng};
     use crate::wal::record::RECORD_PAYLOAD_BYTES_MAX;
 
     fn sample_event() -> WebhookEvent {
@@ -463,22 +464,6 @@ mod tests {
         );
     }
 
-    /// xorshift64*: a seeded generator so a failing case can be replayed.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-    }
-
     /// Random bytes, random mutations and random cuts of valid encodings: the decoders
     /// answer every one without panicking, and what decodes encodes back to the input.
     #[test]
@@ -526,17 +511,5 @@ mod tests {
         }
         // Mutations that miss every checked byte still decode: the test reaches the end.
         assert!(decoded > 0);
-    }
-
-    fn mutate(prng: &mut Prng, valid: &[u8]) -> Vec<u8> {
-        let mut bytes = valid.to_vec();
-        for _ in 0..prng.below(4) {
-            let at = prng.below(bytes.len());
-            bytes[at] = prng.next() as u8;
-        }
-        if prng.below(2) == 0 {
-            bytes.truncate(prng.below(bytes.len() + 1));
-        }
-        bytes
     }
 }
