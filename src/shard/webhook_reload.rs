@@ -351,6 +351,19 @@ mod tests {
         std::fs::write(dir.join(segment_file_name(6)), second).unwrap();
     }
 
+    /// Scans all of `write_log`'s records for both merchants, with room for every event.
+    fn scan_whole_log(dir: &Path) -> Result<Scan, String> {
+        let keys = keys();
+        let request = ScanRequest {
+            from: 1,
+            end: 8,
+            unloaded_from: vec![Some(1), Some(1)],
+            events_per_merchant_max: 10,
+            keys: &keys,
+        };
+        scan(dir, &request)
+    }
+
     #[test]
     fn the_scan_keeps_owed_events_with_attempts_and_bounds_each_merchant() {
         let dir = tempfile::tempdir().unwrap();
@@ -404,15 +417,7 @@ mod tests {
         assert!(padded_bytes > bytes.len());
         bytes.resize(padded_bytes, 0);
         std::fs::write(&path, bytes).unwrap();
-        let keys = keys();
-        let request = ScanRequest {
-            from: 1,
-            end: 8,
-            unloaded_from: vec![Some(1), Some(1)],
-            events_per_merchant_max: 10,
-            keys: &keys,
-        };
-        let scan = scan(dir.path(), &request).unwrap();
+        let scan = scan_whole_log(dir.path()).unwrap();
         let positions: Vec<u64> = scan.events.iter().map(|e| e.position).collect();
         assert_eq!(positions, [2, 3, 6, 7]);
         assert_eq!(scan.unread_from, None);
@@ -425,15 +430,7 @@ mod tests {
         // The next segment starts at 7: record 6 is missing from the closed one.
         let from = dir.path().join(segment_file_name(6));
         std::fs::rename(from, dir.path().join(segment_file_name(7))).unwrap();
-        let keys = keys();
-        let request = ScanRequest {
-            from: 1,
-            end: 8,
-            unloaded_from: vec![Some(1), Some(1)],
-            events_per_merchant_max: 10,
-            keys: &keys,
-        };
-        let error = scan(dir.path(), &request).err().unwrap();
+        let error = scan_whole_log(dir.path()).err().unwrap();
         assert!(error.contains("unreadable record"), "{error}");
     }
 
@@ -445,15 +442,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let keys = keys();
-        let request = ScanRequest {
-            from: 1,
-            end: 8,
-            unloaded_from: vec![Some(1), Some(1)],
-            events_per_merchant_max: 10,
-            keys: &keys,
-        };
-        let error = scan(dir.path(), &request).err().unwrap();
+        let error = scan_whole_log(dir.path()).err().unwrap();
         assert!(error.contains("unreadable record"), "{error}");
     }
 }
