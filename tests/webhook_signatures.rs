@@ -5,17 +5,18 @@
 //! Needs `python3` with `standardwebhooks` installed (`pip install standardwebhooks`);
 //! without it these tests fail and say so, rather than pass without checking anything.
 
+mod common;
+
 use payd::payment::{EventId, PaymentId};
 use payd::payment_object::PaymentSnapshot;
 use payd::webhooks::event::write_event_body;
 use payd::webhooks::signing::{WebhookHeaders, WebhookKey};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_verify.py");
 /// No answer of the local receiver should take longer.
 const READ_TIMEOUT_MS: u64 = 5_000;
 
@@ -54,22 +55,9 @@ fn signed_event() -> (WebhookHeaders, Vec<u8>) {
     (WebhookHeaders::sign(&key, event, now_secs(), &body), body)
 }
 
-fn python() -> Command {
-    let check = Command::new("python3")
-        .args(["-c", "import standardwebhooks"])
-        .status();
-    assert!(
-        matches!(check, Ok(status) if status.success()),
-        "these tests need python3 with standardwebhooks: pip install standardwebhooks"
-    );
-    let mut command = Command::new("python3");
-    command.arg(SCRIPT);
-    command
-}
-
 /// Runs `webhook_verify.py verify` and returns its exit code.
 fn verify(secret: &str, headers: &WebhookHeaders, body: &[u8]) -> i32 {
-    let mut child = python()
+    let mut child = common::webhook_verifier()
         .args(["verify", "--secret", secret, "--id", &headers.id])
         .args(["--timestamp", &headers.timestamp])
         .args(["--signature", &headers.signature])
@@ -111,20 +99,7 @@ struct Receiver {
 
 impl Receiver {
     fn start(extra: &[&str]) -> Receiver {
-        let mut child = python()
-            .args(["serve", "--secret", SECRET])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        lines.read_line(&mut first).unwrap();
-        let port = first
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("receiver did not start: {first:?}"));
+        let (child, port, lines) = common::start_webhook_receiver(SECRET, extra);
         Receiver { child, port, lines }
     }
 

@@ -14,13 +14,12 @@ mod common;
 
 use common::{create_body, toml_string, Server, ServerOptions, Signed};
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::BufRead;
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_verify.py");
 const MERCHANT: &str = "m_hooks";
 const MERCHANT_SECRET: &str = "secret-hooks-1";
 /// A delivery to a local receiver with no retry pending takes well under this.
@@ -35,28 +34,7 @@ struct Receiver {
 
 impl Receiver {
     fn start(extra: &[&str]) -> Receiver {
-        let check = Command::new("python3")
-            .args(["-c", "import standardwebhooks"])
-            .status();
-        assert!(
-            matches!(check, Ok(status) if status.success()),
-            "these tests need python3 with standardwebhooks: pip install standardwebhooks"
-        );
-        let mut child = Command::new("python3")
-            .arg(SCRIPT)
-            .args(["serve", "--secret", SECRET])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        lines.read_line(&mut first).unwrap();
-        let port = first
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("receiver did not start: {first:?}"));
+        let (child, port, lines) = common::start_webhook_receiver(SECRET, extra);
         let (sender, records) = mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.lines().map_while(Result::ok) {

@@ -1733,3 +1733,48 @@ pub mod retention {
         client.request(signed_request("POST", "/v1/payments", &body).as_bytes())
     }
 }
+
+/// The reference Standard Webhooks implementation, driven by a script: it verifies
+/// signatures, or serves as a webhook receiver that checks every delivery.
+pub const WEBHOOK_VERIFIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_verify.py");
+
+/// `python3 tests/webhook_verify.py`, after checking that the reference package is there.
+pub fn webhook_verifier() -> std::process::Command {
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status();
+    assert!(
+        matches!(check, Ok(status) if status.success()),
+        "these tests need python3 with standardwebhooks: pip install standardwebhooks"
+    );
+    let mut command = std::process::Command::new("python3");
+    command.arg(WEBHOOK_VERIFIER);
+    command
+}
+
+/// Starts the verifier as a receiver for `secret` (plus `extra` arguments): the process,
+/// its port, and its output after the line that names the port.
+pub fn start_webhook_receiver(
+    secret: &str,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    u16,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = webhook_verifier()
+        .args(["serve", "--secret", secret])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap();
+    let port = first
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("receiver did not start: {first:?}"));
+    (child, port, lines)
+}
