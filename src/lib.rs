@@ -33,5 +33,7 @@ pub mod payment;
 pub mod payment_object;
 pub mod server;
 pub mod shard;
+#[cfg(test)]
+pub mod testing;
 pub mod wal;
 pub mod webhooks;

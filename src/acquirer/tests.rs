@@ -2,6 +2,7 @@
 
 use super::simulated::Simulated;
 use super::*;
+use crate::testing::on_executor;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
@@ -26,21 +27,6 @@ fn request(payment_method: &str) -> AuthorizeRequest {
         currency: Currency::parse("CNY").unwrap(),
         payment_method: payment_method.to_string(),
     }
-}
-
-/// Runs `test` on a small glommio executor of its own. `io_memory` stays small: the
-/// locked-memory limit of the machine is 8 MiB and tests run in parallel.
-fn on_executor<T, F>(test: impl FnOnce() -> F + Send + 'static) -> T
-where
-    F: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(128 << 10)
-        .spawn(test)
-        .expect("executor starts")
-        .join()
-        .expect("executor finishes")
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! thread answers on each connection, and checks what the pool did.
 
 use super::*;
+use crate::testing::on_executor;
 use std::io::{Read, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
@@ -109,19 +110,6 @@ const GET: Request<'static> = Request {
     headers: &[],
     body: b"",
 };
-
-fn on_executor<T, F>(test: impl FnOnce() -> F + Send + 'static) -> T
-where
-    F: std::future::Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(128 << 10)
-        .spawn(test)
-        .expect("executor starts")
-        .join()
-        .expect("executor finishes")
-}
 
 #[test]
 fn keep_alive_connections_are_reused() {

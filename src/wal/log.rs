@@ -550,20 +550,10 @@ fn record_commit(state: &mut Shared, batch: &Batch, sync_latencies_us: &[u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::run_here as run;
     use crate::wal::recovery::recover;
     use crate::wal::segment::{segment_file_name, SEQUENCE_FIRST};
     use crate::wal::writer::is_tmpfs;
-    use glommio::LocalExecutorBuilder;
-
-    /// Runs a test body on a glommio executor with little registered memory: the
-    /// locked-memory limit is shared by every executor of the test process.
-    fn run<F: Future<Output = ()>>(body: F) {
-        LocalExecutorBuilder::default()
-            .io_memory(256 << 10)
-            .make()
-            .expect("executor")
-            .run(body);
-    }
 
     /// A directory on a real filesystem (direct I/O works there), under the target dir.
     fn disk_dir() -> tempfile::TempDir {

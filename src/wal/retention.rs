@@ -116,11 +116,7 @@ mod tests {
         let dead = dead_segment_prefix(&all, |range| range.contains(&5)).to_vec();
         assert_eq!(dead.len(), 1);
         let path = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(256 << 10)
-            .make()
-            .unwrap()
-            .run(async move { delete_segments(&path, &dead).await.unwrap() });
+        crate::testing::run_here(async move { delete_segments(&path, &dead).await.unwrap() });
         let left: Vec<u64> = list_segments(dir.path())
             .unwrap()
             .iter()

@@ -477,46 +477,42 @@ mod tests {
             encode_record(&mut records, 1, sequence, &[7; 33]); // 50 bytes each
         }
         let record_bytes = records.len() as u64;
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(256 << 10)
-            .make()
-            .expect("executor")
-            .run(async move {
-                let mut writer = SegmentWriter::open(&path, 1, segment_bytes_max, false)
-                    .await
-                    .unwrap();
-                if writer.mode() == IoMode::Buffered {
-                    return; // No O_DIRECT here: nothing is preallocated.
-                }
-                writer.commit(&records, true).await.unwrap();
-                let first = path.join(segment_file_name(1));
-                assert_eq!(
-                    std::fs::metadata(&first).unwrap().len(),
-                    PREALLOCATION_BYTES
-                );
-                // Records past the first megabyte grow the file to the segment's limit.
-                let mut large = Vec::new();
-                let mut sequence = 4;
-                while (large.len() as u64) < PREALLOCATION_BYTES {
-                    encode_record(&mut large, 1, sequence, &[9; 60_000]);
-                    sequence += 1;
-                }
-                writer.commit(&large, true).await.unwrap();
-                let grown = std::fs::metadata(&first).unwrap().len();
-                assert_eq!(grown, align_up(segment_bytes_max));
-                // 18 records of 60 017 bytes took the first megabyte; 8 more fit below the
-                // limit, then the segment rolls over and is trimmed to its records.
-                let mut next = Vec::new();
-                while (next.len() as u64) < PREALLOCATION_BYTES / 2 {
-                    encode_record(&mut next, 1, sequence, &[5; 60_000]);
-                    sequence += 1;
-                }
-                writer.commit(&next, true).await.unwrap();
-                let trimmed = std::fs::metadata(&first).unwrap().len();
-                assert!(trimmed < grown && trimmed.is_multiple_of(WRITE_ALIGNMENT_BYTES));
-                assert!(trimmed >= record_bytes + PREALLOCATION_BYTES);
-                writer.close().await.unwrap();
-            });
+        crate::testing::run_here(async move {
+            let mut writer = SegmentWriter::open(&path, 1, segment_bytes_max, false)
+                .await
+                .unwrap();
+            if writer.mode() == IoMode::Buffered {
+                return; // No O_DIRECT here: nothing is preallocated.
+            }
+            writer.commit(&records, true).await.unwrap();
+            let first = path.join(segment_file_name(1));
+            assert_eq!(
+                std::fs::metadata(&first).unwrap().len(),
+                PREALLOCATION_BYTES
+            );
+            // Records past the first megabyte grow the file to the segment's limit.
+            let mut large = Vec::new();
+            let mut sequence = 4;
+            while (large.len() as u64) < PREALLOCATION_BYTES {
+                encode_record(&mut large, 1, sequence, &[9; 60_000]);
+                sequence += 1;
+            }
+            writer.commit(&large, true).await.unwrap();
+            let grown = std::fs::metadata(&first).unwrap().len();
+            assert_eq!(grown, align_up(segment_bytes_max));
+            // 18 records of 60 017 bytes took the first megabyte; 8 more fit below the
+            // limit, then the segment rolls over and is trimmed to its records.
+            let mut next = Vec::new();
+            while (next.len() as u64) < PREALLOCATION_BYTES / 2 {
+                encode_record(&mut next, 1, sequence, &[5; 60_000]);
+                sequence += 1;
+            }
+            writer.commit(&next, true).await.unwrap();
+            let trimmed = std::fs::metadata(&first).unwrap().len();
+            assert!(trimmed < grown && trimmed.is_multiple_of(WRITE_ALIGNMENT_BYTES));
+            assert!(trimmed >= record_bytes + PREALLOCATION_BYTES);
+            writer.close().await.unwrap();
+        });
         let mut sequences = Vec::new();
         crate::wal::recovery::recover(dir.path(), &mut |record| {
             sequences.push(record.sequence);

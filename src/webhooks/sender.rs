@@ -191,24 +191,10 @@ pub mod scripted {
 mod tests {
     use super::scripted::{Script, ScriptedSender};
     use super::*;
+    use crate::testing::on_executor;
     use std::time::Instant;
 
     const SECRET: &[u8] = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-    /// Runs `test` on a small glommio executor of its own (the locked-memory limit of
-    /// the machine is 8 MiB and tests run in parallel).
-    fn on_executor<T, F>(test: impl FnOnce() -> F + Send + 'static) -> T
-    where
-        F: Future<Output = T> + 'static,
-        T: Send + 'static,
-    {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(128 << 10)
-            .spawn(test)
-            .expect("executor starts")
-            .join()
-            .expect("executor finishes")
-    }
 
     fn event() -> EventId {
         EventId {
