@@ -34,30 +34,40 @@ impl PaymentId {
 
     /// Parses the text form; `None` for anything that is not exactly a payment id.
     pub fn parse(text: &str) -> Option<PaymentId> {
-        let hex_part = text.strip_prefix(Self::PREFIX)?;
-        if text.len() != Self::TEXT_LENGTH
-            || !hex_part
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return None;
-        }
-        let shard = u16::from_str_radix(&hex_part[..4], 16).ok()?;
-        let sequence = u64::from_str_radix(&hex_part[4..], 16).ok()?;
+        let (shard, sequence) = parse_shard_sequence(text, Self::PREFIX)?;
         Some(PaymentId { shard, sequence })
     }
 }
 
 impl fmt::Display for PaymentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}{:04x}{:016x}",
-            Self::PREFIX,
-            self.shard,
-            self.sequence
-        )
+        write_shard_sequence(f, Self::PREFIX, self.shard, self.sequence)
     }
+}
+
+/// The text form payment and event ids share: a 4-character prefix, then 4 lowercase hex
+/// digits of shard and 16 of sequence. `None` for anything else.
+fn parse_shard_sequence(text: &str, prefix: &str) -> Option<(u16, u64)> {
+    let hex_part = text.strip_prefix(prefix)?;
+    if text.len() != PaymentId::TEXT_LENGTH
+        || !hex_part
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let shard = u16::from_str_radix(&hex_part[..4], 16).ok()?;
+    let sequence = u64::from_str_radix(&hex_part[4..], 16).ok()?;
+    Some((shard, sequence))
+}
+
+fn write_shard_sequence(
+    f: &mut fmt::Formatter<'_>,
+    prefix: &str,
+    shard: u16,
+    sequence: u64,
+) -> fmt::Result {
+    write!(f, "{prefix}{shard:04x}{sequence:016x}")
 }
 
 /// A webhook event id: the shard that owns the event and a sequence unique within that
@@ -83,17 +93,17 @@ impl EventId {
             sequence: payment.sequence,
         }
     }
+
+    /// Parses the text form; `None` for anything that is not exactly an event id.
+    pub fn parse(text: &str) -> Option<EventId> {
+        let (shard, sequence) = parse_shard_sequence(text, Self::PREFIX)?;
+        Some(EventId { shard, sequence })
+    }
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}{:04x}{:016x}",
-            Self::PREFIX,
-            self.shard,
-            self.sequence
-        )
+        write_shard_sequence(f, Self::PREFIX, self.shard, self.sequence)
     }
 }
 

@@ -11,7 +11,7 @@ use super::error::{ApiError, ErrorKind};
 use super::payments::authenticate;
 use super::{write_error, Context, Request};
 use crate::http::Response;
-use crate::payment::{EventId, PaymentId};
+use crate::payment::EventId;
 use crate::payment_object::write_json_string;
 use crate::shard::mesh::{EventsError, FailedEventsPage};
 use crate::shard::webhooks::FailedEvent;
@@ -154,14 +154,9 @@ fn parse_limit(text: &[u8]) -> Result<usize, ApiError> {
     }
 }
 
-/// An event id is `evt_` and the same 20 hex digits as its payment's id.
 fn parse_event_id(text: &[u8]) -> Result<EventId, ApiError> {
-    let payment = std::str::from_utf8(text)
-        .ok()
-        .and_then(|text| text.strip_prefix(EventId::PREFIX))
-        .and_then(|hex| PaymentId::parse(&format!("{}{hex}", PaymentId::PREFIX)));
-    match payment {
-        Some(payment) => Ok(EventId::of_final_status(payment)),
+    match std::str::from_utf8(text).ok().and_then(EventId::parse) {
+        Some(event) => Ok(event),
         None => Err(ApiError::invalid_param(
             "starting_after",
             "starting_after must be an event id (evt_...)",
