@@ -439,7 +439,7 @@ fn check_single_core_served_both_shards(base: &Path, created_before: Option<usiz
 }
 
 /// A server on one core with the test merchant and the given durability.
-fn simple_config(base: &Path, cores: &[usize], durability: &str) -> String {
+fn simple_config(base: &Path, cores: &[usize], durability: &'static str) -> String {
     let options = ServerOptions {
         cores: cores.to_vec(),
         access_log: false,

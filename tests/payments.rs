@@ -1235,14 +1235,11 @@ fn assert_after_restart(server: &Server, payments: &[PaymentJson]) {
     assert_unique_ids(&all);
 }
 
-/// The harness config with `durability = "fsync"`, so acknowledged means on disk.
+/// The harness config: `durability = "fsync"`, so acknowledged means on disk.
 fn fsync_config(dir: &tempfile::TempDir, cores: Vec<usize>, acquirer_toml: &str) -> String {
-    let text = options(cores, acquirer_toml).config_text(dir.path());
-    assert!(
-        text.contains("durability = \"none\""),
-        "harness config changed"
-    );
-    text.replace("durability = \"none\"", "durability = \"fsync\"")
+    let options = options(cores, acquirer_toml);
+    assert_eq!(options.durability, "fsync", "harness default changed");
+    options.config_text(dir.path())
 }
 
 #[test]

@@ -248,9 +248,6 @@ fn an_event_owed_at_a_sigkill_is_delivered_after_the_restart() {
     let (id, _) = create(&server, "ord-hook-3", "tok_visa");
     let record = hanging.next(DELIVERY_TIMEOUT_MS);
     assert_eq!(text(&record, "id"), event_id_of(&id));
-    // The harness runs with durability "none": give the write of the event's batch time
-    // to land in the file before the kill (still well inside the 2 s attempt).
-    std::thread::sleep(Duration::from_millis(300));
     let (dir, _) = server.stop_keeping_dir(true);
     drop(hanging);
 
@@ -654,9 +651,9 @@ fn retention_carries_owed_events_forward_and_lets_old_dead_letters_go() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_path_buf();
     let config = options.config_text(&base).replace(
-        "durability = \"none\"\n",
+        "durability = \"fsync\"\n",
         &format!(
-            "durability = \"none\"\nretention_hours = {SHORT_RETENTION_HOURS}\n\
+            "durability = \"fsync\"\nretention_hours = {SHORT_RETENTION_HOURS}\n\
              retention_check_interval_ms = 100\nsegment_bytes = 266240\n"
         ),
     ) + &merchant_toml();
@@ -774,8 +771,8 @@ fn events_on_disk_across_a_segment_roll_are_loaded_while_payd_runs() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_path_buf();
     let config = options.config_text(&base).replace(
-        "durability = \"none\"\n",
-        "durability = \"none\"\nsegment_bytes = 266240\n",
+        "durability = \"fsync\"\n",
+        "durability = \"fsync\"\nsegment_bytes = 266240\n",
     ) + &merchant_toml();
     let server = Server::start_with_config(dir, &config);
     let mut wanted = HashSet::new();

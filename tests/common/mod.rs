@@ -42,6 +42,9 @@ pub struct ServerOptions {
     pub idle_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub access_log: bool,
+    /// `storage.durability`: "fsync", the production acknowledgement path, unless a test
+    /// is about "none".
+    pub durability: &'static str,
     /// TOML appended verbatim (extra sections such as `[[merchants]]`).
     pub extra_toml: String,
 }
@@ -57,6 +60,7 @@ impl Default for ServerOptions {
             idle_timeout_ms: 60_000,
             shutdown_timeout_ms: 5_000,
             access_log: true,
+            durability: "fsync",
             extra_toml: String::new(),
         }
     }
@@ -86,7 +90,7 @@ impl ServerOptions {
              \n\
              [storage]\n\
              data_dir = {data}\n\
-             durability = \"none\"\n\
+             durability = \"{durability}\"\n\
              \n\
              [log]\n\
              access_log = {access_log}\n\
@@ -101,6 +105,7 @@ impl ServerOptions {
             idle = self.idle_timeout_ms,
             data = toml_string(&dir.join("data").display().to_string()),
             access_log = self.access_log,
+            durability = self.durability,
             logs = toml_string(&dir.join("logs").display().to_string()),
             extra = self.extra_toml,
         )
@@ -1288,15 +1293,13 @@ pub mod durable {
     }
 
     /// The harness's config with data in `base/data`, logs in `base/logs`, and the given
-    /// `storage.durability` instead of the harness's default "none".
-    pub fn config_text(options: &ServerOptions, base: &Path, durability: &str) -> String {
-        let text = options.config_text(base);
-        let harness_line = "durability = \"none\"\n";
-        assert!(
-            text.contains(harness_line),
-            "the harness config changed: {text}"
-        );
-        text.replace(harness_line, &format!("durability = \"{durability}\"\n"))
+    /// `storage.durability`.
+    pub fn config_text(options: &ServerOptions, base: &Path, durability: &'static str) -> String {
+        let options = ServerOptions {
+            durability,
+            ..options.clone()
+        };
+        options.config_text(base)
     }
 
     /// Writes the config file `name` into `base` and returns its path.
