@@ -55,7 +55,7 @@ mod webhook_payload;
 mod writer;
 
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 
 pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
 pub use manifest::{DataDir, DataDirError, MANIFEST_FORMAT_VERSION};
