@@ -88,7 +88,9 @@ where
     session.connection.outbox.close();
     let mut metrics = core.api.metrics.borrow_mut();
     metrics.websocket.connections_open -= 1;
-    metrics.websocket.record_close(session.close_code);
+    if session.phase != Phase::Closing {
+        metrics.websocket.record_close(None);
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -127,6 +129,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.close(close_code::GOING_AWAY);
             }
             if self.phase == Phase::Closing {
+                // Counted before the last write: a client that saw the close then
+                // scrapes /metrics finds it there.
+                let metrics = &self.connection.core.api.metrics;
+                metrics.borrow_mut().websocket.record_close(self.close_code);
                 self.finish().await;
                 return;
             }
