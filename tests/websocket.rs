@@ -102,7 +102,10 @@ impl Answer {
         keys.sort_unstable();
         assert_eq!(keys, ["body", "id", "replayed", "status"], "{text}");
         let body = &object["body"];
-        assert!(body.is_object(), "the body is a payment or an error object: {text}");
+        assert!(
+            body.is_object(),
+            "the body is a payment or an error object: {text}"
+        );
         Answer {
             id: object["id"].clone(),
             status: object["status"].as_u64().expect("status is an integer"),
@@ -364,13 +367,23 @@ fn the_opening_is_signed_like_a_get_and_answered_with_the_accept_key() {
     let response = client.request(opening(MERCHANT_A_SECRETS[0], &UPGRADE_HEADERS).as_bytes());
     assert_eq!(response.status_line, "HTTP/1.1 101 Switching Protocols");
     assert_eq!(response.header("Sec-WebSocket-Accept"), Some(SAMPLE_ACCEPT));
-    assert_eq!(response.header("Upgrade").map(str::to_lowercase), Some("websocket".into()));
+    assert_eq!(
+        response.header("Upgrade").map(str::to_lowercase),
+        Some("websocket".into())
+    );
     assert!(response.header("X-Request-Id").is_some());
     let _ = SAMPLE_KEY;
     // The connection now speaks WebSocket: a read by order answers 404 by id.
-    send_text(&mut client, &message("7", "GET", "/v1/orders/none-such", ""));
+    send_text(
+        &mut client,
+        &message("7", "GET", "/v1/orders/none-such", ""),
+    );
     let answer = read_answer(&mut client);
-    assert_eq!(answer.id.as_u64(), Some(7), "an integer id is echoed as one");
+    assert_eq!(
+        answer.id.as_u64(),
+        Some(7),
+        "an integer id is echoed as one"
+    );
     assert_eq!((answer.status, answer.replayed), (404, false));
     assert_eq!(answer.error_code(), "payment_not_found");
 }
@@ -384,7 +397,11 @@ fn a_bad_or_missing_signature_gets_the_http_401_and_no_upgrade() {
         UPGRADE_HEADERS.join("\r\n")
     );
     let response = client.request(unsigned.as_bytes());
-    assert_error(&response, "HTTP/1.1 401 Unauthorized", "authentication_required");
+    assert_error(
+        &response,
+        "HTTP/1.1 401 Unauthorized",
+        "authentication_required",
+    );
     let forged = opening(MERCHANT_B_SECRET, &UPGRADE_HEADERS);
     let response = client.request(forged.as_bytes());
     assert_error(&response, "HTTP/1.1 401 Unauthorized", "invalid_signature");
@@ -393,20 +410,38 @@ fn a_bad_or_missing_signature_gets_the_http_401_and_no_upgrade() {
     // Signed but no upgrade, an old version, a bad key: 400, still no upgrade.
     for headers in [
         &UPGRADE_HEADERS[..0],
-        &["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 8", UPGRADE_HEADERS[3]][..],
-        &["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: short"][..],
+        &[
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Version: 8",
+            UPGRADE_HEADERS[3],
+        ][..],
+        &[
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: short",
+        ][..],
     ] {
         let response = client.request(opening(MERCHANT_A_SECRETS[0], headers).as_bytes());
         assert_error(&response, "HTTP/1.1 400 Bad Request", "invalid_request");
     }
     let post = common::request_bytes("POST", "/v1/ws", &[], b"", false);
     let response = client.request(&post);
-    assert_error(&response, "HTTP/1.1 405 Method Not Allowed", "method_not_allowed");
+    assert_error(
+        &response,
+        "HTTP/1.1 405 Method Not Allowed",
+        "method_not_allowed",
+    );
     assert_eq!(response.header("Allow"), Some("GET"));
     // The Python client sees the refusal as the HTTP answer it is.
     let outcome = run_client(&server, MERCHANT_B_SECRET, 1, &[], 0, 5);
     assert_eq!(outcome.open_status, Some(401));
-    assert!(outcome.open_body.contains("invalid_signature"), "{}", outcome.open_body);
+    assert!(
+        outcome.open_body.contains("invalid_signature"),
+        "{}",
+        outcome.open_body
+    );
 }
 
 // ---- one create path, two transports ----
@@ -421,16 +456,40 @@ fn a_create_and_its_replay_on_two_connections_make_exactly_one_payment() {
     let first = first.answers();
     assert_eq!(first.len(), 1);
     let created = &first[0].1;
-    assert_eq!((created.id_text().as_str(), created.status, created.replayed), ("c-1", 201, false));
+    assert_eq!(
+        (created.id_text().as_str(), created.status, created.replayed),
+        ("c-1", 201, false)
+    );
     let payment = created.payment();
-    assert_eq!((payment.status.as_str(), payment.order_id.as_str()), ("succeeded", "ord-ws-replay"));
+    assert_eq!(
+        (payment.status.as_str(), payment.order_id.as_str()),
+        ("succeeded", "ord-ws-replay")
+    );
     let read = message("\"r\"", "GET", &format!("/v1/payments/{}", payment.id), "");
-    let second = run_client(&server, MERCHANT_A_SECRETS[0], 1, &[(0, replay), (0, read)], 2, 20);
+    let second = run_client(
+        &server,
+        MERCHANT_A_SECRETS[0],
+        1,
+        &[(0, replay), (0, read)],
+        2,
+        20,
+    );
     let mut answers = second.answers();
     answers.sort_by_key(|(_, answer)| answer.id_text());
     let (replayed, read) = (&answers[0].1, &answers[1].1);
-    assert_eq!((replayed.id_text().as_str(), replayed.status, replayed.replayed), ("c-2", 200, true));
-    assert_eq!(replayed.payment(), payment, "the replay is the same payment");
+    assert_eq!(
+        (
+            replayed.id_text().as_str(),
+            replayed.status,
+            replayed.replayed
+        ),
+        ("c-2", 200, true)
+    );
+    assert_eq!(
+        replayed.payment(),
+        payment,
+        "the replay is the same payment"
+    );
     assert_eq!((read.status, read.replayed), (200, false));
     assert_eq!(read.payment(), payment);
     // HTTP sees the same single payment.
@@ -439,12 +498,30 @@ fn a_create_and_its_replay_on_two_connections_make_exactly_one_payment() {
     let response = http.request(&signed.bytes());
     assert_eq!(response.payment(), payment);
     let metrics = server.metrics();
-    let created_total = metrics.value("payd_websocket_messages_total", &[("method", "POST"), ("status", "201")]);
-    let replayed_total = metrics.value("payd_websocket_messages_total", &[("method", "POST"), ("status", "200")]);
+    let created_total = metrics.value(
+        "payd_websocket_messages_total",
+        &[("method", "POST"), ("status", "201")],
+    );
+    let replayed_total = metrics.value(
+        "payd_websocket_messages_total",
+        &[("method", "POST"), ("status", "200")],
+    );
     assert_eq!((created_total, replayed_total), (1.0, 1.0));
-    assert_eq!(metrics.value("payd_websocket_connections_total", &[("core", "0")]), 2.0);
-    assert_eq!(metrics.value("payd_websocket_closes_total", &[("code", "1000")]), 2.0);
-    assert_eq!(metrics.value("payd_requests_total", &[("route", "websocket"), ("status", "101")]), 2.0);
+    assert_eq!(
+        metrics.value("payd_websocket_connections_total", &[("core", "0")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("payd_websocket_closes_total", &[("code", "1000")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.value(
+            "payd_requests_total",
+            &[("route", "websocket"), ("status", "101")]
+        ),
+        2.0
+    );
 }
 
 #[test]
@@ -453,11 +530,21 @@ fn a_message_signed_for_another_merchant_gets_401_and_the_connection_stays_open(
     let body = create_body("ord-ws-b", 100, "CNY", "tok_visa");
     let foreign = message_signed("\"b\"", "POST", "/v1/payments", &body, MERCHANT_B_SECRET);
     let own = create_message("\"a\"", "ord-ws-a", "tok_visa");
-    let outcome = run_client(&server, MERCHANT_A_SECRETS[0], 1, &[(0, foreign), (0, own)], 2, 20);
+    let outcome = run_client(
+        &server,
+        MERCHANT_A_SECRETS[0],
+        1,
+        &[(0, foreign), (0, own)],
+        2,
+        20,
+    );
     let mut answers = outcome.answers();
     answers.sort_by_key(|(_, answer)| answer.id_text());
     assert_eq!(answers[0].1.status, 201, "{:?}", answers[0].1);
-    assert_eq!((answers[1].1.status, answers[1].1.error_code().as_str()), (401, "invalid_signature"));
+    assert_eq!(
+        (answers[1].1.status, answers[1].1.error_code().as_str()),
+        (401, "invalid_signature")
+    );
 }
 
 #[test]
@@ -465,14 +552,54 @@ fn envelope_and_route_errors_answer_like_http_and_keep_the_connection() {
     let server = start("");
     let mut client = open_raw(&server);
     let cases: Vec<(String, serde_json_like::Id, u64, &str)> = vec![
-        ("not json".to_string(), serde_json_like::Id::Null, 400, "invalid_request"),
-        (r#"{"id":[1],"method":"GET"}"#.to_string(), serde_json_like::Id::Null, 400, "invalid_request"),
-        (r#"{"id":"e1","target":"/v1/payments"}"#.to_string(), serde_json_like::Id::Text("e1"), 400, "invalid_request"),
-        (message("\"e2\"", "GET", "/healthz", ""), serde_json_like::Id::Text("e2"), 404, "not_found"),
-        (message("\"e3\"", "DELETE", "/v1/payments", ""), serde_json_like::Id::Text("e3"), 405, "method_not_allowed"),
-        (r#"{"id":"e4","method":"GET","target":"/v1/orders/x"}"#.to_string(), serde_json_like::Id::Text("e4"), 401, "authentication_required"),
-        (message("\"e5\"", "POST", "/v1/payments", "{\"amount\":1}"), serde_json_like::Id::Text("e5"), 400, "invalid_request"),
-        (message("\"e6\"", "POST", "/v1/payments", "not json"), serde_json_like::Id::Text("e6"), 400, "invalid_json"),
+        (
+            "not json".to_string(),
+            serde_json_like::Id::Null,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"id":[1],"method":"GET"}"#.to_string(),
+            serde_json_like::Id::Null,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"id":"e1","target":"/v1/payments"}"#.to_string(),
+            serde_json_like::Id::Text("e1"),
+            400,
+            "invalid_request",
+        ),
+        (
+            message("\"e2\"", "GET", "/healthz", ""),
+            serde_json_like::Id::Text("e2"),
+            404,
+            "not_found",
+        ),
+        (
+            message("\"e3\"", "DELETE", "/v1/payments", ""),
+            serde_json_like::Id::Text("e3"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            r#"{"id":"e4","method":"GET","target":"/v1/orders/x"}"#.to_string(),
+            serde_json_like::Id::Text("e4"),
+            401,
+            "authentication_required",
+        ),
+        (
+            message("\"e5\"", "POST", "/v1/payments", "{\"amount\":1}"),
+            serde_json_like::Id::Text("e5"),
+            400,
+            "invalid_request",
+        ),
+        (
+            message("\"e6\"", "POST", "/v1/payments", "not json"),
+            serde_json_like::Id::Text("e6"),
+            400,
+            "invalid_json",
+        ),
     ];
     for (text, id, status, code) in &cases {
         send_text(&mut client, text);
@@ -481,11 +608,18 @@ fn envelope_and_route_errors_answer_like_http_and_keep_the_connection() {
             serde_json_like::Id::Null => assert!(answer.id.is_null(), "{answer:?}"),
             serde_json_like::Id::Text(id) => assert_eq!(answer.id_text(), *id),
         }
-        assert_eq!((answer.status, answer.error_code().as_str()), (*status, *code), "{text}");
+        assert_eq!(
+            (answer.status, answer.error_code().as_str()),
+            (*status, *code),
+            "{text}"
+        );
         assert!(!answer.replayed);
     }
     // The same connection still creates.
-    send_text(&mut client, &create_message("\"ok\"", "ord-ws-env", "tok_visa"));
+    send_text(
+        &mut client,
+        &create_message("\"ok\"", "ord-ws-env", "tok_visa"),
+    );
     assert_eq!(read_answer(&mut client).status, 201);
 }
 
@@ -520,8 +654,16 @@ fn every_protocol_rule_closes_with_its_code() {
         ("reserved control opcode", frame(0x8b, b"", true), 1002),
         ("continuation without start", frame(0x80, b"{}", true), 1002),
         ("binary", frame(BINARY, b"{}", true), 1003),
-        ("invalid UTF-8", frame(TEXT, &[b'{', 0xff, 0xfe, b'}'], true), 1007),
-        ("over max_message_bytes", frame(TEXT, &vec![b' '; 2049], true), 1009),
+        (
+            "invalid UTF-8",
+            frame(TEXT, &[b'{', 0xff, 0xfe, b'}'], true),
+            1007,
+        ),
+        (
+            "over max_message_bytes",
+            frame(TEXT, &vec![b' '; 2049], true),
+            1009,
+        ),
     ];
     for (name, bytes, code) in cases {
         assert_eq!(close_code_for(&server, &bytes), code, "{name}");
@@ -529,13 +671,26 @@ fn every_protocol_rule_closes_with_its_code() {
     // Fragments over the limit together, each under it.
     let mut fragments = frame(0x01, &vec![b' '; 1100], true);
     fragments.extend(frame(0x80, &vec![b' '; 1100], true));
-    assert_eq!(close_code_for(&server, &fragments), 1009, "fragments over the limit");
+    assert_eq!(
+        close_code_for(&server, &fragments),
+        1009,
+        "fragments over the limit"
+    );
     let metrics = server.metrics();
-    assert_eq!(metrics.value("payd_websocket_closes_total", &[("code", "1002")]), 6.0);
+    assert_eq!(
+        metrics.value("payd_websocket_closes_total", &[("code", "1002")]),
+        6.0
+    );
     for code in ["1003", "1007"] {
-        assert_eq!(metrics.value("payd_websocket_closes_total", &[("code", code)]), 1.0);
+        assert_eq!(
+            metrics.value("payd_websocket_closes_total", &[("code", code)]),
+            1.0
+        );
     }
-    assert_eq!(metrics.value("payd_websocket_closes_total", &[("code", "1009")]), 2.0);
+    assert_eq!(
+        metrics.value("payd_websocket_closes_total", &[("code", "1009")]),
+        2.0
+    );
 }
 
 #[test]
@@ -567,7 +722,10 @@ fn a_silent_connection_is_pinged_then_closed_after_two_intervals() {
     assert_eq!((first, payload.len()), (PING, 0));
     assert_eq!(read_close(&mut client), 1001);
     let silent = started.elapsed();
-    assert!(silent >= Duration::from_millis(550), "closed after {silent:?}");
+    assert!(
+        silent >= Duration::from_millis(550),
+        "closed after {silent:?}"
+    );
     // A connection that keeps talking (here, answering pings) stays open meanwhile.
     let mut talker = open_raw(&server);
     let until = Instant::now() + Duration::from_millis(1_500);
@@ -582,13 +740,16 @@ fn a_silent_connection_is_pinged_then_closed_after_two_intervals() {
 
 #[test]
 fn requests_over_the_in_flight_limit_get_429_overloaded() {
-    let server = start(
-        "[websocket]\nmax_in_flight_per_connection = 4\n\n[acquirer]\nlatency_ms = 500\n",
-    );
+    let server =
+        start("[websocket]\nmax_in_flight_per_connection = 4\n\n[acquirer]\nlatency_ms = 500\n");
     let mut client = open_raw(&server);
     let mut burst = Vec::new();
     for index in 0..10 {
-        let text = create_message(&format!("\"b{index}\""), &format!("ord-ws-burst-{index}"), "tok_visa");
+        let text = create_message(
+            &format!("\"b{index}\""),
+            &format!("ord-ws-burst-{index}"),
+            "tok_visa",
+        );
         burst.extend(frame(TEXT, text.as_bytes(), true));
     }
     client.send(&burst);
@@ -602,13 +763,19 @@ fn requests_over_the_in_flight_limit_get_429_overloaded() {
     }
     assert_eq!(statuses, [(201, 4), (429, 6)].into_iter().collect());
     // Once answered, the connection takes requests again.
-    send_text(&mut client, &create_message("\"after\"", "ord-ws-after", "tok_visa"));
+    send_text(
+        &mut client,
+        &create_message("\"after\"", "ord-ws-after", "tok_visa"),
+    );
     assert_eq!(read_answer(&mut client).status, 201);
 }
 
 fn resident_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -624,7 +791,10 @@ fn a_client_that_never_reads_is_not_buffered_without_bound() {
     let text = message("1", "GET", "/v1/orders/none-such", "");
     let one = frame(TEXT, text.as_bytes(), true);
     let batch: Vec<u8> = one.repeat(256);
-    client.stream.set_write_timeout(Some(Duration::from_millis(2_000))).unwrap();
+    client
+        .stream
+        .set_write_timeout(Some(Duration::from_millis(2_000)))
+        .unwrap();
     let mut sent = 0;
     let blocked = loop {
         match client.stream.write(&batch) {
@@ -635,9 +805,15 @@ fn a_client_that_never_reads_is_not_buffered_without_bound() {
             break false;
         }
     };
-    assert!(blocked, "payd read {sent} bytes from a client that never reads");
+    assert!(
+        blocked,
+        "payd read {sent} bytes from a client that never reads"
+    );
     let grown = resident_kib(server.pid()).saturating_sub(before);
-    assert!(grown < RESIDENT_GROWTH_KIB_MAX, "resident memory grew {grown} KiB");
+    assert!(
+        grown < RESIDENT_GROWTH_KIB_MAX,
+        "resident memory grew {grown} KiB"
+    );
     // Reading again, the client gets answers (404s, and 429s past the in-flight limit).
     let answer = read_answer(&mut client);
     assert!(matches!(answer.status, 404 | 429), "{answer:?}");
@@ -653,11 +829,22 @@ fn a_thousand_creates_in_flight_over_sixteen_connections_are_each_answered_by_id
     let server = start("[acquirer]\nlatency_ms = 200\njitter_ms = 100\n");
     let messages: Vec<(usize, String)> = (0..CREATES)
         .map(|index| {
-            let text = create_message(&format!("\"k{index}\""), &format!("ord-ws-k{index}"), "tok_visa");
+            let text = create_message(
+                &format!("\"k{index}\""),
+                &format!("ord-ws-k{index}"),
+                "tok_visa",
+            );
             (index % CONNECTIONS, text)
         })
         .collect();
-    let outcome = run_client(&server, MERCHANT_A_SECRETS[0], CONNECTIONS, &messages, CREATES, 20);
+    let outcome = run_client(
+        &server,
+        MERCHANT_A_SECRETS[0],
+        CONNECTIONS,
+        &messages,
+        CREATES,
+        20,
+    );
     let answers = outcome.answers();
     assert_eq!(answers.len(), CREATES, "answers received");
     let mut ids = std::collections::HashSet::new();
@@ -665,10 +852,18 @@ fn a_thousand_creates_in_flight_over_sixteen_connections_are_each_answered_by_id
     for (connection, answer) in &answers {
         let id = answer.id_text();
         let index: usize = id[1..].parse().unwrap();
-        assert_eq!(*connection, index % CONNECTIONS, "{id} answered on another connection");
+        assert_eq!(
+            *connection,
+            index % CONNECTIONS,
+            "{id} answered on another connection"
+        );
         assert_eq!(answer.status, 201, "{answer:?}");
         let payment = answer.payment();
-        assert_eq!(payment.order_id, format!("ord-ws-k{index}"), "{id} answered with another payment");
+        assert_eq!(
+            payment.order_id,
+            format!("ord-ws-k{index}"),
+            "{id} answered with another payment"
+        );
         assert!(ids.insert(id));
         assert!(payments.insert(payment.id));
     }
@@ -681,11 +876,21 @@ fn a_thousand_creates_in_flight_over_sixteen_connections_are_each_answered_by_id
 fn a_pending_create_is_pushed_once_when_final() {
     let server = start("");
     let create = create_message("\"slow\"", "ord-ws-slow", "tok_slow");
-    let outcome = run_client(&server, MERCHANT_A_SECRETS[0], 1, &[(0, create)], 2, PUSH_WAIT_SECS);
+    let outcome = run_client(
+        &server,
+        MERCHANT_A_SECRETS[0],
+        1,
+        &[(0, create)],
+        2,
+        PUSH_WAIT_SECS,
+    );
     let answers = outcome.answers();
     assert_eq!(answers.len(), 1);
     let pending = answers[0].1.payment();
-    assert_eq!((answers[0].1.status, pending.status.as_str()), (202, "pending"));
+    assert_eq!(
+        (answers[0].1.status, pending.status.as_str()),
+        (202, "pending")
+    );
     let pushes = outcome.pushes();
     assert_eq!(pushes.len(), 1, "{:?}", outcome.received);
     let push = &pushes[0];
@@ -695,7 +900,10 @@ fn a_pending_create_is_pushed_once_when_final() {
     let data = simd_json::to_string(&push["data"]).unwrap();
     let mut bytes = data.into_bytes();
     let pushed: PaymentJson = simd_json::serde::from_slice(&mut bytes).unwrap();
-    assert_eq!((pushed.id.as_str(), pushed.status.as_str()), (pending.id.as_str(), "succeeded"));
+    assert_eq!(
+        (pushed.id.as_str(), pushed.status.as_str()),
+        (pending.id.as_str(), "succeeded")
+    );
     // Answers and pushes came in that order.
     assert!(outcome.received[0].1.contains("\"status\":202"));
 }
@@ -712,24 +920,38 @@ fn shutdown_answers_what_is_in_flight_refuses_new_requests_then_closes_1001() {
     let mut client = open_raw(&server);
     let mut burst = Vec::new();
     for index in 0..3 {
-        let text = create_message(&format!("\"s{index}\""), &format!("ord-ws-stop-{index}"), "tok_visa");
+        let text = create_message(
+            &format!("\"s{index}\""),
+            &format!("ord-ws-stop-{index}"),
+            "tok_visa",
+        );
         burst.extend(frame(TEXT, text.as_bytes(), true));
     }
     client.send(&burst);
     std::thread::sleep(Duration::from_millis(200));
     server.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
-    send_text(&mut client, &create_message("\"late\"", "ord-ws-late", "tok_visa"));
+    send_text(
+        &mut client,
+        &create_message("\"late\"", "ord-ws-late", "tok_visa"),
+    );
     let mut answers: Vec<Answer> = (0..4).map(|_| read_answer(&mut client)).collect();
     answers.sort_by_key(|answer| answer.id_text());
     let seen: Vec<(String, u64)> = answers.iter().map(|a| (a.id_text(), a.status)).collect();
     assert_eq!(
         seen,
-        vec![("late".into(), 503), ("s0".into(), 201), ("s1".into(), 201), ("s2".into(), 201)]
+        vec![
+            ("late".into(), 503),
+            ("s0".into(), 201),
+            ("s1".into(), 201),
+            ("s2".into(), 201)
+        ]
     );
     assert_eq!(answers[0].error_code(), "not_ready");
     assert_eq!(read_close(&mut client), 1001);
-    let status = server.wait_exit(Duration::from_millis(8_000)).expect("payd exits");
+    let status = server
+        .wait_exit(Duration::from_millis(8_000))
+        .expect("payd exits");
     assert!(status.success(), "{status:?}");
 }
 
@@ -739,7 +961,10 @@ fn shutdown_answers_what_is_in_flight_refuses_new_requests_then_closes_1001() {
 fn each_message_has_an_access_log_line_with_its_transport() {
     let server = start("");
     let mut client = open_raw(&server);
-    send_text(&mut client, &message("\"log-probe-ws\"", "GET", "/v1/orders/none", ""));
+    send_text(
+        &mut client,
+        &message("\"log-probe-ws\"", "GET", "/v1/orders/none", ""),
+    );
     assert_eq!(read_answer(&mut client).status, 404);
     let mut http = server.connect();
     http.send(get_request("/healthz", "log-probe-http").as_bytes());
@@ -751,13 +976,27 @@ fn each_message_has_an_access_log_line_with_its_transport() {
         text.contains("log-probe-ws") && text.contains("log-probe-http")
     });
     assert!(written, "{text}");
-    let line = |probe: &str| text.lines().find(|line| line.contains(probe)).unwrap().to_string();
-    let ws: Vec<String> = line("log-probe-ws").split(' ').map(str::to_string).collect();
+    let line = |probe: &str| {
+        text.lines()
+            .find(|line| line.contains(probe))
+            .unwrap()
+            .to_string()
+    };
+    let ws: Vec<String> = line("log-probe-ws")
+        .split(' ')
+        .map(str::to_string)
+        .collect();
     assert_eq!(&ws[2..5], ["GET", "get_order", "404"], "{ws:?}");
     assert_eq!(&ws[6..], ["log-probe-ws", MERCHANT_A, "ws"], "{ws:?}");
     assert!(line("log-probe-http").ends_with(" - http"), "{text}");
-    let opening = text.lines().find(|l| l.contains(" websocket 101 ")).expect("the 101 is logged");
-    assert!(opening.ends_with(&format!(" {MERCHANT_A} http")), "{opening}");
+    let opening = text
+        .lines()
+        .find(|l| l.contains(" websocket 101 "))
+        .expect("the 101 is logged");
+    assert!(
+        opening.ends_with(&format!(" {MERCHANT_A} http")),
+        "{opening}"
+    );
     let _: Option<Response> = None;
 }
 
@@ -768,7 +1007,12 @@ fn many_messages_in_one_write_are_all_answered() {
     let mut client = open_raw(&server);
     let mut burst = Vec::new();
     for index in 0..MESSAGES {
-        let text = message(&index.to_string(), "GET", &format!("/v1/orders/many-{index}"), "");
+        let text = message(
+            &index.to_string(),
+            "GET",
+            &format!("/v1/orders/many-{index}"),
+            "",
+        );
         burst.extend(frame(TEXT, text.as_bytes(), true));
     }
     client.send(&burst);
@@ -782,4 +1026,3 @@ fn many_messages_in_one_write_are_all_answered() {
     ids.sort_unstable();
     assert_eq!(ids, (0..MESSAGES as u64).collect::<Vec<_>>());
 }
-

@@ -314,7 +314,10 @@ mod tests {
         let key = request.websocket.key.clone().unwrap();
         assert_eq!(&text.as_bytes()[key], b"dGhlIHNhbXBsZSBub25jZQ==");
         let plain = complete("GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n");
-        assert!(!plain.websocket.requested, "Connection: Upgrade is required too");
+        assert!(
+            !plain.websocket.requested,
+            "Connection: Upgrade is required too"
+        );
         let old = complete("GET /v1/ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Version: 8\r\n\r\n");
         assert!(!old.websocket.version_13);
     }

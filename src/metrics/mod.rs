@@ -1072,7 +1072,9 @@ mod tests {
         let mut text = String::new();
         render(&[first, second], 0, &mut text);
         assert!(text.contains("payd_websocket_messages_total{method=\"POST\",status=\"201\"} 2\n"));
-        assert!(text.contains("payd_websocket_messages_total{method=\"invalid\",status=\"400\"} 1\n"));
+        assert!(
+            text.contains("payd_websocket_messages_total{method=\"invalid\",status=\"400\"} 1\n")
+        );
         assert!(text.contains("payd_websocket_messages_total{method=\"POST\",status=\"429\"} 1\n"));
         assert!(text.contains("payd_websocket_closes_total{code=\"1002\"} 1\n"));
         assert!(text.contains("payd_websocket_closes_total{code=\"other\"} 1\n"));

@@ -6,8 +6,8 @@
 //! allocated per request once they have grown to fit.
 
 use super::core::Core;
-use super::websocket;
 use super::pipeline::{answer_batch, Batch, Framed, REQUEST_ID_BYTES_MAX};
+use super::websocket;
 use super::{LINGER_BYTES_MAX, LINGER_MS};
 use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
@@ -112,6 +112,10 @@ impl Connection {
         let _ = self.stream.set_nodelay(true);
         let closing = self.serve().await.unwrap_or(false);
         if let Some(merchant) = self.websocket {
+            // The session keeps time itself (pings, the idle rule); HTTP's timeouts
+            // would drop a client that pauses reading, which it may.
+            let _ = self.stream.set_read_timeout(None);
+            let _ = self.stream.set_write_timeout(None);
             let leftover = self.input[self.start..self.filled].to_vec();
             return websocket::serve(self.core, self.stream, merchant, leftover).await;
         }

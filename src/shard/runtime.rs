@@ -262,9 +262,7 @@ impl Shard {
             let state = self.state.borrow();
             match state.get(merchant, id) {
                 None => return Reply::NotFound,
-                Some(payment) if payment.status().is_final() => {
-                    return Reply::Found(take(payment))
-                }
+                Some(payment) if payment.status().is_final() => return Reply::Found(take(payment)),
                 Some(_) => {}
             }
             let mut waiters = self.final_waiters.borrow_mut();

@@ -39,7 +39,10 @@ pub fn websocket_input(bytes: &[u8]) -> (usize, Ending) {
         loop {
             match codec.decode(&mut input, &mut output) {
                 Decoded::Text(text) => {
-                    assert!(text.len() <= FUZZ_MESSAGE_BYTES_MAX, "a message over the limit");
+                    assert!(
+                        text.len() <= FUZZ_MESSAGE_BYTES_MAX,
+                        "a message over the limit"
+                    );
                     messages += 1;
                     assert!(messages <= FUZZ_MESSAGES_MAX);
                     scratch.clear();
@@ -110,7 +113,7 @@ mod tests {
     #[test]
     fn random_and_mutated_sessions_never_panic() {
         let valid = valid_session();
-        let mut prng = Prng(0x5eed_0f_ce11);
+        let mut prng = Prng(0x005e_ed0f_ce11);
         for round in 0..20_000 {
             let mut input = vec![prng.next() as u8];
             if round % 4 == 0 {
@@ -159,7 +162,11 @@ mod tests {
             let mut input = vec![split];
             input.extend(valid_session());
             let ending = websocket_input(&input);
-            assert_eq!(ending, (3, Ending::ClosedByPeer(Some(1000))), "reads of {split}");
+            assert_eq!(
+                ending,
+                (3, Ending::ClosedByPeer(Some(1000))),
+                "reads of {split}"
+            );
         }
     }
 }

@@ -246,9 +246,15 @@ mod tests {
                 .map_err(|refusal| refusal.id.is_none())
         };
         assert_eq!(id_of("7"), Ok("7".to_string()));
-        assert_eq!(id_of("9007199254740991"), Ok("9007199254740991".to_string()));
+        assert_eq!(
+            id_of("9007199254740991"),
+            Ok("9007199254740991".to_string())
+        );
         assert_eq!(id_of(r#""a\"b""#), Ok(r#""a\"b""#.to_string()));
-        assert_eq!(id_of(&format!("\"{}\"", "x".repeat(64))).map(|j| j.len()), Ok(66));
+        assert_eq!(
+            id_of(&format!("\"{}\"", "x".repeat(64))).map(|j| j.len()),
+            Ok(66)
+        );
         for bad in [
             "9007199254740992",
             "-1",
@@ -267,7 +273,14 @@ mod tests {
 
     #[test]
     fn not_an_object_with_an_id_is_refused_without_an_id() {
-        for text in ["", "[]", "\"x\"", "{", r#"{"method":"GET"}"#, "{\"id\":\"a\"} x"] {
+        for text in [
+            "",
+            "[]",
+            "\"x\"",
+            "{",
+            r#"{"method":"GET"}"#,
+            "{\"id\":\"a\"} x",
+        ] {
             let refusal = parse(text).unwrap_err();
             assert_eq!(refusal.id, None, "{text:?}");
             assert_eq!(refusal.fault, Fault::NotAnObjectWithId, "{text:?}");
@@ -282,9 +295,15 @@ mod tests {
             refusal.fault
         };
         let field = |name: &str| Fault::Field(name.to_string());
-        assert_eq!(fault(r#"{"id":1,"target":"/v1/payments"}"#), field("method"));
+        assert_eq!(
+            fault(r#"{"id":1,"target":"/v1/payments"}"#),
+            field("method")
+        );
         assert_eq!(fault(r#"{"id":1,"method":"GET"}"#), field("target"));
-        assert_eq!(fault(r#"{"id":1,"method":"GET","target":"v1"}"#), field("target"));
+        assert_eq!(
+            fault(r#"{"id":1,"method":"GET","target":"v1"}"#),
+            field("target")
+        );
         assert_eq!(
             fault(r#"{"id":1,"method":"POST","target":"/","body":{}}"#),
             field("body")
@@ -293,7 +312,10 @@ mod tests {
             fault(r#"{"id":1,"method":"GET","target":"/","extra":1}"#),
             field("extra")
         );
-        let big = format!(r#"{{"id":1,"method":"POST","target":"/","body":"{}"}}"#, "x".repeat(101));
+        let big = format!(
+            r#"{{"id":1,"method":"POST","target":"/","body":"{}"}}"#,
+            "x".repeat(101)
+        );
         let refusal = parse_message(&mut big.into_bytes(), 100).unwrap_err();
         assert_eq!(refusal.fault, Fault::BodyTooLarge);
     }
@@ -318,13 +340,19 @@ mod tests {
         let mut out = Vec::new();
         let id = MessageId::text("c-17");
         write_answer(&mut out, Some(&id), 201, false, b"{}");
-        assert_eq!(out, br#"{"id":"c-17","status":201,"replayed":false,"body":{}}"#);
+        assert_eq!(
+            out,
+            br#"{"id":"c-17","status":201,"replayed":false,"body":{}}"#
+        );
         out.clear();
         write_answer(&mut out, Some(&MessageId::integer(7)), 200, true, b"{}");
         assert_eq!(out, br#"{"id":7,"status":200,"replayed":true,"body":{}}"#);
         out.clear();
         write_answer(&mut out, None, 400, false, b"{}");
-        assert_eq!(out, br#"{"id":null,"status":400,"replayed":false,"body":{}}"#);
+        assert_eq!(
+            out,
+            br#"{"id":null,"status":400,"replayed":false,"body":{}}"#
+        );
         out.clear();
         write_payment_updated(&mut out, b"{\"id\":\"pay_1\"}");
         assert_eq!(out, br#"{"event":"payment.updated","data":{"id":"pay_1"}}"#);

@@ -109,9 +109,17 @@ pub fn method_slot(method: Option<Method>) -> usize {
 }
 
 /// Starts a task that answers `request` through the API.
-pub fn spawn_request(connection: &Connection, request: MessageRequest, received: Instant, unix_ms: u64) {
+pub fn spawn_request(
+    connection: &Connection,
+    request: MessageRequest,
+    received: Instant,
+    unix_ms: u64,
+) {
     let connection = connection.clone();
-    connection.outbox.running.set(connection.outbox.running.get() + 1);
+    connection
+        .outbox
+        .running
+        .set(connection.outbox.running.get() + 1);
     glommio::spawn_local(async move {
         let mut response = Response::new();
         let MessageRequest {

@@ -8,8 +8,8 @@
 //! `websocket.max_message_bytes` (tungstenite refuses larger with 1009); a connection
 //! silent for two ping intervals is closed with 1001.
 
-use super::answers::{answer_now, spawn_request, Connection, Outbox, Ready};
 use super::super::core::Core;
+use super::answers::{answer_now, spawn_request, Connection, Outbox, Ready};
 use crate::api::error::{ApiError, ErrorKind};
 use crate::http::websocket::codec::{close_code, write_text_frame, Codec, Decoded};
 use crate::http::websocket::message::{parse_message, Fault, Refusal};
@@ -197,7 +197,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn advance_written(&mut self, count: usize) {
         self.written += count;
-        while self.answer_ends.front().is_some_and(|&end| end <= self.written) {
+        while self
+            .answer_ends
+            .front()
+            .is_some_and(|&end| end <= self.written)
+        {
             self.answer_ends.pop_front();
         }
         if self.written == self.output.len() {
@@ -270,11 +274,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Fault::BodyTooLarge => ApiError::new(ErrorKind::BodyTooLarge),
                 };
                 let method = None;
-                answer_now(&self.connection, id.as_ref(), method, &error, received, unix_ms);
+                answer_now(
+                    &self.connection,
+                    id.as_ref(),
+                    method,
+                    &error,
+                    received,
+                    unix_ms,
+                );
                 return;
             }
         };
-        let in_flight_max = self.connection.core.api.config.websocket.max_in_flight_per_connection;
+        let in_flight_max = self
+            .connection
+            .core
+            .api
+            .config
+            .websocket
+            .max_in_flight_per_connection;
         let refusal = if self.phase == Phase::Draining {
             Some(ApiError::new(ErrorKind::NotReady))
         } else if self.in_flight() >= in_flight_max {
