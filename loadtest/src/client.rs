@@ -7,7 +7,7 @@
 //! wrk2 makes for coordinated omission). A broken connection is reopened until the end.
 
 use crate::stats::{Failure, Stats};
-use crate::workload::{Kind, Workload};
+use crate::workload::{Kind, Transport, Workload};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
@@ -52,8 +52,12 @@ pub async fn run_connection(
         reader: ResponseReader::new(),
         next_due: first_due,
     };
+    let transport = workload.config().transport;
     while Instant::now() < plan.end {
         match connect(plan).await {
+            Ok(stream) if transport == Transport::WebSocket => {
+                exchange.run_websocket(stream, &mut workload).await
+            }
             Ok(stream) => exchange.run(stream, &mut workload).await,
             Err(failure) => {
                 exchange.record_failure(Instant::now(), failure, 1);
@@ -75,11 +79,12 @@ async fn connect(plan: &Plan) -> Result<TcpStream, Failure> {
     Ok(stream)
 }
 
-struct Exchange {
-    plan: &'static Plan,
-    stats: Rc<RefCell<Stats>>,
-    output: Vec<u8>,
-    kinds: Vec<Kind>,
+/// One connection's batch state; `websocket` runs the same loop with messages.
+pub(crate) struct Exchange {
+    pub(crate) plan: &'static Plan,
+    pub(crate) stats: Rc<RefCell<Stats>>,
+    pub(crate) output: Vec<u8>,
+    pub(crate) kinds: Vec<Kind>,
     reader: ResponseReader,
     next_due: Instant,
 }
@@ -110,7 +115,7 @@ impl Exchange {
     }
 
     /// Returns when the next batch is due (now, in a closed loop), or `None` at the end.
-    async fn wait_until_due(&mut self) -> Option<Instant> {
+    pub(crate) async fn wait_until_due(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let Some(interval) = self.plan.batch_interval else {
             return (now < self.plan.end).then_some(now);
@@ -161,7 +166,7 @@ impl Exchange {
         true
     }
 
-    fn record_failure(&self, due: Instant, failure: Failure, requests: usize) {
+    pub(crate) fn record_failure(&self, due: Instant, failure: Failure, requests: usize) {
         if due >= self.plan.measure_from && Instant::now() < self.plan.end {
             let mut stats = self.stats.borrow_mut();
             for _ in 0..requests {
@@ -171,14 +176,14 @@ impl Exchange {
     }
 }
 
-fn failure_of(error: &io::Error) -> Failure {
+pub(crate) fn failure_of(error: &io::Error) -> Failure {
     match error.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::Timeout,
         _ => Failure::Io,
     }
 }
 
-fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")

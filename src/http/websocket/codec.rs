@@ -127,15 +127,24 @@ fn output_of<'o>(duplex: Duplex<'_, '_, 'o>) -> &'o mut Vec<u8> {
 /// Appends one unfragmented text frame carrying `payload`, which must be UTF-8 (payd's
 /// own JSON). Server frames are not masked.
 pub fn write_text_frame(output: &mut Vec<u8>, payload: &[u8]) {
+    write_text_frame_parts(output, &[payload]);
+}
+
+/// Appends one text frame whose payload is `parts` one after the other, so an answer
+/// goes out without being assembled in a buffer of its own first.
+pub fn write_text_frame_parts(output: &mut Vec<u8>, parts: &[&[u8]]) {
+    let length: usize = parts.iter().map(|part| part.len()).sum();
     let header = FrameHeader {
         is_final: true,
         opcode: OpCode::Data(Data::Text),
         ..FrameHeader::default()
     };
     header
-        .format(payload.len() as u64, output)
+        .format(length as u64, output)
         .expect("writing into a Vec cannot fail");
-    output.extend_from_slice(payload);
+    for part in parts {
+        output.extend_from_slice(part);
+    }
 }
 
 /// tungstenite's stream for one call: reads what the connection received, writes into

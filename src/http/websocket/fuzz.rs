@@ -47,8 +47,14 @@ pub fn websocket_input(bytes: &[u8]) -> (usize, Ending) {
                     assert!(messages <= FUZZ_MESSAGES_MAX);
                     scratch.clear();
                     scratch.extend_from_slice(text.as_bytes());
-                    let (id, status) = match parse_message(&mut scratch, FUZZ_BODY_BYTES_MAX) {
-                        Ok(request) => (Some(request.id), 200),
+                    let parsed = parse_message(&mut scratch, FUZZ_BODY_BYTES_MAX, Vec::new());
+                    let (id, status) = match parsed {
+                        Ok(mut request) => {
+                            let parts = request.parts();
+                            assert!(parts.body.len() <= FUZZ_BODY_BYTES_MAX);
+                            assert!(parts.target.starts_with(b"/"));
+                            (Some(request.id), 200)
+                        }
                         Err(refusal) => (refusal.id, 400),
                     };
                     answer.clear();

@@ -9,63 +9,132 @@
 
 use super::super::request::Method;
 use crate::payment_object::write_json_string;
-use simd_json::prelude::*;
-use simd_json::{BorrowedValue, StaticNode};
+use simd_json::{Buffers, Node, StaticNode, Tape};
+use std::cell::RefCell;
+use std::ops::Range;
 
 /// A string `id` is 1 to 64 characters from `!` to `~`.
 pub const ID_TEXT_LENGTH_MAX: usize = 64;
 /// An integer `id` is at most 2^53 - 1, the largest every JSON client keeps exact.
 pub const ID_INTEGER_MAX: u64 = (1 << 53) - 1;
+/// A string id as JSON: quoted, each `"` or `\` escaped.
+const ID_JSON_BYTES_MAX: usize = 2 * ID_TEXT_LENGTH_MAX + 2;
 /// A field name the client sent is echoed in `param` only if it is this short and plain.
 const ECHOED_FIELD_LENGTH_MAX: usize = 40;
+/// simd-json's buffers start sized for a typical message; they grow to the largest seen.
+const PARSE_BUFFERS_BYTES_INITIAL: usize = 1024;
+/// The envelope's fields, in the order their values are packed into `MessageRequest`.
+const FIELDS: [&str; 6] = ["id", "method", "target", "timestamp", "signature", "body"];
 
-/// The client's `id`, kept as the JSON it is echoed as, and as the text the access log
-/// shows (the id itself, or the integer's digits).
-#[derive(Clone, Debug, PartialEq, Eq)]
+thread_local! {
+    /// One core's simd-json buffers and tape, reused by every message it parses.
+    static PARSER: RefCell<(Buffers, Option<Tape<'static>>)> = RefCell::new((
+        Buffers::new(PARSE_BUFFERS_BYTES_INITIAL),
+        Some(Tape(Vec::new())),
+    ));
+}
+
+/// The client's `id`, kept inline (no allocation) as the JSON it is echoed as, and as the
+/// text the access log shows (the id itself, or the integer's digits).
+#[derive(Clone, Copy)]
 pub struct MessageId {
-    json: String,
-    text_range: std::ops::Range<usize>,
+    json: [u8; ID_JSON_BYTES_MAX],
+    json_length: u8,
+    /// The log text within `json`: without the quotes of a string.
+    text_start: u8,
+    text_end: u8,
 }
 
 impl MessageId {
+    fn new(json: &[u8], text: Range<usize>) -> MessageId {
+        let mut id = MessageId {
+            json: [0; ID_JSON_BYTES_MAX],
+            json_length: json.len() as u8,
+            text_start: text.start as u8,
+            text_end: text.end as u8,
+        };
+        id.json[..json.len()].copy_from_slice(json);
+        id
+    }
+
     fn text(text: &str) -> MessageId {
-        let mut json = Vec::with_capacity(text.len() + 2);
+        let mut json = Vec::with_capacity(ID_JSON_BYTES_MAX);
         write_json_string(&mut json, text);
-        // Only `"` and `\` are escaped among `!`..`~`, so the JSON is ASCII.
-        let json = String::from_utf8(json).expect("an escaped ASCII id is UTF-8");
-        let text_range = 1..json.len() - 1;
-        MessageId { json, text_range }
+        let length = json.len();
+        MessageId::new(&json, 1..length - 1)
     }
 
     fn integer(value: u64) -> MessageId {
-        let json = itoa::Buffer::new().format(value).to_string();
-        let text_range = 0..json.len();
-        MessageId { json, text_range }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(value).as_bytes();
+        MessageId::new(digits, 0..digits.len())
     }
 
     /// The id as JSON: a string or an integer, as the client sent it.
-    pub fn json(&self) -> &str {
-        &self.json
+    pub fn json(&self) -> &[u8] {
+        &self.json[..usize::from(self.json_length)]
     }
 
     /// The id as a log field: the string as escaped in JSON (visible ASCII, no space), or
     /// the integer's digits.
     pub fn log_text(&self) -> &[u8] {
-        &self.json.as_bytes()[self.text_range.clone()]
+        &self.json[usize::from(self.text_start)..usize::from(self.text_end)]
     }
 }
 
-/// One request carried by a message: what the HTTP request would have had.
-#[derive(Debug, PartialEq, Eq)]
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", String::from_utf8_lossy(self.json()))
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &MessageId) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl Eq for MessageId {}
+
+/// One request carried by a message: what the HTTP request would have had. Its text
+/// fields are packed into one buffer, the body last (the API parses it in place).
+#[derive(Debug)]
 pub struct MessageRequest {
     pub id: MessageId,
     pub method: Method,
-    pub target: String,
-    /// `None` when absent or not a string of digits: the API answers 401.
-    pub timestamp: Option<String>,
-    pub signature: Option<String>,
+    fields: Vec<u8>,
+    target: Range<usize>,
+    timestamp: Option<Range<usize>>,
+    signature: Option<Range<usize>>,
+    body_start: usize,
+}
+
+/// A request's fields, borrowed from its buffer.
+pub struct RequestParts<'a> {
+    pub target: &'a [u8],
+    /// `None` when absent or of the wrong type: the API answers 401.
+    pub timestamp: Option<&'a [u8]>,
+    pub signature: Option<&'a [u8]>,
     /// The exact string that was signed (empty when absent).
-    pub body: Vec<u8>,
+    pub body: &'a mut [u8],
+}
+
+impl MessageRequest {
+    pub fn parts(&mut self) -> RequestParts<'_> {
+        let (head, body) = self.fields.split_at_mut(self.body_start);
+        let field = |range: &Range<usize>| &head[range.clone()];
+        RequestParts {
+            target: field(&self.target),
+            timestamp: self.timestamp.as_ref().map(field),
+            signature: self.signature.as_ref().map(field),
+            body,
+        }
+    }
+
+    /// The buffer back, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.fields
+    }
 }
 
 /// Why a message carries no request the API can judge.
@@ -81,95 +150,154 @@ pub struct Refusal {
 pub enum Fault {
     /// Not a JSON object, or its `id` is missing or invalid.
     NotAnObjectWithId,
-    /// `method`, `target` or `body` is missing or of the wrong type, or a field is unknown.
+    /// `method`, `target` or `body` is missing or of the wrong type, or a field is
+    /// unknown or repeated.
     Field(String),
     /// The body is over `limits.max_body_bytes`.
     BodyTooLarge,
 }
 
-/// Parses a text message (in place: `text` is scratch space simd-json may rearrange).
-pub fn parse_message(text: &mut [u8], max_body_bytes: usize) -> Result<MessageRequest, Refusal> {
-    let refuse = |id, fault| Refusal { id, fault };
-    let Ok(value) = simd_json::to_borrowed_value(text) else {
-        return Err(refuse(None, Fault::NotAnObjectWithId));
-    };
-    let Some(object) = value.as_object() else {
-        return Err(refuse(None, Fault::NotAnObjectWithId));
-    };
-    let Some(id) = object.get("id").and_then(parse_id) else {
-        return Err(refuse(None, Fault::NotAnObjectWithId));
-    };
-    let field = |name: &str| Fault::Field(name.to_string());
-    for key in object.keys() {
-        if !matches!(
-            key.as_ref(),
-            "id" | "method" | "target" | "timestamp" | "signature" | "body"
-        ) {
-            let fault = if is_echoable(key) {
-                field(key)
-            } else {
-                field("(unknown field)")
-            };
-            return Err(refuse(Some(id), fault));
-        }
-    }
-    let method = match object.get("method").and_then(|value| value.as_str()) {
-        Some("GET") => Method::Get,
-        Some("POST") => Method::Post,
-        Some(_) => Method::Other,
-        None => return Err(refuse(Some(id), field("method"))),
-    };
-    let target = match object.get("target").and_then(|value| value.as_str()) {
-        Some(target) if target.starts_with('/') => target.to_string(),
-        _ => return Err(refuse(Some(id), field("target"))),
-    };
-    let body = match object.get("body") {
-        None | Some(BorrowedValue::Static(StaticNode::Null)) => Vec::new(),
-        Some(BorrowedValue::String(body)) if body.len() > max_body_bytes => {
-            return Err(refuse(Some(id), Fault::BodyTooLarge))
-        }
-        Some(BorrowedValue::String(body)) => body.as_bytes().to_vec(),
-        Some(_) => return Err(refuse(Some(id), field("body"))),
-    };
-    Ok(MessageRequest {
-        id,
-        method,
-        target,
-        timestamp: object.get("timestamp").and_then(timestamp_text),
-        signature: object
-            .get("signature")
-            .and_then(|value| value.as_str())
-            .map(str::to_string),
-        body,
+/// Parses a text message (in place: `text` is scratch space simd-json rearranges) into a
+/// request whose fields are packed into `buffer` (cleared first; pass a reused one).
+pub fn parse_message(
+    text: &mut [u8],
+    max_body_bytes: usize,
+    buffer: Vec<u8>,
+) -> Result<MessageRequest, Refusal> {
+    PARSER.with(|parser| {
+        let mut parser = parser.borrow_mut();
+        let (buffers, kept) = &mut *parser;
+        let mut tape: Tape<'_> = kept.take().unwrap_or_else(|| Tape(Vec::new())).reset();
+        let result = match simd_json::fill_tape(text, buffers, &mut tape) {
+            Ok(()) => envelope(&tape.0, max_body_bytes, buffer),
+            Err(_) => Err(refuse(None, Fault::NotAnObjectWithId)),
+        };
+        *kept = Some(tape.reset());
+        result
     })
 }
 
-fn parse_id(value: &BorrowedValue<'_>) -> Option<MessageId> {
+fn refuse(id: Option<MessageId>, fault: Fault) -> Refusal {
+    Refusal { id, fault }
+}
+
+/// The envelope's values, as tape nodes: the top object's fields, each at most once.
+fn envelope(
+    nodes: &[Node<'_>],
+    max_body_bytes: usize,
+    buffer: Vec<u8>,
+) -> Result<MessageRequest, Refusal> {
+    let Some(Node::Object { len, .. }) = nodes.first() else {
+        return Err(refuse(None, Fault::NotAnObjectWithId));
+    };
+    let mut values: [Option<&Node<'_>>; FIELDS.len()] = [None; FIELDS.len()];
+    let mut unknown = None;
+    let mut index = 1;
+    for _ in 0..*len {
+        let (Some(Node::String(key)), Some(value)) = (nodes.get(index), nodes.get(index + 1))
+        else {
+            return Err(refuse(None, Fault::NotAnObjectWithId));
+        };
+        index += 1 + match value {
+            Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+            _ => 1,
+        };
+        match FIELDS.iter().position(|field| field == key) {
+            Some(slot) if values[slot].is_none() => values[slot] = Some(value),
+            Some(_) => unknown = unknown.or(Some(*key)),
+            None => unknown = unknown.or(Some(*key)),
+        }
+    }
+    let [id, method, target, timestamp, signature, body] = values;
+    let Some(id) = id.and_then(parse_id) else {
+        return Err(refuse(None, Fault::NotAnObjectWithId));
+    };
+    let field = |name: &str| refuse(Some(id), Fault::Field(name.to_string()));
+    if let Some(key) = unknown {
+        return Err(field(if is_echoable(key) {
+            key
+        } else {
+            "(unknown field)"
+        }));
+    }
+    let method = match method {
+        Some(Node::String("GET")) => Method::Get,
+        Some(Node::String("POST")) => Method::Post,
+        Some(Node::String(_)) => Method::Other,
+        _ => return Err(field("method")),
+    };
+    let target = match target {
+        Some(Node::String(target)) if target.starts_with('/') => target.as_bytes(),
+        _ => return Err(field("target")),
+    };
+    let body = match body {
+        None | Some(Node::Static(StaticNode::Null)) => &b""[..],
+        Some(Node::String(body)) if body.len() > max_body_bytes => {
+            return Err(refuse(Some(id), Fault::BodyTooLarge))
+        }
+        Some(Node::String(body)) => body.as_bytes(),
+        Some(_) => return Err(field("body")),
+    };
+    let mut packed = Packer { buffer };
+    packed.buffer.clear();
+    let target = packed.push(target);
+    let timestamp = timestamp.and_then(|value| packed.push_timestamp(value));
+    let signature = match signature {
+        Some(Node::String(signature)) => Some(packed.push(signature.as_bytes())),
+        _ => None,
+    };
+    let body_start = packed.buffer.len();
+    packed.buffer.extend_from_slice(body);
+    Ok(MessageRequest {
+        id,
+        method,
+        fields: packed.buffer,
+        target,
+        timestamp,
+        signature,
+        body_start,
+    })
+}
+
+struct Packer {
+    buffer: Vec<u8>,
+}
+
+impl Packer {
+    fn push(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(bytes);
+        start..self.buffer.len()
+    }
+
+    /// The timestamp as the text that was signed: a string as sent, or a non-negative
+    /// integer's digits (what a client that sends a number signed).
+    fn push_timestamp(&mut self, value: &Node<'_>) -> Option<Range<usize>> {
+        let digits = match value {
+            Node::String(text) => return Some(self.push(text.as_bytes())),
+            Node::Static(StaticNode::U64(value)) => *value,
+            Node::Static(StaticNode::I64(value)) => u64::try_from(*value).ok()?,
+            _ => return None,
+        };
+        Some(self.push(itoa::Buffer::new().format(digits).as_bytes()))
+    }
+}
+
+fn parse_id(value: &Node<'_>) -> Option<MessageId> {
     match value {
-        BorrowedValue::String(text)
+        Node::String(text)
             if (1..=ID_TEXT_LENGTH_MAX).contains(&text.len())
                 && text.bytes().all(|b| (b'!'..=b'~').contains(&b)) =>
         {
             Some(MessageId::text(text))
         }
-        BorrowedValue::Static(StaticNode::U64(value)) if *value <= ID_INTEGER_MAX => {
+        Node::Static(StaticNode::U64(value)) if *value <= ID_INTEGER_MAX => {
             Some(MessageId::integer(*value))
         }
-        BorrowedValue::Static(StaticNode::I64(value)) => u64::try_from(*value)
+        Node::Static(StaticNode::I64(value)) => u64::try_from(*value)
             .ok()
             .filter(|value| *value <= ID_INTEGER_MAX)
             .map(MessageId::integer),
-        _ => None,
-    }
-}
-
-/// The timestamp as the text that was signed: a string as sent, or a non-negative
-/// integer's digits (what a client that sends a number signed).
-fn timestamp_text(value: &BorrowedValue<'_>) -> Option<String> {
-    match value {
-        BorrowedValue::String(text) => Some(text.to_string()),
-        BorrowedValue::Static(StaticNode::U64(value)) => Some(value.to_string()),
-        BorrowedValue::Static(StaticNode::I64(value)) if *value >= 0 => Some(value.to_string()),
         _ => None,
     }
 }
@@ -191,9 +319,19 @@ pub fn write_answer(
     replayed: bool,
     body: &[u8],
 ) {
+    write_answer_head(out, id, status, replayed);
+    out.extend_from_slice(body);
+    out.extend_from_slice(ANSWER_TAIL);
+}
+
+/// What follows the body of an answer.
+pub const ANSWER_TAIL: &[u8] = b"}";
+
+/// Appends an answer up to its body: the body and `ANSWER_TAIL` follow.
+pub fn write_answer_head(out: &mut Vec<u8>, id: Option<&MessageId>, status: u16, replayed: bool) {
     out.extend_from_slice(b"{\"id\":");
     match id {
-        Some(id) => out.extend_from_slice(id.json().as_bytes()),
+        Some(id) => out.extend_from_slice(id.json()),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"status\":");
@@ -203,8 +341,6 @@ pub fn write_answer(
     } else {
         b",\"replayed\":false,\"body\":"
     });
-    out.extend_from_slice(body);
-    out.push(b'}');
 }
 
 /// Appends a status push: `{"event":"payment.updated","data":{payment}}`.
@@ -219,30 +355,31 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<MessageRequest, Refusal> {
-        parse_message(&mut text.as_bytes().to_vec(), 16384)
+        parse_message(&mut text.as_bytes().to_vec(), 16384, Vec::new())
     }
 
     #[test]
     fn a_create_message_is_the_http_request_it_carries() {
-        let request = parse(
+        let mut request = parse(
             r#"{"id":"c-17","method":"POST","target":"/v1/payments","timestamp":"1796363613",
                 "signature":"v1=ab","body":"{\"order_id\":\"ord-1\",\"amount\":1999}"}"#,
         )
         .unwrap();
-        assert_eq!(request.id.json(), "\"c-17\"");
+        assert_eq!(request.id.json(), b"\"c-17\"");
         assert_eq!(request.id.log_text(), b"c-17");
         assert_eq!(request.method, Method::Post);
-        assert_eq!(request.target, "/v1/payments");
-        assert_eq!(request.timestamp.as_deref(), Some("1796363613"));
-        assert_eq!(request.signature.as_deref(), Some("v1=ab"));
-        assert_eq!(request.body, br#"{"order_id":"ord-1","amount":1999}"#);
+        let parts = request.parts();
+        assert_eq!(parts.target, b"/v1/payments");
+        assert_eq!(parts.timestamp, Some(&b"1796363613"[..]));
+        assert_eq!(parts.signature, Some(&b"v1=ab"[..]));
+        assert_eq!(parts.body, br#"{"order_id":"ord-1","amount":1999}"#);
     }
 
     #[test]
     fn ids_are_short_visible_strings_or_exact_integers() {
         let id_of = |id: &str| {
             parse(&format!(r#"{{"id":{id},"method":"GET","target":"/"}}"#))
-                .map(|request| request.id.json().to_string())
+                .map(|request| String::from_utf8(request.id.json().to_vec()).unwrap())
                 .map_err(|refusal| refusal.id.is_none())
         };
         assert_eq!(id_of("7"), Ok("7".to_string()));
@@ -291,7 +428,7 @@ mod tests {
     fn envelope_faults_keep_the_id_and_name_the_field() {
         let fault = |text: &str| {
             let refusal = parse(text).unwrap_err();
-            assert_eq!(refusal.id.unwrap().json(), "1");
+            assert_eq!(refusal.id.unwrap().json(), b"1");
             refusal.fault
         };
         let field = |name: &str| Fault::Field(name.to_string());
@@ -312,22 +449,36 @@ mod tests {
             fault(r#"{"id":1,"method":"GET","target":"/","extra":1}"#),
             field("extra")
         );
+        assert_eq!(
+            fault(r#"{"id":1,"method":"GET","target":"/","target":"/x"}"#),
+            field("target"),
+            "a repeated field"
+        );
+        assert_eq!(
+            fault(r#"{"id":1,"method":"GET","target":"/","nested":{"a":[1,{"b":2}]},"z":1}"#),
+            field("nested"),
+            "nested values are skipped whole"
+        );
         let big = format!(
             r#"{{"id":1,"method":"POST","target":"/","body":"{}"}}"#,
             "x".repeat(101)
         );
-        let refusal = parse_message(&mut big.into_bytes(), 100).unwrap_err();
+        let refusal = parse_message(&mut big.into_bytes(), 100, Vec::new()).unwrap_err();
         assert_eq!(refusal.fault, Fault::BodyTooLarge);
     }
 
     #[test]
     fn a_numeric_timestamp_is_its_digits_and_a_wrong_type_is_absent() {
         let timestamp = |value: &str| {
-            parse(&format!(
+            let mut request = parse(&format!(
                 r#"{{"id":1,"method":"GET","target":"/","timestamp":{value},"signature":5}}"#
             ))
-            .unwrap()
-            .timestamp
+            .unwrap();
+            let parts = request.parts();
+            assert_eq!(parts.signature, None);
+            parts
+                .timestamp
+                .map(|t| String::from_utf8(t.to_vec()).unwrap())
         };
         assert_eq!(timestamp("1796363613"), Some("1796363613".to_string()));
         assert_eq!(timestamp("1.5"), None);

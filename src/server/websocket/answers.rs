@@ -5,15 +5,14 @@
 //! Answers come back in the order they finish, not the order requests came: the `id`
 //! ties them together (API.md section 9). A task always runs to its end, even if the
 //! connection is gone by then, so no create is abandoned between its decision and its
-//! answer; only the answer is dropped.
+//! answer; only the answer is dropped. Responses and request buffers are kept for reuse
+//! (a few per connection), so a steady stream of messages allocates little.
 
 use super::super::access_log::{AccessRecord, Transport};
 use super::super::core::Core;
 use crate::api::{self, error::ApiError};
-use crate::http::websocket::message::{
-    write_answer, write_payment_updated, MessageId, MessageRequest,
-};
-use crate::http::{Method, Response, ResponseHeader};
+use crate::http::websocket::message::{write_payment_updated, MessageId, MessageRequest};
+use crate::http::{Method, Response};
 use crate::metrics::Route;
 use crate::payment::{MerchantIndex, PaymentId};
 use std::cell::{Cell, RefCell};
@@ -24,11 +23,12 @@ use std::time::Instant;
 /// Payments of one connection awaited at once for a status push; beyond this a 202 is
 /// not pushed (webhooks stay the durable channel).
 pub const PUSHES_AWAITED_MAX: usize = 1024;
+/// Responses and request buffers a connection keeps for reuse, each.
+pub const SPARES_MAX: usize = 8;
 
 /// What the session's tasks hand back to it.
 #[derive(Default)]
 pub struct Outbox {
-    /// Answers and pushes ready to be framed, each a complete JSON text.
     ready: RefCell<Vec<Ready>>,
     /// Request tasks still running.
     running: Cell<usize>,
@@ -37,12 +37,18 @@ pub struct Outbox {
     /// False once the session ended: late answers and pushes are dropped.
     open: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    spare_responses: RefCell<Vec<Response>>,
+    spare_buffers: RefCell<Vec<Vec<u8>>>,
 }
 
-pub struct Ready {
-    pub text: Vec<u8>,
-    /// An answer (true) counts against the in-flight limit until written; a push does not.
-    pub answer: bool,
+/// Something to send: an answer, which counts against the in-flight limit until written,
+/// or a status push, which does not.
+pub enum Ready {
+    Answer {
+        id: Option<MessageId>,
+        response: Response,
+    },
+    Push(Vec<u8>),
 }
 
 impl Outbox {
@@ -79,6 +85,32 @@ impl Outbox {
         self.ready.borrow_mut().clear();
     }
 
+    /// A buffer for the next request's fields.
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.spare_buffers.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// A written answer's response, for the next request.
+    pub fn recycle(&self, response: Response) {
+        let mut spares = self.spare_responses.borrow_mut();
+        if spares.len() < SPARES_MAX {
+            spares.push(response);
+        }
+    }
+
+    fn recycle_buffer(&self, buffer: Vec<u8>) {
+        let mut spares = self.spare_buffers.borrow_mut();
+        if spares.len() < SPARES_MAX {
+            spares.push(buffer);
+        }
+    }
+
+    fn take_response(&self) -> Response {
+        let mut response = self.spare_responses.borrow_mut().pop().unwrap_or_default();
+        response.reset();
+        response
+    }
+
     fn deliver(&self, ready: Ready) {
         if !self.open.get() {
             return;
@@ -98,8 +130,15 @@ pub struct Connection {
     pub merchant: MerchantIndex,
 }
 
+/// When a message arrived: the latency clock and the wall clock of its access-log line.
+#[derive(Clone, Copy)]
+pub struct Received {
+    pub instant: Instant,
+    pub unix_ms: u64,
+}
+
 /// The method label index of `payd_websocket_messages_total`.
-pub fn method_slot(method: Option<Method>) -> usize {
+fn method_slot(method: Option<Method>) -> usize {
     match method {
         Some(Method::Get) => 0,
         Some(Method::Post) => 1,
@@ -109,54 +148,45 @@ pub fn method_slot(method: Option<Method>) -> usize {
 }
 
 /// Starts a task that answers `request` through the API.
-pub fn spawn_request(
-    connection: &Connection,
-    request: MessageRequest,
-    received: Instant,
-    unix_ms: u64,
-) {
+pub fn spawn_request(connection: &Connection, mut request: MessageRequest, received: Received) {
     let connection = connection.clone();
-    connection
-        .outbox
-        .running
-        .set(connection.outbox.running.get() + 1);
+    let outbox = &connection.outbox;
+    outbox.running.set(outbox.running.get() + 1);
     glommio::spawn_local(async move {
-        let mut response = Response::new();
-        let MessageRequest {
-            id,
-            method,
-            target,
-            timestamp,
-            signature,
-            mut body,
-        } = request;
         let core = &connection.core;
+        let outbox = &connection.outbox;
+        let mut response = outbox.take_response();
         let merchant_id = core.api.keys.merchant_id(connection.merchant);
+        let (id, method) = (request.id, request.method);
+        let parts = request.parts();
         let api_request = api::Request {
             method,
-            target: target.as_bytes(),
+            target: parts.target,
             content_type_json: None,
             merchant: Some(merchant_id.as_bytes()),
-            timestamp: timestamp.as_deref().map(str::as_bytes),
-            signature: signature.as_deref().map(str::as_bytes),
-            body: &mut body,
-            unix_ms,
+            timestamp: parts.timestamp,
+            signature: parts.signature,
+            body: parts.body,
+            unix_ms: received.unix_ms,
         };
         let route = api::handle_message(&core.api, api_request, &mut response).await;
-        let outbox = &connection.outbox;
         outbox.running.set(outbox.running.get() - 1);
-        let answered = Answered {
-            id: Some(&id),
-            method: Some(method),
-            route,
-            response: &response,
-            received,
-            unix_ms,
-        };
-        deliver_answer(&connection, &answered);
+        outbox.recycle_buffer(request.into_buffer());
         let pending = (route == Route::CreatePayment && response.status == 202)
             .then(|| api::answered_payment_id(&response.body))
             .flatten();
+        record(
+            &connection,
+            Some(&id),
+            Some(method),
+            route,
+            &response,
+            received,
+        );
+        outbox.deliver(Ready::Answer {
+            id: Some(id),
+            response,
+        });
         if let Some(payment) = pending {
             await_push(&connection, payment).await;
         }
@@ -167,64 +197,48 @@ pub fn spawn_request(
 /// Answers at once, without the API: an envelope refused, the in-flight limit, shutdown.
 pub fn answer_now(
     connection: &Connection,
-    id: Option<&MessageId>,
+    id: Option<MessageId>,
     method: Option<Method>,
     error: &ApiError,
-    received: Instant,
-    unix_ms: u64,
+    received: Received,
 ) {
-    let mut response = Response::new();
+    let mut response = connection.outbox.take_response();
     api::write_error(&mut response, error);
-    let answered = Answered {
-        id,
+    record(
+        connection,
+        id.as_ref(),
         method,
-        route: Route::Unrouted,
-        response: &response,
+        Route::Unrouted,
+        &response,
         received,
-        unix_ms,
-    };
-    deliver_answer(connection, &answered);
+    );
+    connection.outbox.deliver(Ready::Answer { id, response });
 }
 
-struct Answered<'a> {
-    id: Option<&'a MessageId>,
+/// Counts an answer and writes its access-log line.
+fn record(
+    connection: &Connection,
+    id: Option<&MessageId>,
     method: Option<Method>,
     route: Route,
-    response: &'a Response,
-    received: Instant,
-    unix_ms: u64,
-}
-
-/// Writes the answer's JSON into the outbox, and counts and logs it.
-fn deliver_answer(connection: &Connection, answered: &Answered<'_>) {
-    let response = answered.response;
-    let replayed = response
-        .headers
-        .contains(&Some(ResponseHeader::IdempotentReplayed));
-    let mut text = Vec::with_capacity(response.body.len() + 64);
-    write_answer(
-        &mut text,
-        answered.id,
-        response.status,
-        replayed,
-        &response.body,
-    );
-    connection.outbox.deliver(Ready { text, answer: true });
+    response: &Response,
+    received: Received,
+) {
     let core = &connection.core;
-    let latency_us = answered.received.elapsed().as_micros() as u64;
+    let latency_us = received.instant.elapsed().as_micros() as u64;
     core.api
         .metrics
         .borrow_mut()
         .websocket
-        .record_message(method_slot(answered.method), response.status);
+        .record_message(method_slot(method), response.status);
     let merchant_id = core.api.keys.merchant_id(connection.merchant);
     core.access_log.record(&AccessRecord {
-        unix_ms: answered.unix_ms,
-        method: answered.method.unwrap_or(Method::Other),
-        route: answered.route,
+        unix_ms: received.unix_ms,
+        method: method.unwrap_or(Method::Other),
+        route,
         status: response.status,
         latency_us,
-        request_id: answered.id.map_or(b"-", |id| id.log_text()),
+        request_id: id.map_or(b"-", |id| id.log_text()),
         merchant: Some(merchant_id.as_bytes()),
         transport: Transport::WebSocket,
     });
@@ -245,10 +259,7 @@ async fn await_push(connection: &Connection, payment: PaymentId) {
     if found && outbox.open.get() {
         let mut text = Vec::with_capacity(json.len() + 48);
         write_payment_updated(&mut text, &json);
-        outbox.deliver(Ready {
-            text,
-            answer: false,
-        });
+        outbox.deliver(Ready::Push(text));
         core.api.metrics.borrow_mut().websocket.pushes += 1;
     }
 }

@@ -9,10 +9,15 @@
 //! silent for two ping intervals is closed with 1001.
 
 use super::super::core::Core;
-use super::answers::{answer_now, spawn_request, Connection, Outbox, Ready};
+use super::answers::{answer_now, spawn_request, Connection, Outbox, Ready, Received};
 use crate::api::error::{ApiError, ErrorKind};
-use crate::http::websocket::codec::{close_code, write_text_frame, Codec, Decoded};
-use crate::http::websocket::message::{parse_message, Fault, Refusal};
+use crate::http::websocket::codec::{
+    close_code, write_text_frame, write_text_frame_parts, Codec, Decoded,
+};
+use crate::http::websocket::message::{
+    parse_message, write_answer_head, Fault, Refusal, ANSWER_TAIL,
+};
+use crate::http::ResponseHeader;
 use crate::payment::MerchantIndex;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use std::collections::VecDeque;
@@ -65,11 +70,20 @@ struct Session<S> {
     /// Where each unwritten answer ends in `output`: an answer is in flight until then.
     answer_ends: VecDeque<usize>,
     ready: Vec<Ready>,
+    /// A message's text, copied for simd-json to parse in place.
     scratch: Vec<u8>,
+    /// An answer's envelope up to its body.
+    answer_head: Vec<u8>,
     last_heard: Instant,
     ping_interval: Duration,
+    /// The ping timer, and when it is due: it is polled (which costs a clock read and a
+    /// timer update) only once to arm it and then once it is due.
     timer: Pin<Box<dyn Future<Output = ()>>>,
+    timer_armed: bool,
+    tick_at: Instant,
+    /// The shutdown notice, polled once to register and then only once triggered.
     stop: Pin<Box<dyn Future<Output = ()>>>,
+    stop_armed: bool,
 }
 
 /// Serves a connection whose opening was answered 101, for `merchant`, starting with the
@@ -82,7 +96,7 @@ where
     core.api.metrics.borrow_mut().websocket.connections_open += 1;
     let mut session = Session::new(Rc::clone(&core), stream, merchant);
     if !leftover.is_empty() {
-        session.on_input(&leftover, Instant::now());
+        session.on_input(&leftover);
     }
     session.run().await;
     session.connection.outbox.close();
@@ -115,10 +129,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             answer_ends: VecDeque::new(),
             ready: Vec::new(),
             scratch: Vec::new(),
+            answer_head: Vec::new(),
             last_heard: Instant::now(),
             ping_interval,
             timer: Box::pin(glommio::timer::sleep(ping_interval)),
+            timer_armed: false,
+            tick_at: Instant::now() + ping_interval,
             stop: Box::pin(async move { stop_notice.wait().await }),
+            stop_armed: false,
         }
     }
 
@@ -140,7 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Event::Wrote | Event::Ready => {}
                 Event::Read(count) => {
                     let input = std::mem::take(&mut self.read_buffer);
-                    self.on_input(&input[..count], Instant::now());
+                    self.on_input(&input[..count]);
                     self.read_buffer = input;
                 }
                 Event::Gone => return,
@@ -185,14 +203,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Poll::Pending => {}
             }
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
-            self.timer = Box::pin(glommio::timer::sleep(self.ping_interval));
+        if self.poll_tick(cx) {
             return Poll::Ready(Event::Tick);
         }
-        if self.phase == Phase::Open && self.stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Event::Stop);
+        let stopping = self.connection.core.stop.is_triggered();
+        if self.phase == Phase::Open && (stopping || !self.stop_armed) {
+            self.stop_armed = true;
+            if self.stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
         }
         Poll::Pending
+    }
+
+    /// Whether the ping timer fired; arms the next one when it did.
+    fn poll_tick(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer_armed && Instant::now() < self.tick_at {
+            return false;
+        }
+        self.timer_armed = true;
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.timer = Box::pin(glommio::timer::sleep(self.ping_interval));
+        self.timer_armed = false;
+        self.tick_at = Instant::now() + self.ping_interval;
+        true
     }
 
     fn advance_written(&mut self, count: usize) {
@@ -220,26 +256,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Frames every answer and push that finished since the last look.
     fn frame_ready(&mut self) {
         let mut ready = std::mem::take(&mut self.ready);
-        self.connection.outbox.take_ready(&mut ready);
-        if self.phase != Phase::Closing {
-            for item in &ready {
-                write_text_frame(&mut self.output, &item.text);
-                if item.answer {
-                    self.answer_ends.push_back(self.output.len());
+        let outbox = Rc::clone(&self.connection.outbox);
+        outbox.take_ready(&mut ready);
+        let writing = self.phase != Phase::Closing;
+        for item in ready.drain(..) {
+            match item {
+                Ready::Answer { id, response } => {
+                    if writing {
+                        let replayed = response
+                            .headers
+                            .contains(&Some(ResponseHeader::IdempotentReplayed));
+                        self.answer_head.clear();
+                        write_answer_head(
+                            &mut self.answer_head,
+                            id.as_ref(),
+                            response.status,
+                            replayed,
+                        );
+                        let parts = [&self.answer_head[..], &response.body, ANSWER_TAIL];
+                        write_text_frame_parts(&mut self.output, &parts);
+                        self.answer_ends.push_back(self.output.len());
+                    }
+                    outbox.recycle(response);
                 }
+                Ready::Push(text) if writing => write_text_frame(&mut self.output, &text),
+                Ready::Push(_) => {}
             }
         }
-        ready.clear();
         self.ready = ready;
     }
 
     /// Decodes what was read; every complete message is answered or started.
-    fn on_input(&mut self, mut input: &[u8], received: Instant) {
-        self.last_heard = received;
-        let unix_ms = self.connection.core.stamps.clock().unix_ms;
+    fn on_input(&mut self, mut input: &[u8]) {
+        let received = Received {
+            instant: Instant::now(),
+            unix_ms: self.connection.core.stamps.clock().unix_ms,
+        };
+        self.last_heard = received.instant;
         while self.phase != Phase::Closing {
             match self.codec.decode(&mut input, &mut self.output) {
-                Decoded::Text(text) => self.on_message(text, received, unix_ms),
+                Decoded::Text(text) => self.on_message(text, received),
                 Decoded::Control => {}
                 Decoded::NeedInput => return,
                 Decoded::ClosedByPeer(code) => {
@@ -254,57 +310,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    fn on_message(&mut self, text: Utf8Bytes, received: Instant, unix_ms: u64) {
+    /// Answers a message at once (refused) or starts its request.
+    fn on_message(&mut self, text: Utf8Bytes, received: Received) {
         self.scratch.clear();
         self.scratch.extend_from_slice(text.as_bytes());
+        drop(text);
         let max_body_bytes = self.connection.core.api.config.limits.max_body_bytes;
-        let request = match parse_message(&mut self.scratch, max_body_bytes) {
-            Ok(request) => request,
+        let buffer = self.connection.outbox.take_buffer();
+        match parse_message(&mut self.scratch, max_body_bytes, buffer) {
             Err(Refusal { id, fault }) => {
-                let error = match fault {
-                    Fault::NotAnObjectWithId => ApiError::with_message(
-                        ErrorKind::InvalidRequest,
-                        "a message is a JSON object with an id: a string of 1-64 visible \
-                         ASCII characters or an integer from 0 to 2^53-1",
-                    ),
-                    Fault::Field(field) => ApiError::invalid_param(
-                        field,
-                        "method and target are required strings, body a string; no other fields",
-                    ),
-                    Fault::BodyTooLarge => ApiError::new(ErrorKind::BodyTooLarge),
-                };
-                let method = None;
-                answer_now(
-                    &self.connection,
-                    id.as_ref(),
-                    method,
-                    &error,
-                    received,
-                    unix_ms,
-                );
-                return;
+                let error = envelope_error(fault);
+                answer_now(&self.connection, id, None, &error, received);
             }
-        };
-        let in_flight_max = self
-            .connection
-            .core
-            .api
-            .config
-            .websocket
-            .max_in_flight_per_connection;
-        let refusal = if self.phase == Phase::Draining {
+            Ok(request) => match self.admission() {
+                Some(error) => {
+                    let (id, method) = (Some(request.id), Some(request.method));
+                    answer_now(&self.connection, id, method, &error, received);
+                }
+                None => spawn_request(&self.connection, request, received),
+            },
+        }
+    }
+
+    /// Why a new request is refused, if it is: shutdown, or the in-flight limit.
+    fn admission(&self) -> Option<ApiError> {
+        let settings = &self.connection.core.api.config.websocket;
+        if self.phase == Phase::Draining {
             Some(ApiError::new(ErrorKind::NotReady))
-        } else if self.in_flight() >= in_flight_max {
+        } else if self.in_flight() >= settings.max_in_flight_per_connection {
             Some(ApiError::new(ErrorKind::InFlightLimit))
         } else {
             None
-        };
-        match refusal {
-            Some(error) => {
-                let (id, method) = (Some(&request.id), Some(request.method));
-                answer_now(&self.connection, id, method, &error, received, unix_ms);
-            }
-            None => spawn_request(&self.connection, request, received, unix_ms),
         }
     }
 
@@ -340,5 +376,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(())
         })
         .await;
+    }
+}
+
+/// The answer to a message whose envelope is refused.
+fn envelope_error(fault: Fault) -> ApiError {
+    match fault {
+        Fault::NotAnObjectWithId => ApiError::with_message(
+            ErrorKind::InvalidRequest,
+            "a message is a JSON object with an id: a string of 1-64 visible ASCII \
+             characters or an integer from 0 to 2^53-1",
+        ),
+        Fault::Field(field) => ApiError::invalid_param(
+            field,
+            "method and target are required strings, body a string; no other or repeated fields",
+        ),
+        Fault::BodyTooLarge => ApiError::new(ErrorKind::BodyTooLarge),
     }
 }
