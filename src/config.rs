@@ -904,6 +904,9 @@ mod tests {
     #[test]
     fn an_unreadable_secret_file_is_a_config_error() {
         let text = "[[merchants]]\nid = \"m\"\nsecrets = [\"file:/nonexistent/s\"]\n";
-        assert_eq!(Config::parse(text).unwrap_err().key, "merchants[0].secrets[0]");
+        assert_eq!(
+            Config::parse(text).unwrap_err().key,
+            "merchants[0].secrets[0]"
+        );
     }
 }

@@ -247,8 +247,14 @@ impl Drop for Server {
 
 /// Runs payd with `args` in `dir` to completion, killing it after `COMMAND_TIMEOUT_MS`.
 pub fn run_payd(args: &[&str], dir: &Path) -> CommandOutput {
+    run_payd_with_env(args, dir, &[])
+}
+
+/// `run_payd` with extra environment variables (secrets given as `env:NAME`).
+pub fn run_payd_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> CommandOutput {
     let mut child = Command::new(payd_binary())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
