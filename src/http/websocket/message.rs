@@ -17,8 +17,6 @@ use std::ops::Range;
 pub const ID_TEXT_LENGTH_MAX: usize = 64;
 /// An integer `id` is at most 2^53 - 1, the largest every JSON client keeps exact.
 pub const ID_INTEGER_MAX: u64 = (1 << 53) - 1;
-/// A string id as JSON: quoted, each `"` or `\` escaped.
-const ID_JSON_BYTES_MAX: usize = 2 * ID_TEXT_LENGTH_MAX + 2;
 /// A field name the client sent is echoed in `param` only if it is this short and plain.
 const ECHOED_FIELD_LENGTH_MAX: usize = 40;
 /// simd-json's buffers start sized for a typical message; they grow to the largest seen.
@@ -34,67 +32,58 @@ thread_local! {
     ));
 }
 
-/// The client's `id`, kept inline (no allocation) as the JSON it is echoed as, and as the
-/// text the access log shows (the id itself, or the integer's digits).
-#[derive(Clone, Copy)]
+/// The client's `id`, kept inline (no allocation): a string's characters, or an integer.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MessageId {
-    json: [u8; ID_JSON_BYTES_MAX],
-    json_length: u8,
-    /// The log text within `json`: without the quotes of a string.
-    text_start: u8,
-    text_end: u8,
+    /// The string's characters, or the integer's digits.
+    text: [u8; ID_TEXT_LENGTH_MAX],
+    length: u8,
+    integer: bool,
 }
 
 impl MessageId {
-    fn new(json: &[u8], text: Range<usize>) -> MessageId {
+    fn new(text: &[u8], integer: bool) -> MessageId {
         let mut id = MessageId {
-            json: [0; ID_JSON_BYTES_MAX],
-            json_length: json.len() as u8,
-            text_start: text.start as u8,
-            text_end: text.end as u8,
+            text: [0; ID_TEXT_LENGTH_MAX],
+            length: text.len() as u8,
+            integer,
         };
-        id.json[..json.len()].copy_from_slice(json);
+        id.text[..text.len()].copy_from_slice(text);
         id
     }
 
     fn text(text: &str) -> MessageId {
-        let mut json = Vec::with_capacity(ID_JSON_BYTES_MAX);
-        write_json_string(&mut json, text);
-        let length = json.len();
-        MessageId::new(&json, 1..length - 1)
+        MessageId::new(text.as_bytes(), false)
     }
 
     fn integer(value: u64) -> MessageId {
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(value).as_bytes();
-        MessageId::new(digits, 0..digits.len())
+        MessageId::new(itoa::Buffer::new().format(value).as_bytes(), true)
     }
 
-    /// The id as JSON: a string or an integer, as the client sent it.
-    pub fn json(&self) -> &[u8] {
-        &self.json[..usize::from(self.json_length)]
+    /// Appends the id as JSON: a string or an integer, as the client sent it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        if self.integer {
+            out.extend_from_slice(self.log_text());
+        } else {
+            // Only `!` to `~`: valid UTF-8, and `"` and `\` get escaped.
+            let text = std::str::from_utf8(self.log_text()).unwrap_or_default();
+            write_json_string(out, text);
+        }
     }
 
-    /// The id as a log field: the string as escaped in JSON (visible ASCII, no space), or
-    /// the integer's digits.
+    /// The id as a log field: the string (visible ASCII, no space) or the digits.
     pub fn log_text(&self) -> &[u8] {
-        &self.json[usize::from(self.text_start)..usize::from(self.text_end)]
+        &self.text[..usize::from(self.length)]
     }
 }
 
 impl std::fmt::Debug for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MessageId({})", String::from_utf8_lossy(self.json()))
+        let mut json = Vec::new();
+        self.write_json(&mut json);
+        write!(f, "MessageId({})", String::from_utf8_lossy(&json))
     }
 }
-
-impl PartialEq for MessageId {
-    fn eq(&self, other: &MessageId) -> bool {
-        self.json() == other.json()
-    }
-}
-
-impl Eq for MessageId {}
 
 /// One request carried by a message: what the HTTP request would have had. Its text
 /// fields are packed into one buffer, the body last (the API parses it in place).
@@ -331,7 +320,7 @@ pub const ANSWER_TAIL: &[u8] = b"}";
 pub fn write_answer_head(out: &mut Vec<u8>, id: Option<&MessageId>, status: u16, replayed: bool) {
     out.extend_from_slice(b"{\"id\":");
     match id {
-        Some(id) => out.extend_from_slice(id.json()),
+        Some(id) => id.write_json(out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"status\":");
@@ -354,6 +343,12 @@ pub fn write_payment_updated(out: &mut Vec<u8>, payment: &[u8]) {
 mod tests {
     use super::*;
 
+    fn json_of(id: &MessageId) -> String {
+        let mut json = Vec::new();
+        id.write_json(&mut json);
+        String::from_utf8(json).unwrap()
+    }
+
     fn parse(text: &str) -> Result<MessageRequest, Refusal> {
         parse_message(&mut text.as_bytes().to_vec(), 16384, Vec::new())
     }
@@ -365,7 +360,7 @@ mod tests {
                 "signature":"v1=ab","body":"{\"order_id\":\"ord-1\",\"amount\":1999}"}"#,
         )
         .unwrap();
-        assert_eq!(request.id.json(), b"\"c-17\"");
+        assert_eq!(json_of(&request.id), "\"c-17\"");
         assert_eq!(request.id.log_text(), b"c-17");
         assert_eq!(request.method, Method::Post);
         let parts = request.parts();
@@ -379,7 +374,7 @@ mod tests {
     fn ids_are_short_visible_strings_or_exact_integers() {
         let id_of = |id: &str| {
             parse(&format!(r#"{{"id":{id},"method":"GET","target":"/"}}"#))
-                .map(|request| String::from_utf8(request.id.json().to_vec()).unwrap())
+                .map(|request| json_of(&request.id))
                 .map_err(|refusal| refusal.id.is_none())
         };
         assert_eq!(id_of("7"), Ok("7".to_string()));
@@ -428,7 +423,7 @@ mod tests {
     fn envelope_faults_keep_the_id_and_name_the_field() {
         let fault = |text: &str| {
             let refusal = parse(text).unwrap_err();
-            assert_eq!(refusal.id.unwrap().json(), b"1");
+            assert_eq!(json_of(&refusal.id.unwrap()), "1");
             refusal.fault
         };
         let field = |name: &str| Fault::Field(name.to_string());
