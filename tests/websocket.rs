@@ -873,39 +873,69 @@ fn a_thousand_creates_in_flight_over_sixteen_connections_are_each_answered_by_id
 // ---- status push ----
 
 #[test]
-fn a_pending_create_is_pushed_once_when_final() {
-    let server = start("");
-    let create = create_message("\"slow\"", "ord-ws-slow", "tok_slow");
+fn pending_creates_are_pushed_once_when_final_from_either_core() {
+    const CREATES: usize = 6;
+    let server = Server::start(ServerOptions {
+        cores: vec![0, 1],
+        extra_toml: merchants_toml(),
+        ..ServerOptions::default()
+    });
+    let messages: Vec<(usize, String)> = (0..CREATES)
+        .map(|index| {
+            let id = format!("\"slow-{index}\"");
+            (
+                0,
+                create_message(&id, &format!("ord-ws-slow-{index}"), "tok_slow"),
+            )
+        })
+        .collect();
     let outcome = run_client(
         &server,
         MERCHANT_A_SECRETS[0],
         1,
-        &[(0, create)],
-        2,
+        &messages,
+        2 * CREATES,
         PUSH_WAIT_SECS,
     );
-    let answers = outcome.answers();
-    assert_eq!(answers.len(), 1);
-    let pending = answers[0].1.payment();
+    let mut pending = std::collections::BTreeMap::new();
+    for (_, answer) in outcome.answers() {
+        let payment = answer.payment();
+        assert_eq!((answer.status, payment.status.as_str()), (202, "pending"));
+        pending.insert(payment.id.clone(), payment);
+    }
+    assert_eq!(pending.len(), CREATES);
+    // Both shards (one per core) hold some of them: pushes cross the mesh too.
+    let shards: std::collections::BTreeSet<&str> = pending.keys().map(|id| &id[4..8]).collect();
+    assert_eq!(shards.len(), 2, "all on one shard: {shards:?}");
+    let mut pushed = std::collections::BTreeMap::new();
+    for push in outcome.pushes() {
+        assert_eq!(push["event"].as_str(), Some("payment.updated"));
+        assert_eq!(push.as_object().unwrap().len(), 2, "{push:?}");
+        let mut bytes = simd_json::to_string(&push["data"]).unwrap().into_bytes();
+        let payment: PaymentJson = simd_json::serde::from_slice(&mut bytes).unwrap();
+        assert_eq!(payment.status, "succeeded");
+        assert!(
+            pushed.insert(payment.id.clone(), payment).is_none(),
+            "pushed twice"
+        );
+    }
     assert_eq!(
-        (answers[0].1.status, pending.status.as_str()),
-        (202, "pending")
+        pushed.keys().collect::<Vec<_>>(),
+        pending.keys().collect::<Vec<_>>()
     );
-    let pushes = outcome.pushes();
-    assert_eq!(pushes.len(), 1, "{:?}", outcome.received);
-    let push = &pushes[0];
-    assert_eq!(push["event"].as_str(), Some("payment.updated"));
-    let object = push.as_object().unwrap();
-    assert_eq!(object.len(), 2, "{push:?}");
-    let data = simd_json::to_string(&push["data"]).unwrap();
-    let mut bytes = data.into_bytes();
-    let pushed: PaymentJson = simd_json::serde::from_slice(&mut bytes).unwrap();
-    assert_eq!(
-        (pushed.id.as_str(), pushed.status.as_str()),
-        (pending.id.as_str(), "succeeded")
-    );
-    // Answers and pushes came in that order.
-    assert!(outcome.received[0].1.contains("\"status\":202"));
+    // Each payment's answer came before its push.
+    for id in pending.keys() {
+        let position = |event: bool| {
+            outcome
+                .received
+                .iter()
+                .position(|(_, text)| {
+                    text.contains(id.as_str()) && text.contains("\"event\"") == event
+                })
+                .unwrap()
+        };
+        assert!(position(false) < position(true), "{id}");
+    }
 }
 
 // ---- shutdown ----
