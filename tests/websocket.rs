@@ -784,7 +784,7 @@ fn a_client_that_never_reads_is_not_buffered_without_bound() {
     /// Bytes the client may send before payd must have stopped reading: payd's output
     /// bound plus every socket buffer between them, several times over.
     const SENT_BYTES_MAX: usize = 256 << 20;
-    const RESIDENT_GROWTH_KIB_MAX: u64 = 64 << 10;
+    const RESIDENT_GROWTH_KIB_MAX: u64 = 16 << 10;
     let server = start("");
     let mut client = open_raw(&server);
     let before = resident_kib(server.pid());
