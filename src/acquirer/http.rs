@@ -8,6 +8,7 @@ use super::{AttemptOutcome, AuthorizeRequest};
 use crate::config::AcquirerConfig;
 use crate::metrics::AcquirerOutcome;
 use crate::outbound::{Client, ClientSettings, HttpUrl, OutboundError, PoolStats, Request};
+use crate::tls::TlsConnector;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::time::Instant;
@@ -52,7 +53,7 @@ pub struct HttpAcquirer {
 }
 
 impl HttpAcquirer {
-    pub fn new(config: &AcquirerConfig) -> HttpAcquirer {
+    pub fn new(config: &AcquirerConfig, tls: &TlsConnector) -> HttpAcquirer {
         // Invariant: the config refused a URL that does not parse.
         let url = HttpUrl::parse(&config.url).expect("acquirer.url was validated");
         let settings = ClientSettings {
@@ -63,7 +64,7 @@ impl HttpAcquirer {
             idle_ms_max: IDLE_CONNECTION_MS_MAX,
         };
         HttpAcquirer {
-            client: Client::new(url, settings),
+            client: Client::new(url, settings, tls),
             breaker: RefCell::new(Breaker::default()),
             epoch: Instant::now(),
         }
@@ -179,6 +180,11 @@ fn classify(
                 AcquirerOutcome::BadResponse,
                 Some(Verdict::Failed),
             )
+        }
+        // Retried like a connection error, and counted apart: a certificate that does
+        // not verify is never accepted, and an operator must see why calls fail.
+        Err(OutboundError::Tls) => {
+            return (retryable, AcquirerOutcome::TlsError, Some(Verdict::Failed))
         }
         Err(OutboundError::Resolve | OutboundError::Connect | OutboundError::Broken) => {
             return (
