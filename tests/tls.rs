@@ -205,6 +205,11 @@ impl HttpsClient {
         let request = format!("GET {path} HTTP/1.1\r\nHost: payd\r\n\r\n");
         self.stream.write_all(request.as_bytes())?;
         self.stream.flush()?;
+        self.read_response()
+    }
+
+    /// The next response on this connection: the status line and the body.
+    fn read_response(&mut self) -> std::io::Result<(String, String)> {
         loop {
             if let Some(answer) = self.take_response() {
                 return Ok(answer);
@@ -729,4 +734,78 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     assert!(log.contains("holds no PEM private key"), "{log}");
     let mut again = HttpsClient::connect(server.addr, &second.ca_file()).unwrap();
     assert_eq!(again.get("/healthz").unwrap().0, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn a_stalled_handshake_is_cut_at_the_request_timeout_and_the_limit_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), "main");
+    let leaf = authority.leaf("server", &["127.0.0.1"]);
+    let server = Server::start(ServerOptions {
+        request_timeout_ms: 500,
+        max_connections_per_core: 2,
+        extra_toml: format!("{}{}", server_tls_toml(&leaf), merchants_toml()),
+        ..ServerOptions::default()
+    });
+    // Two connections that never start their handshake fill the core's limit.
+    let mut silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // Over the limit, a TLS listener closes at once: no plain-text 503 to a TLS client.
+    let mut over = TcpStream::connect(server.addr).unwrap();
+    over.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    over.read_to_end(&mut bytes)
+        .expect("closed before the handshake timeout");
+    assert!(bytes.is_empty(), "{bytes:?}");
+    // The silent ones are closed at limits.request_timeout_ms.
+    let started = std::time::Instant::now();
+    for stream in &mut silent {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(common::READ_TIMEOUT_MS)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).expect("closed by payd");
+    }
+    assert!(started.elapsed() < Duration::from_millis(3_000));
+    let ca = authority.ca_file();
+    let metrics = https_metrics(&ca, server.addr);
+    assert_eq!(
+        metrics.value("payd_tls_handshake_failures_total", &[("core", "0")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("payd_connections_rejected_total", &[("core", "0")]),
+        1.0
+    );
+}
+
+#[test]
+fn pipelined_creates_over_tls_are_all_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), "main");
+    let leaf = authority.leaf("server", &["127.0.0.1"]);
+    let server = https_server(&leaf);
+    let mut client = HttpsClient::connect(server.addr, &authority.ca_file()).unwrap();
+    let bodies: Vec<String> = (0..8)
+        .map(|index| create_body(&format!("ord-pipe-{index}"), 100 + index, "CNY", "tok_visa"))
+        .collect();
+    let mut batch = Vec::new();
+    for body in &bodies {
+        batch.extend(Signed::new("POST", "/v1/payments", body.as_bytes()).bytes());
+    }
+    batch.extend(b"GET /healthz HTTP/1.1\r\nHost: payd\r\n\r\n");
+    client.stream.write_all(&batch).unwrap();
+    client.stream.flush().unwrap();
+    for index in 0..8 {
+        let (status, body) = client.read_response().unwrap();
+        assert_eq!(status, "HTTP/1.1 201 Created", "{body}");
+        assert_eq!(
+            json(&body)["order_id"].to_string(),
+            format!("ord-pipe-{index}")
+        );
+    }
+    assert_eq!(client.read_response().unwrap().0, "HTTP/1.1 200 OK");
 }

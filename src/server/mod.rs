@@ -6,7 +6,7 @@
 //! in core order, which makes mesh peer `i` core `i`. Once every core listens, the
 //! process is ready and says so on stderr. The main thread then only waits for SIGTERM
 //! or SIGINT, flips the stopping flag, and waits for the cores to drain. SIGHUP reloads
-//! the listener's TLS certificate and key (`reload_tls`), and nothing else.
+//! the listener's TLS certificate and key (`reload_tls`).
 
 mod access_log;
 mod connection;
