@@ -422,8 +422,11 @@ impl Connection {
 
     /// True when nothing is waiting to be read: no close, no unsolicited bytes (some
     /// servers send a 408 before closing an idle connection; it must not be taken for
-    /// the answer to the next request).
+    /// the answer to the next request), neither in the socket nor already decrypted.
     fn is_quiet(&self) -> bool {
+        if self.stream.holds_input() {
+            return false;
+        }
         let mut byte = 0u8;
         // SAFETY: a valid open descriptor and a one-byte buffer that outlives the call;
         // MSG_PEEK leaves the socket's data as it was and MSG_DONTWAIT never blocks.

@@ -30,8 +30,14 @@ impl Stream {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+    /// Whether TLS holds what a peek at the socket cannot see: bytes already read from
+    /// the socket and decrypted but not yet read from this stream, or the peer's
+    /// `close_notify`. rustls stops wanting to read exactly then.
+    pub fn holds_input(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(stream) => !stream.get_ref().1.wants_read(),
+        }
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> glommio::Result<(), ()> {
