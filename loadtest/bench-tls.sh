@@ -8,11 +8,16 @@
 #   - payd-loadtest, CONNECTIONS keep-alive connections: /healthz, then signed creates;
 #   - payd-loadtest with --requests-per-connection 1: a new connection (and, over TLS, a
 #     full handshake, no resumption) for every /healthz;
-#   - wrk, CONNECTIONS keep-alive connections, /healthz (a second client's view, with
-#     OpenSSL on the client side).
+#   - wrk, CONNECTIONS keep-alive connections: /healthz, then creates pre-signed by
+#     `payd-loadtest presign` (loadtest/presigned.lua), a second client's view with
+#     OpenSSL on its side.
 # Each row gives 2xx/s and the server's CPU µs per request (utime+stime from /proc over
 # the run, divided by the responses). Then the ratios TLS/plain and the handshake's cost:
 # the CPU per new-connection request over TLS minus the same over plain TCP.
+#
+# With BASELINE_PAYD=/path/to/another/payd, every round also runs the plain rows on that
+# binary ("baseline"), to compare the plain path of two builds (this change's cost to
+# plain HTTP) in the same run.
 #
 # With RUNS=N the rounds repeat (plain and TLS take turns, in reverse order on even
 # rounds); each cell is the median over the rounds, each ratio the median of per-round
@@ -32,6 +37,10 @@ LOAD_CPU=${LOAD_CPU:-1}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-30}
 PRIORITY_NICE=${PRIORITY_NICE:--10}
 PAYD_PORT=${PAYD_PORT:-18495}
+# Pre-signed creates per wrk run: more than the fastest server answers in DURATION_S, so
+# every one is a new payment (a wrk that runs out starts over, with replays).
+PRESIGNED_PER_S=${PRESIGNED_PER_S:-80000}
+BASELINE_PAYD=${BASELINE_PAYD:-}
 MERCHANT=m_bench
 # A throwaway secret for a throwaway data directory, never a real merchant's.
 export PAYD_LOADTEST_SECRET=bench-tls-only-secret-0123456789abcdef
@@ -102,12 +111,18 @@ measure_loadtest() {
     record "$name" $((after - before)) "$responses" "$successes" "$DURATION_S"
 }
 
-# wrk GET /healthz against URL as row NAME.
+# wrk against URL as row NAME: GET, or with "presigned" the round's pre-signed creates
+# (no warm-up then: it would use up the creates, and the server is warm by now).
 measure_wrk() {
-    local name=$1 url=$2 before after output requests
-    $priority taskset -c "$LOAD_CPU" wrk -t1 "-c$CONNECTIONS" "-d${WARMUP_S}s" "$url" >/dev/null
+    local name=$1 url=$2 kind=${3:-get} before after output requests script=()
+    if [ "$kind" = presigned ]; then
+        script=(-s "$repository/loadtest/presigned.lua" "$url" -- "$work/presigned.bin" 1)
+    else
+        script=("$url")
+        $priority taskset -c "$LOAD_CPU" wrk -t1 "-c$CONNECTIONS" "-d${WARMUP_S}s" "$url" >/dev/null
+    fi
     before=$(server_cpu_ticks)
-    output=$($priority taskset -c "$LOAD_CPU" wrk -t1 "-c$CONNECTIONS" "-d${DURATION_S}s" "$url")
+    output=$($priority taskset -c "$LOAD_CPU" wrk -t1 "-c$CONNECTIONS" "-d${DURATION_S}s" "${script[@]}")
     after=$(server_cpu_ticks)
     requests=$(echo "$output" | awk '/requests in/ { print $1; exit }')
     # wrk counts non-2xx apart; /healthz has none unless something broke.
@@ -116,9 +131,12 @@ measure_wrk() {
     record "$name" $((after - before)) "$requests" $((requests - ${bad:-0})) "$DURATION_S"
 }
 
-# Starts payd (plain, or TLS when $1 is "tls"), measures its rows, stops it.
+# Starts payd (plain; TLS when $1 is "tls"; BASELINE_PAYD plain when "baseline"),
+# measures its rows, stops it.
 with_payd() {
     local kind=$1 config="$work/payd-$1.toml" scheme=http tls_arguments=()
+    local binary="$repository/target/release/payd"
+    [ "$kind" != baseline ] || binary=$BASELINE_PAYD
     payd_config "$config" "$PAYD_PORT" false none "$MERCHANT" "env:PAYD_LOADTEST_SECRET"
     if [ "$kind" = tls ]; then
         printf '\n[server.tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
@@ -128,24 +146,32 @@ with_payd() {
     fi
     # curl (start_server's readiness probe) trusts the bench CA through this variable.
     CURL_CA_BUNDLE="$work/ca.pem" start_server "$scheme://$address/healthz" "$work/payd.stderr" \
-        "$repository/target/release/payd" serve --config "$config" || return 0
+        "$binary" serve --config "$config" || return 0
     measure_loadtest "healthz-$kind" --address "$address" --scenario healthz "${tls_arguments[@]}"
     measure_loadtest "create-$kind" --address "$address" --scenario payments \
         --secret env:PAYD_LOADTEST_SECRET "${tls_arguments[@]}"
     measure_loadtest "healthz-$kind-new-connection" --address "$address" --scenario healthz \
         --requests-per-connection 1 "${tls_arguments[@]}"
     measure_wrk "wrk-healthz-$kind" "$scheme://$address/healthz"
+    measure_wrk "wrk-create-$kind" "$scheme://$address" presigned
     stop_server
 }
 
 run_round() {
-    if [ $((round % 2)) -eq 1 ]; then
-        with_payd plain
-        with_payd tls
-    else
-        with_payd tls
-        with_payd plain
+    # Signed now: the signatures must be fresh for payd's timestamp tolerance.
+    "$loadtest" presign --address "$address" --merchant "$MERCHANT" \
+        --secret env:PAYD_LOADTEST_SECRET --count $((PRESIGNED_PER_S * DURATION_S)) \
+        --out "$work/presigned.bin" 2>/dev/null
+    local kinds=(plain tls) kind
+    [ -z "$BASELINE_PAYD" ] || kinds+=(baseline)
+    if [ $((round % 2)) -eq 0 ]; then
+        local reversed=() index
+        for ((index = ${#kinds[@]} - 1; index >= 0; index--)); do reversed+=("${kinds[index]}"); done
+        kinds=("${reversed[@]}")
     fi
+    for kind in "${kinds[@]}"; do
+        with_payd "$kind"
+    done
 }
 
 # "median min max" of the numbers on standard input ("- - -" for none).
@@ -200,8 +226,14 @@ print_report() {
     echo
     echo "- server CPU per keep-alive create, TLS / plain: $(ratio_of create-tls create-plain cpu) (target: at most 1.30)"
     echo "- server CPU per keep-alive /healthz, TLS / plain: $(ratio_of healthz-tls healthz-plain cpu); under wrk: $(ratio_of wrk-healthz-tls wrk-healthz-plain cpu)"
-    echo "- keep-alive creates/s, TLS / plain: $(ratio_of create-tls create-plain rate)"
+    echo "- server CPU per keep-alive create under wrk, TLS / plain: $(ratio_of wrk-create-tls wrk-create-plain cpu) (target: at most 1.30)"
+    echo "- keep-alive creates/s, TLS / plain: $(ratio_of create-tls create-plain rate); under wrk: $(ratio_of wrk-create-tls wrk-create-plain rate)"
     echo "- server CPU of a full TLS handshake (new-connection /healthz, TLS minus plain): $(difference_of healthz-tls-new-connection healthz-plain-new-connection)"
+    if [ -n "$BASELINE_PAYD" ]; then
+        echo "- plain path, this build / baseline, server CPU per keep-alive create: $(ratio_of create-plain create-baseline cpu)," \
+            "under wrk: $(ratio_of wrk-create-plain wrk-create-baseline cpu);" \
+            "per keep-alive /healthz: $(ratio_of healthz-plain healthz-baseline cpu); under wrk: $(ratio_of wrk-healthz-plain wrk-healthz-baseline cpu)"
+    fi
 }
 
 main() {
