@@ -809,3 +809,26 @@ fn pipelined_creates_over_tls_are_all_answered_in_order() {
     }
     assert_eq!(client.read_response().unwrap().0, "HTTP/1.1 200 OK");
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_stalled_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), "main");
+    let leaf = authority.leaf("server", &["127.0.0.1"]);
+    let mut server = https_server(&leaf);
+    let _silent = TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = std::time::Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_millis(common::COMMAND_TIMEOUT_MS))
+        .expect("payd exits");
+    assert!(status.success(), "{status:?}");
+    // Well before both the handshake's timeout (limits.request_timeout_ms, 10 s) and
+    // server.shutdown_timeout_ms (5 s).
+    assert!(
+        asked.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        asked.elapsed()
+    );
+}

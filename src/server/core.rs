@@ -285,18 +285,27 @@ fn admit(core: &Rc<Core>, stream: TcpStream) {
 /// The server side of a TLS handshake, on the core that accepted the connection and
 /// within `limits.request_timeout_ms` (a client that stalls it is a slow client like
 /// any other). `None`, counted, when it fails: the connection is then simply closed.
+/// Shutdown ends a handshake still running, as it ends an idle connection.
 async fn handshake(core: &Core, tls: &CoreAcceptor, stream: TcpStream) -> Option<Stream> {
     let timeout = Duration::from_millis(core.api.config.limits.request_timeout_ms);
     let _ = stream.set_nodelay(true);
     let accepting = tls.acceptor().accept(stream);
-    let accepted = glommio::timer::timeout(timeout, async { Ok(accepting.await) }).await;
+    let bounded = async {
+        let accepted = glommio::timer::timeout(timeout, async { Ok(accepting.await) }).await;
+        accepted.ok().and_then(Result::ok)
+    };
+    let stopped = async {
+        core.stop.wait().await;
+        None
+    };
+    let accepted = futures_lite::future::or(bounded, stopped).await;
     let mut metrics = core.api.metrics.borrow_mut();
     match accepted {
-        Ok(Ok(stream)) => {
+        Some(stream) => {
             metrics.tls_handshakes += 1;
             Some(Stream::Tls(Box::new(stream.into())))
         }
-        Ok(Err(_)) | Err(_) => {
+        None => {
             metrics.tls_handshake_failures += 1;
             None
         }
