@@ -14,14 +14,13 @@ Every signature is checked by the reference implementation, the Python package
         [--tls-cert PEM --tls-key PEM] [--close]
         A receiver on 127.0.0.1. Its first stdout line is `listening PORT`; then one
         JSON line per request received:
-        {"id", "timestamp", "verified", "type", "payment_id", "attempt", "answered",
-         "tls_resumed"}
+        {"id", "timestamp", "verified", "type", "payment_id", "attempt", "answered"}
         `attempt` counts the requests seen for that webhook-id (1 first). The first N
         attempts of each id are answered `--fail-status` (with `Retry-After` when given),
         later ones 204. `--hang` never answers: a dead endpoint that accepts connections.
-        With `--tls-cert` and `--tls-key` it serves HTTPS only (Python's `ssl`), and
-        `tls_resumed` says whether the request's connection resumed a TLS session (null
-        over plain HTTP). `--close` closes the connection after every answer.
+        With `--tls-cert` and `--tls-key` it serves HTTPS only (Python's `ssl`), and each
+        line ends with "tls_resumed": whether the request's connection resumed a TLS
+        session. `--close` closes the connection after every answer.
 """
 
 import argparse
@@ -94,10 +93,9 @@ def make_handler(args):
                 else None,
                 "attempt": attempt,
                 "answered": answered,
-                "tls_resumed": self.connection.session_reused
-                if isinstance(self.connection, ssl.SSLSocket)
-                else None,
             }
+            if isinstance(self.connection, ssl.SSLSocket):
+                record["tls_resumed"] = self.connection.session_reused
             with lock:
                 print(json.dumps(record), flush=True)
             if answered is None:
