@@ -334,20 +334,32 @@ struct FailureLog {
 
 impl FailureLog {
     fn log(&mut self, host: &str, error: &std::io::Error) {
+        if let Some(line) = self.line(Instant::now(), host, error) {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The line to log for a failure at `now`, or `None` within the interval.
+    fn line(&mut self, now: Instant, host: &str, error: &dyn std::fmt::Display) -> Option<String> {
         let interval = Duration::from_millis(TLS_FAILURE_LOG_INTERVAL_MS);
-        if self.logged_at.is_some_and(|at| at.elapsed() < interval) {
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < interval)
+        {
             self.unlogged += 1;
-            return;
+            return None;
         }
         let unlogged = match self.unlogged {
             0 => String::new(),
             count => format!(" ({count} more since the last line)"),
         };
+        self.logged_at = Some(now);
+        self.unlogged = 0;
         // rustls' message names the failure (an unknown issuer, a name that does not
         // match); it carries nothing secret.
-        eprintln!("payd: TLS handshake with {host} failed, the attempt counts as failed: {error}{unlogged}");
-        self.logged_at = Some(Instant::now());
-        self.unlogged = 0;
+        Some(format!(
+            "payd: TLS handshake with {host} failed, the attempt counts as failed: {error}{unlogged}"
+        ))
     }
 }
 
@@ -510,6 +522,33 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn tls_failures_are_logged_at_most_once_an_interval_with_a_count() {
+        let mut log = FailureLog::default();
+        let start = Instant::now();
+        let interval = Duration::from_millis(TLS_FAILURE_LOG_INTERVAL_MS);
+        let first = log.line(start, "h:443", &"UnknownIssuer").unwrap();
+        assert_eq!(
+            first,
+            "payd: TLS handshake with h:443 failed, the attempt counts as failed: UnknownIssuer"
+        );
+        assert_eq!(
+            log.line(start + interval / 2, "h:443", &"UnknownIssuer"),
+            None
+        );
+        assert_eq!(
+            log.line(start + interval / 2, "h:443", &"UnknownIssuer"),
+            None
+        );
+        let next = log
+            .line(start + interval, "h:443", &"UnknownIssuer")
+            .unwrap();
+        assert!(
+            next.ends_with("UnknownIssuer (2 more since the last line)"),
+            "{next}"
+        );
     }
 
     #[test]

@@ -125,3 +125,88 @@ pub fn load_identity(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// A self-signed certificate for 127.0.0.1 and its key, as PEM text.
+    fn identity_pem() -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_load_and_another_key_is_the_keys_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = identity_pem();
+        let (_, other_key) = identity_pem();
+        let cert = write(dir.path(), "cert.pem", &cert);
+        let key = write(dir.path(), "key.pem", &key);
+        let other_key = write(dir.path(), "other.pem", &other_key);
+        let provider = crate::tls::provider();
+        assert!(load_identity(&cert, &key, &provider).is_ok());
+        let error = load_identity(&cert, &other_key, &provider).unwrap_err();
+        assert!(
+            matches!(&error, IdentityError::Key(message) if message.contains("does not match")),
+            "{error}"
+        );
+        let swapped = load_identity(&key, &cert, &provider).unwrap_err();
+        assert!(
+            matches!(swapped, IdentityError::Certificate(_)),
+            "{swapped}"
+        );
+    }
+
+    #[test]
+    fn key_errors_never_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_line = "c2VjcmV0LWtleS1tYXRlcmlhbA";
+        let broken =
+            format!("-----BEGIN PRIVATE KEY-----\n{secret_line}!\n-----END PRIVATE KEY-----\n");
+        let path = write(dir.path(), "key.pem", &broken);
+        let error = load_private_key(&path).unwrap_err();
+        assert!(!error.contains(secret_line), "{error}");
+        assert!(error.contains("key.pem"), "the file is named: {error}");
+    }
+
+    #[test]
+    fn files_and_chains_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = identity_pem();
+        let huge = write(
+            dir.path(),
+            "huge.pem",
+            &"#".repeat(PEM_FILE_BYTES_MAX as usize + 1),
+        );
+        let error = load_certificates(&huge, CHAIN_CERTIFICATES_MAX).unwrap_err();
+        assert!(error.contains("larger than"), "{error}");
+        let longest = write(dir.path(), "16.pem", &cert.repeat(CHAIN_CERTIFICATES_MAX));
+        assert_eq!(
+            load_certificates(&longest, CHAIN_CERTIFICATES_MAX)
+                .unwrap()
+                .len(),
+            CHAIN_CERTIFICATES_MAX
+        );
+        let too_long = write(
+            dir.path(),
+            "17.pem",
+            &cert.repeat(CHAIN_CERTIFICATES_MAX + 1),
+        );
+        let error = load_certificates(&too_long, CHAIN_CERTIFICATES_MAX).unwrap_err();
+        assert!(error.contains("more than 16"), "{error}");
+        let empty = write(dir.path(), "empty.pem", "");
+        assert!(load_certificates(&empty, CHAIN_CERTIFICATES_MAX)
+            .unwrap_err()
+            .contains("no PEM certificate"));
+    }
+}
