@@ -22,7 +22,7 @@ use std::time::Duration;
 
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const HOOK_MERCHANT: &str = "m_hooks";
-const HOOK_MERCHANT_SECRET: &str = "secret-hooks-1";
+const HOOK_MERCHANT_SECRET: &str = "secret-hooks-1-test-only-0123456789abcdef";
 /// A delivery or a payment's end on loopback takes well under this.
 const WAIT_MS: u64 = 10_000;
 const TLS_ACQUIRER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls_acquirer.py");
