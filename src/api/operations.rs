@@ -6,6 +6,9 @@ use crate::http::{Response, ResponseHeader};
 use crate::lifecycle;
 use crate::metrics::{self, Route};
 
+/// What a `/metrics` page usually takes: room enough not to grow while it is written.
+const METRICS_PAGE_BYTES_TYPICAL: usize = 64 * 1024;
+
 pub fn route_of(path: &[u8]) -> Route {
     match path {
         b"/healthz" => Route::Healthz,
@@ -29,8 +32,12 @@ pub fn readyz(response: &mut Response) {
 /// Prometheus text of every core, gathered over the mesh.
 pub async fn metrics(context: &Context, response: &mut Response) {
     let cores = context.peers.gather_metrics().await;
-    let mut text = String::with_capacity(16 * 1024);
-    metrics::render(&cores, metrics::resident_memory_bytes(), &mut text);
+    let mut text = String::with_capacity(METRICS_PAGE_BYTES_TYPICAL);
+    let process = metrics::ProcessView {
+        figures: metrics::ProcessFigures::read(),
+        shard_count: context.shard_count,
+    };
+    metrics::render(&cores, &process, &mut text);
     response.body.extend_from_slice(text.as_bytes());
     response.add_header(ResponseHeader::ContentTypePrometheus);
 }

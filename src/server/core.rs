@@ -92,6 +92,7 @@ pub async fn run(start: CoreStart) {
     let _ = started.send(Started::Listening(address));
     // Joining waits for every core: the mesh is complete only once all have started.
     let peers = Peers::join(mesh, index, Rc::clone(&metrics)).await;
+    glommio::spawn_local(Rc::clone(&peers).rotate_metrics()).detach();
     let core = Rc::new(Core {
         index,
         api: api::Context {
@@ -181,6 +182,7 @@ async fn open_shards(
             store,
             Rc::clone(&edges.acquirer),
             dispatcher,
+            Rc::clone(&edges.metrics),
         ));
         webhooks::spawn(&shard);
         let pending = shard.resume_pending();

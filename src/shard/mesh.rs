@@ -12,7 +12,7 @@
 
 use super::runtime::{Command, Reply, Shard};
 use super::webhooks::FailedEvent;
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, WalTotals, RECENT_SLICE_MS};
 use crate::payment::{EventId, MerchantIndex};
 use crate::webhooks::dead_letters::DeadLetterKey;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -321,19 +321,41 @@ impl Peers {
         }
     }
 
-    /// This core's metrics, with its shards' log statistics folded in.
+    /// This core's metrics, with its shards' logs and webhook gauges folded in.
     fn metrics_copy(&self) -> CoreMetrics {
-        let mut copy = self.metrics.borrow().clone();
-        for shard in self.local_shards() {
-            let stats = shard.log().stats();
-            copy.wal_fsync_latency
-                .add_histogram(&stats.fsync_latency_us);
-            copy.wal_records_per_batch
-                .add_histogram(&stats.records_per_batch);
-            drop(stats);
+        let shards = self.local_shards();
+        let can_persist = shards
+            .iter()
+            .map(|shard| (shard.id(), shard.log().failure().is_none()))
+            .collect();
+        let mut copy = self
+            .metrics
+            .borrow()
+            .scrape_copy(&self.wal_totals(), can_persist);
+        for shard in &shards {
             copy.webhooks.gauges.add(&shard.webhooks().gauges());
         }
         copy
+    }
+
+    /// The write-ahead log histograms of this core's shards, added up.
+    fn wal_totals(&self) -> WalTotals {
+        let mut totals = WalTotals::default();
+        for shard in self.local_shards() {
+            let stats = shard.log().stats();
+            totals.add(&stats.fsync_latency_us, &stats.records_per_batch);
+        }
+        totals
+    }
+
+    /// Starts a new slice of this core's recent metric windows every `RECENT_SLICE_MS`,
+    /// for as long as the core runs.
+    pub async fn rotate_metrics(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(RECENT_SLICE_MS)).await;
+            let totals = self.wal_totals();
+            self.metrics.borrow_mut().rotate(totals);
+        }
     }
 
     fn token(&self) -> u64 {
