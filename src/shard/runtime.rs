@@ -296,7 +296,7 @@ impl Shard {
         let appended = self.store.append(RecordKind::Created, created).await;
         self.record_stage(Stage::Persist, persisting);
         if let Err(error) = appended {
-            eprintln!("payd: shard {}: {}", self.id, error.0);
+            self.report_store_error(&error.0);
             // Never acknowledged, so forgetting it is safe; a retry creates it afresh.
             self.state.borrow_mut().abandon(id);
             return Reply::Unavailable;
@@ -372,6 +372,14 @@ impl Shard {
         authorization
     }
 
+    /// Logs why a record could not be made durable, unless the log failed: it said so
+    /// itself, once, and every create in flight would repeat it.
+    fn report_store_error(&self, error: &str) {
+        if self.store.failure().is_none() {
+            eprintln!("payd: shard {}: {error}", self.id);
+        }
+    }
+
     fn record_stage(&self, stage: Stage, started: Instant) {
         let duration_ns = started.elapsed().as_nanos() as u64;
         self.metrics.borrow_mut().record_stage(stage, duration_ns);
@@ -417,7 +425,7 @@ impl Shard {
         let position = match durable {
             Ok(position) => position,
             Err(error) => {
-                eprintln!("payd: shard {}: {error}", self.id);
+                self.report_store_error(&error.to_string());
                 return Err(());
             }
         };
