@@ -89,6 +89,7 @@ pub async fn metrics(context: &Context, response: &mut Response) {
     let process = metrics::ProcessView {
         figures: metrics::ProcessFigures::read(),
         shard_count: context.shard_count,
+        started: lifecycle::is_ready(),
     };
     metrics::render(&cores, &process, &mut text);
     response.body.extend_from_slice(text.as_bytes());

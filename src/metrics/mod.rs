@@ -614,6 +614,8 @@ pub struct ProcessView {
     pub figures: ProcessFigures,
     /// Shards in the data directory: every one should report that it can persist.
     pub shard_count: u16,
+    /// Recovered, listening and not shutting down (the lifecycle's part of `/readyz`).
+    pub started: bool,
 }
 
 /// Renders every core's metrics, merged where a metric is per process.
@@ -621,7 +623,7 @@ pub fn render(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
     render_requests(cores, out);
     render_durations(cores, out);
     render_wal(cores, out);
-    render_shards(cores, process.shard_count, out);
+    render_shards(cores, process, out);
     render_acquirer(cores, out);
     render_webhooks(cores, out);
     render_retention(cores, out);
@@ -656,14 +658,25 @@ pub fn render(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
     process::render_build_info(out);
 }
 
-/// `payd_shard_can_persist` per shard and `payd_shards`: a shard whose log failed (disk
-/// full, a failed fsync) shows 0; a shard whose core did not answer the scrape is absent.
-fn render_shards(cores: &[CoreMetrics], shard_count: u16, out: &mut String) {
+/// `payd_shard_can_persist` per shard, `payd_shards` and `payd_ready`: a shard whose log
+/// failed (disk full, a failed fsync) shows 0; a shard whose core did not answer the
+/// scrape is absent. `payd_ready` is 1 when `/readyz` would answer 200.
+fn render_shards(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
+    let shard_count = process.shard_count;
     let mut shards: Vec<(u16, bool)> = cores
         .iter()
         .flat_map(|core| core.shards_can_persist.iter().copied())
         .collect();
     shards.sort_unstable();
+    let every_shard_persists = shards.len() == usize::from(shard_count)
+        && shards.iter().all(|&(_, can_persist)| can_persist);
+    let ready = u8::from(process.started && every_shard_persists);
+    let name = "payd_ready";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when /readyz answers 200: recovered, listening, not stopping, and \
+         every shard can persist.\n# TYPE {name} gauge\n{name} {ready}"
+    );
     let name = "payd_shard_can_persist";
     let _ = writeln!(
         out,
@@ -984,6 +997,7 @@ mod tests {
                 ..ProcessFigures::default()
             },
             shard_count: 2,
+            started: true,
         }
     }
 
@@ -1037,6 +1051,7 @@ mod tests {
             "payd_shard_can_persist{shard=\"0\"} 1\npayd_shard_can_persist{shard=\"1\"} 0\n"
         ));
         assert!(text.contains("payd_shards 2\n"));
+        assert!(text.contains("payd_ready 0\n"), "a shard cannot persist");
     }
 
     #[test]
