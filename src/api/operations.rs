@@ -60,6 +60,20 @@ fn not_ready_message(state: &PersistState) -> Option<String> {
     (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
+/// Prometheus text of every core, gathered over the mesh.
+pub async fn metrics(context: &Context, response: &mut Response) {
+    let cores = context.peers.gather_metrics().await;
+    let mut text = String::with_capacity(METRICS_PAGE_BYTES_TYPICAL);
+    let process = metrics::ProcessView {
+        figures: metrics::ProcessFigures::read(),
+        shard_count: context.shard_count,
+        started: lifecycle::is_ready(),
+    };
+    metrics::render(&cores, &process, &mut text);
+    response.body.extend_from_slice(text.as_bytes());
+    response.add_header(ResponseHeader::ContentTypePrometheus);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,18 +94,4 @@ mod tests {
             "shards 0, 2 cannot persist (their write-ahead logs failed); 1 core did not answer in time"
         );
     }
-}
-
-/// Prometheus text of every core, gathered over the mesh.
-pub async fn metrics(context: &Context, response: &mut Response) {
-    let cores = context.peers.gather_metrics().await;
-    let mut text = String::with_capacity(METRICS_PAGE_BYTES_TYPICAL);
-    let process = metrics::ProcessView {
-        figures: metrics::ProcessFigures::read(),
-        shard_count: context.shard_count,
-        started: lifecycle::is_ready(),
-    };
-    metrics::render(&cores, &process, &mut text);
-    response.body.extend_from_slice(text.as_bytes());
-    response.add_header(ResponseHeader::ContentTypePrometheus);
 }

@@ -18,7 +18,7 @@ use crate::metrics::{CoreMetrics, Route};
 use crate::shard::mesh::{Mesh, Peers};
 use crate::shard::recovery::rebuild;
 use crate::shard::retention;
-use crate::shard::runtime::Shard;
+use crate::shard::runtime::{Shard, ShardEdges};
 use crate::shard::store::Store;
 use crate::shard::webhooks::{self, Dispatcher, Endpoints};
 use crate::wal::{DataDir, ShardLog};
@@ -127,12 +127,6 @@ pub async fn run(start: CoreStart) {
     drain(&core).await;
 }
 
-/// What this core's shards share: the acquirer client and the core's metrics.
-struct ShardEdges {
-    acquirer: Rc<Acquirer>,
-    metrics: Rc<RefCell<CoreMetrics>>,
-}
-
 /// Recovers this core's shards from their logs, indexed by shard id: shard `s` lives on
 /// core `s % cores`. Log replay runs on glommio's blocking pool, so this core keeps
 /// answering `/healthz` and `/readyz` (503) meanwhile.
@@ -180,9 +174,8 @@ async fn open_shards(
             keys,
             rebuilt.state,
             store,
-            Rc::clone(&edges.acquirer),
             dispatcher,
-            Rc::clone(&edges.metrics),
+            edges.clone(),
         ));
         webhooks::spawn(&shard);
         let pending = shard.resume_pending();

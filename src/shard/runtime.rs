@@ -64,6 +64,13 @@ pub enum Reply<P = Box<Payment>> {
 const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
 const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
 
+/// What a core's shards share: the acquirer client and the core's metrics.
+#[derive(Clone)]
+pub struct ShardEdges {
+    pub acquirer: Rc<Acquirer>,
+    pub metrics: Rc<RefCell<CoreMetrics>>,
+}
+
 pub struct Shard {
     id: u16,
     config: &'static Config,
@@ -85,9 +92,8 @@ impl Shard {
         merchants: &'static MerchantKeys,
         state: ShardState,
         store: Store,
-        acquirer: Rc<Acquirer>,
         webhooks: Dispatcher,
-        metrics: Rc<RefCell<CoreMetrics>>,
+        edges: ShardEdges,
     ) -> Shard {
         Shard {
             id,
@@ -95,10 +101,10 @@ impl Shard {
             merchants,
             state: RefCell::new(state),
             store,
-            acquirer,
+            acquirer: edges.acquirer,
             creates_in_flight: Cell::new(0),
             webhooks,
-            metrics,
+            metrics: edges.metrics,
         }
     }
 
