@@ -5,7 +5,7 @@
 //! acquirer over HTTPS, `check-config` with the TLS keys, and the certificate reload on
 //! SIGHUP.
 //!
-//! Needs `curl` and `python3` with `standardwebhooks`.
+//! Needs `curl` and `python3` with `standardwebhooks` (tests/setup.sh installs both).
 
 mod common;
 

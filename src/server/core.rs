@@ -18,7 +18,7 @@ use crate::metrics::{CoreMetrics, Route};
 use crate::shard::mesh::{Mesh, Peers};
 use crate::shard::recovery::rebuild;
 use crate::shard::retention;
-use crate::shard::runtime::Shard;
+use crate::shard::runtime::{Shard, ShardEdges};
 use crate::shard::store::Store;
 use crate::shard::webhooks::{self, Dispatcher, Endpoints};
 use crate::tls::{ClientTls, CoreAcceptor, ServerTls, Stream, TlsConnector};
@@ -101,6 +101,7 @@ pub async fn run(start: CoreStart) {
     let _ = started.send(Started::Listening(address));
     // Joining waits for every core: the mesh is complete only once all have started.
     let peers = Peers::join(mesh, index, Rc::clone(&metrics)).await;
+    glommio::spawn_local(Rc::clone(&peers).rotate_metrics()).detach();
     let core = Rc::new(Core {
         index,
         api: api::Context {
@@ -127,9 +128,9 @@ pub async fn run(start: CoreStart) {
     let edges = ShardEdges {
         acquirer,
         metrics: Rc::clone(&core.api.metrics),
-        connector,
     };
-    match open_shards(config, keys, data_dir, index, peers.count(), edges).await {
+    let cores = peers.count();
+    match open_shards(config, keys, data_dir, index, cores, edges, &connector).await {
         Ok(shards) => {
             peers.set_local_shards(shards);
             let _ = started.send(Started::Recovered);
@@ -143,14 +144,6 @@ pub async fn run(start: CoreStart) {
     drain(&core).await;
 }
 
-/// What this core's shards share: the acquirer client, the core's metrics and its TLS
-/// connector for webhook receivers.
-struct ShardEdges {
-    acquirer: Rc<Acquirer>,
-    metrics: Rc<RefCell<CoreMetrics>>,
-    connector: TlsConnector,
-}
-
 /// Recovers this core's shards from their logs, indexed by shard id: shard `s` lives on
 /// core `s % cores`. Log replay runs on glommio's blocking pool, so this core keeps
 /// answering `/healthz` and `/readyz` (503) meanwhile.
@@ -161,8 +154,9 @@ async fn open_shards(
     index: usize,
     cores: usize,
     edges: ShardEdges,
+    connector: &TlsConnector,
 ) -> Result<Vec<Option<Rc<Shard>>>, String> {
-    let endpoints = Rc::new(Endpoints::from_config(config, keys, &edges.connector)?);
+    let endpoints = Rc::new(Endpoints::from_config(config, keys, connector)?);
     let mut shards: Vec<Option<Rc<Shard>>> = vec![None; usize::from(data_dir.shard_count())];
     for id in (0..data_dir.shard_count()).filter(|&id| usize::from(id) % cores == index) {
         let dir = data_dir.shard_dir(id);
@@ -198,8 +192,8 @@ async fn open_shards(
             keys,
             rebuilt.state,
             store,
-            Rc::clone(&edges.acquirer),
             dispatcher,
+            edges.clone(),
         ));
         webhooks::spawn(&shard);
         let pending = shard.resume_pending();

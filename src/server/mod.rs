@@ -54,6 +54,7 @@ pub fn serve(
     cpus: &[usize],
 ) -> Result<(), String> {
     let signals = block_shutdown_signals();
+    ignore_file_size_signal();
     let (server_tls, client_tls) = load_tls(config)?;
     let io_memory = io_memory_bytes(cpus.len());
     let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
@@ -155,6 +156,16 @@ pub fn reload_tls(server_tls: Option<&ServerTls>) {
         Some(Err(error)) => {
             eprintln!("payd: SIGHUP: TLS not reloaded, the old certificate stays: {error}")
         }
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`) then fails with EFBIG, which fails
+/// that shard's log (it stops acknowledging and `/readyz` names it), instead of SIGXFSZ
+/// killing the whole process, as PostgreSQL does too.
+fn ignore_file_size_signal() {
+    // SAFETY: signal(2) with SIG_IGN only sets this signal's disposition.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
