@@ -170,6 +170,38 @@ fn run_client(
     expect: usize,
     timeout_secs: u64,
 ) -> Outcome {
+    let url = format!("ws://{}/v1/ws", server.addr);
+    let shape = ClientShape {
+        url: &url,
+        ca: None,
+        secret,
+        connections,
+        expect,
+        timeout_secs,
+    };
+    run_client_as(&shape, messages)
+}
+
+/// What the Python client is asked to do.
+struct ClientShape<'a> {
+    url: &'a str,
+    /// The certificate authority a `wss://` URL is verified against.
+    ca: Option<&'a std::path::Path>,
+    secret: &'a str,
+    connections: usize,
+    expect: usize,
+    timeout_secs: u64,
+}
+
+fn run_client_as(shape: &ClientShape<'_>, messages: &[(usize, String)]) -> Outcome {
+    let ClientShape {
+        url,
+        ca,
+        secret,
+        connections,
+        expect,
+        timeout_secs,
+    } = *shape;
     let check = Command::new("python3")
         .args(["-c", "import websockets"])
         .status();
@@ -177,10 +209,13 @@ fn run_client(
         matches!(check, Ok(status) if status.success()),
         "these tests need python3 with websockets: pip install -r tests/requirements.txt"
     );
-    let url = format!("ws://{}/v1/ws", server.addr);
-    let mut child = Command::new("python3")
-        .arg(WS_CLIENT)
-        .args(["--url", &url, "--merchant", MERCHANT_A, "--secret", secret])
+    let mut command = Command::new("python3");
+    command.arg(WS_CLIENT);
+    if let Some(ca) = ca {
+        command.arg("--ca").arg(ca);
+    }
+    let mut child = command
+        .args(["--url", url, "--merchant", MERCHANT_A, "--secret", secret])
         .args(["--connections", &connections.to_string()])
         .args(["--expect", &expect.to_string()])
         .args(["--timeout", &timeout_secs.to_string()])
@@ -936,6 +971,65 @@ fn pending_creates_are_pushed_once_when_final_from_either_core() {
         };
         assert!(position(false) < position(true), "{id}");
     }
+}
+
+// ---- wss:// ----
+
+#[test]
+fn wss_serves_the_same_messages_over_tls() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut authority = CertificateParams::new(Vec::<String>::new()).unwrap();
+    authority.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    authority
+        .distinguished_name
+        .push(DnType::CommonName, "payd websocket test CA");
+    authority.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = CertifiedIssuer::self_signed(authority, KeyPair::generate().unwrap()).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, issuer.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("leaf.crt"), dir.path().join("leaf.key"));
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let server = start(&format!(
+        "[server.tls]\ncert_file = {}\nkey_file = {}\n",
+        common::toml_string(&cert_file.display().to_string()),
+        common::toml_string(&key_file.display().to_string())
+    ));
+    let create = create_message("\"tls-1\"", "ord-wss", "tok_visa");
+    let replay = create.replacen("\"tls-1\"", "\"tls-2\"", 1);
+    let url = format!("wss://{}/v1/ws", server.addr);
+    let shape = ClientShape {
+        url: &url,
+        ca: Some(&ca),
+        secret: MERCHANT_A_SECRETS[0],
+        connections: 1,
+        expect: 1,
+        timeout_secs: 20,
+    };
+    // Two connections, one after the other: the replay is answered from the shard.
+    let first = run_client_as(&shape, &[(0, create)]).answers();
+    let second = run_client_as(&shape, &[(0, replay)]).answers();
+    let (created, replayed) = (&first[0].1, &second[0].1);
+    assert_eq!(
+        (created.status, created.replayed),
+        (201, false),
+        "{created:?}"
+    );
+    assert_eq!(
+        (replayed.status, replayed.replayed),
+        (200, true),
+        "{replayed:?}"
+    );
+    assert_eq!(created.payment(), replayed.payment());
 }
 
 // ---- shutdown ----

@@ -3,7 +3,7 @@
 (pip install websockets) speaks the protocol, not payd's code.
 
     ws_client.py --url ws://127.0.0.1:PORT/v1/ws --merchant m_a --secret S \
-        [--connections N] [--expect N] [--timeout SECS] [--close-after-secs SECS]
+        [--connections N] [--expect N] [--timeout SECS] [--ca CA_PEM]
 
 Opens N connections, each signed as API.md section 1 says for a GET of /v1/ws (the
 signature computed here with hmac, independently of payd and of the Rust harness).
@@ -11,6 +11,8 @@ Then reads stdin: one message per line, `CONNECTION<TAB>TEXT`, every text sent a
 as a text message on that connection, all of them at once. It prints one JSON line per
 message received, {"connection": i, "text": "..."}, until `--expect` messages came (or
 the timeout), then closes and prints {"closed": [code per connection]}.
+
+A wss:// URL is verified against the certificate authority in --ca.
 
 If an opening is refused, it prints {"open_status": STATUS, "body": "..."} and exits 0.
 """
@@ -20,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
 import sys
 import time
 
@@ -56,7 +59,9 @@ async def main():
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--ca")
     args = parser.parse_args()
+    context = ssl.create_default_context(cafile=args.ca) if args.ca else None
     sockets = []
     for _ in range(args.connections):
         try:
@@ -67,6 +72,7 @@ async def main():
                 ping_interval=None,
                 max_queue=None,
                 close_timeout=2,
+                ssl=context,
             )
         except InvalidStatus as refused:
             body = refused.response.body.decode(errors="replace")

@@ -11,8 +11,7 @@ use crate::client::Exchange;
 use crate::signing::sign_hex;
 use crate::stats::Failure;
 use crate::workload::{Workload, WorkloadConfig};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::{self, Read, Write};
 use std::time::Instant;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -56,9 +55,9 @@ impl Socket {
     }
 
     /// Sends the signed opening and reads its 101.
-    pub async fn open(
+    pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         config: &WorkloadConfig,
         now_secs: u64,
     ) -> Result<(), Failure> {
@@ -81,6 +80,7 @@ impl Socket {
         request.extend_from_slice(&signature);
         request.extend_from_slice(b"\r\n\r\n");
         stream.write_all(&request).await.map_err(|_| Failure::Io)?;
+        stream.flush().await.map_err(|_| Failure::Io)?;
         let mut filled = 0;
         loop {
             let count = stream
@@ -121,7 +121,10 @@ impl Socket {
     }
 
     /// The next answer (pushes and control frames skipped); pongs are sent as needed.
-    async fn next_answer(&mut self, stream: &mut TcpStream) -> Result<Answer, Failure> {
+    async fn next_answer<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<Answer, Failure> {
         loop {
             let pending = std::mem::take(&mut self.pending);
             let mut input: &[u8] = &pending;
@@ -189,7 +192,11 @@ fn parse_answer(text: &[u8]) -> Result<Option<Answer>, Failure> {
 
 impl Exchange {
     /// Sends batches of messages on one opened WebSocket until the end or a failure.
-    pub async fn run_websocket(&mut self, mut stream: TcpStream, workload: &mut Workload<'static>) {
+    pub async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut stream: S,
+        workload: &mut Workload<'static>,
+    ) {
         let mut socket = Socket::new();
         let config = workload.config();
         if let Err(failure) = socket
@@ -214,7 +221,11 @@ impl Exchange {
                     .push(workload.next_request(timestamp_secs, &mut text));
                 socket.write_text(&text, &mut self.output);
             }
-            if let Err(error) = stream.write_all(&self.output).await {
+            let written = match stream.write_all(&self.output).await {
+                Ok(()) => stream.flush().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
                 self.record_failure(due, crate::client::failure_of(&error), self.kinds.len());
                 return;
             }
@@ -227,10 +238,10 @@ impl Exchange {
         }
     }
 
-    async fn read_answers(
+    async fn read_answers<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         socket: &mut Socket,
-        stream: &mut TcpStream,
+        stream: &mut S,
         due: Instant,
         first_id: u64,
     ) -> bool {

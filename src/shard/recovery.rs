@@ -65,9 +65,11 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
     let recovery =
         wal::recover(shard_dir, &mut |record| replay.apply(record)).map_err(|e| e.to_string())?;
     replay.check_waiting()?;
-    if let Some(truncation) = &recovery.truncation {
+    // Zeros after the last record are what every stop leaves (direct I/O padding and
+    // preallocation): trimmed without a word. Anything else was an unacknowledged write.
+    if let Some(truncation) = recovery.truncation.as_ref().filter(|t| !t.zeros_only) {
         eprintln!(
-            "payd: shard {shard}: cut {} bytes of padding or unacknowledged tail at offset {} of {}",
+            "payd: shard {shard}: cut {} bytes of an unacknowledged torn write at offset {} of {}",
             truncation.bytes_removed,
             truncation.offset,
             truncation.path.display()

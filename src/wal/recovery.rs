@@ -47,6 +47,9 @@ pub struct Truncation {
     /// The file's length after the cut: the end of the last valid record.
     pub offset: u64,
     pub bytes_removed: u64,
+    /// Every removed byte was zero: the padding and preallocation of direct I/O, left by
+    /// any stop, clean or not. Otherwise part of a write was never acknowledged.
+    pub zeros_only: bool,
 }
 
 /// The outcome of a successful recovery.
@@ -201,6 +204,7 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
                 path: segment.path.clone(),
                 offset: summary.records_end,
                 bytes_removed: data.len() as u64 - summary.records_end,
+                zeros_only: data[summary.records_end as usize..].iter().all(|&b| b == 0),
             });
         }
         recovery.records += summary.records;
@@ -439,6 +443,7 @@ mod tests {
             truncation.bytes_removed,
             full_length - 5 - offsets[3] as u64
         );
+        assert!(!truncation.zeros_only, "a torn record is not padding");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[3] as u64);
         // A second recovery finds a clean log.
         let (again, _) = recover_sequences(dir.path()).unwrap();
@@ -466,6 +471,7 @@ mod tests {
         assert_eq!(seen, [1, 2, 3]);
         let truncation = recovery.truncation.unwrap();
         assert_eq!(truncation.offset, records_end);
+        assert!(truncation.zeros_only);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), records_end);
     }
 

@@ -67,6 +67,8 @@ struct Session<S> {
     /// Frames waiting for the socket; `written` bytes of them are already out.
     output: Vec<u8>,
     written: usize,
+    /// Bytes were written since the last flush: TLS may hold them until flushed.
+    unflushed: bool,
     /// Where each unwritten answer ends in `output`: an answer is in flight until then.
     answer_ends: VecDeque<usize>,
     ready: Vec<Ready>,
@@ -126,6 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             read_buffer: vec![0; READ_BYTES],
             output: Vec::new(),
             written: 0,
+            unflushed: false,
             answer_ends: VecDeque::new(),
             ready: Vec::new(),
             scratch: Vec::new(),
@@ -186,8 +189,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Event::Gone),
                 Poll::Ready(Ok(count)) => {
                     self.advance_written(count);
+                    self.unflushed = true;
                     return Poll::Ready(Event::Wrote);
                 }
+                Poll::Pending => {}
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::Gone),
                 Poll::Pending => {}
             }
         }
@@ -368,6 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(count) => self.written += count,
                 }
             }
+            let _ = self.stream.flush().await;
             let _ = self.stream.close().await;
         };
         let timeout = Duration::from_millis(CLOSE_FLUSH_TIMEOUT_MS);
