@@ -380,19 +380,20 @@ impl Shard {
         if let Some((_, event)) = &event {
             event.encode(&mut event_payload);
         }
-        // Both records go into the same batch: no await between the two appends, so the
-        // final status is never durable without the event that tells it.
+        // One group: the final status is never durable without the event that tells it.
         let log = self.store.log();
-        let finalized_append = log.append(RecordKind::Finalized.as_u8(), &finalized);
-        let event_append = event
-            .is_some()
-            .then(|| log.append(RecordKind::WebhookEvent.as_u8(), &event_payload));
+        let finalized_record = (RecordKind::Finalized.as_u8(), finalized.as_slice());
+        let event_record = (RecordKind::WebhookEvent.as_u8(), event_payload.as_slice());
+        let group = [finalized_record, event_record];
+        let records = if event.is_some() {
+            &group[..]
+        } else {
+            &group[..1]
+        };
+        let has_event = event.is_some();
         let durable = async {
-            finalized_append.await?;
-            match event_append {
-                Some(append) => append.await.map(Some),
-                None => Ok(None),
-            }
+            let last = log.append_group(records).await?;
+            Ok::<_, crate::wal::LogError>(has_event.then_some(last))
         };
         let position = match durable.await {
             Ok(position) => position,
