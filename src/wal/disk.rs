@@ -76,7 +76,9 @@ impl Disk {
         }
     }
 
-    /// Deletes segment files, then syncs their directory.
+    /// Deletes segment files, oldest first, syncing their directory after each: removals
+    /// that reach the disk out of order could leave a gap in the log after a power cut,
+    /// which recovery must refuse.
     pub async fn delete_segments(
         &self,
         shard_dir: &Path,
@@ -84,30 +86,43 @@ impl Disk {
     ) -> Result<(), String> {
         match self {
             Disk::Os => {
-                for segment in dead {
-                    glommio::io::remove(&segment.path)
-                        .await
-                        .map_err(|e| format!("cannot delete {}: {e}", segment.path.display()))?;
-                }
                 let directory = glommio::io::Directory::open(shard_dir)
                     .await
                     .map_err(|e| format!("cannot open {}: {e}", shard_dir.display()))?;
-                let synced = directory.sync().await;
+                let mut outcome = Ok(());
+                for segment in dead {
+                    outcome = remove_and_sync(&directory, &segment.path).await;
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
                 let _ = directory.close().await;
-                synced
-                    .map_err(|e| format!("fsync of directory {} failed: {e}", shard_dir.display()))
+                outcome.map_err(|e| format!("{e} (in {})", shard_dir.display()))
             }
             #[cfg(test)]
             Disk::Simulated(disk) => {
                 for segment in dead {
                     disk.pause().await;
                     disk.remove(&segment.path).map_err(|e| e.to_string())?;
+                    disk.pause().await;
+                    disk.sync_dir(shard_dir).map_err(|e| e.to_string())?;
                 }
-                disk.pause().await;
-                disk.sync_dir(shard_dir).map_err(|e| e.to_string())
+                Ok(())
             }
         }
     }
+}
+
+async fn remove_and_sync(directory: &glommio::io::Directory, path: &Path) -> Result<(), String> {
+    glommio::io::remove(path)
+        .await
+        .map_err(|e| format!("cannot delete {}: {e}", path.display()))?;
+    directory.sync().await.map_err(|e| {
+        format!(
+            "fsync of the directory after deleting {} failed: {e}",
+            path.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -319,7 +334,7 @@ mod simulated {
             let mut state = self.state.borrow_mut();
             let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
             file.current.set_length(length);
-            if length % BLOCK_BYTES as u64 != 0 {
+            if !length.is_multiple_of(BLOCK_BYTES as u64) {
                 file.dirty.insert(length / BLOCK_BYTES as u64);
             }
             Ok(())

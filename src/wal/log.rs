@@ -410,7 +410,7 @@ impl ShardLog {
     /// A power cut or SIGKILL, as far as this log knows: the commit task stops where it
     /// is, nothing more is written, pending appends never resolve.
     #[cfg(test)]
-    pub(crate) fn crash(self) {
+    pub(crate) fn crash(&self) {
         drop(self.commit_task.take());
         let mut shared = self.shared.borrow_mut();
         shared.closing = true;
