@@ -516,6 +516,11 @@ fn torn_tail_is_cut_and_every_payment_stays() {
     std::fs::write(&path, &damaged).expect("write torn segment");
 
     let mut server = start_server(&config);
+    assert!(
+        server.stderr.text().contains("cut a torn write that was never acknowledged"),
+        "the cut was not reported: {}",
+        server.stderr.text()
+    );
     assert_all_there(&server, &acks, "after a torn tail");
     // Writes after the cut must land where the valid frames end, or the next start fails.
     acks.extend(create_payments(&server, "torn-b", PAYMENTS_COUNT));
@@ -533,6 +538,12 @@ fn torn_tail_is_cut_and_every_payment_stays() {
     stop_cleanly(&mut server);
     let mut server = start_server(&config);
     assert_all_there(&server, &acks, "after the restart that follows a cut tail");
+    // After a clean stop only padding follows the frames: nothing to report.
+    assert!(
+        !server.stderr.text().contains("cut"),
+        "a clean restart reported a cut: {}",
+        server.stderr.text()
+    );
     stop_cleanly(&mut server);
 }
 

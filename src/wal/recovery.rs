@@ -58,6 +58,9 @@ pub struct Truncation {
     /// The file's length after the cut: the end of the last valid record.
     pub offset: u64,
     pub bytes_removed: u64,
+    /// Some byte cut was not zero: a torn write, not only the zeros that direct I/O
+    /// pads writes with and preallocation grows segments with.
+    pub torn: bool,
 }
 
 /// The outcome of a successful recovery.
@@ -257,10 +260,12 @@ fn scan_on(
             ..scan_segment(segment, &data, is_last, visit)?
         };
         if is_last && summary.records_end < data.len() as u64 {
+            let cut = &data[summary.records_end as usize..];
             recovery.truncation = Some(Truncation {
                 path: segment.path.clone(),
                 offset: summary.records_end,
-                bytes_removed: data.len() as u64 - summary.records_end,
+                bytes_removed: cut.len() as u64,
+                torn: cut.iter().any(|&byte| byte != 0),
             });
         }
         recovery.records += summary.records;
