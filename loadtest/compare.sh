@@ -178,11 +178,11 @@ rows_durability_none() {
     measure_memory payd-create-none --address "$payd_address" --scenario payments
 }
 
-# A quantile of payd's own fdatasync latency histogram (since it started), from /metrics.
+# A quantile of payd's own fdatasync latency over the last minute, from /metrics, in µs.
 fsync_latency_us() {
     fetch_metrics
     awk -v q="quantile=\"$1\"" '
-        /^payd_wal_fsync_latency_microseconds\{log="all",/ && index($0, q) { print $2; exit }
+        /^payd_wal_fsync_duration_recent_seconds\{/ && index($0, q) { printf "%.0f\n", $2 * 1e6; exit }
     ' "$work/metrics.txt"
 }
 

@@ -737,7 +737,7 @@ fn metrics_show_fsync_latency_and_records_per_batch() {
         metrics = scraper.metrics();
         metrics.sum("payd_wal_records_per_batch_sum") >= records_min
     });
-    let syncs = metrics.sum("payd_wal_fsync_latency_microseconds_count");
+    let syncs = metrics.sum("payd_wal_fsync_duration_seconds_count");
     let batches = metrics.sum("payd_wal_records_per_batch_count");
     let records = metrics.sum("payd_wal_records_per_batch_sum");
     assert!(
@@ -752,8 +752,8 @@ fn metrics_show_fsync_latency_and_records_per_batch() {
         records >= records_min,
         "{records} records made durable for {PAYMENTS_COUNT} creates"
     );
-    assert_summary(&metrics, "payd_wal_fsync_latency_microseconds");
-    assert_summary(&metrics, "payd_wal_records_per_batch");
+    assert_summary(&metrics, "payd_wal_fsync_duration_recent_seconds");
+    assert_summary(&metrics, "payd_wal_records_per_batch_recent");
     stop_cleanly(&mut server);
 }
 

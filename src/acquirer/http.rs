@@ -4,6 +4,8 @@
 //! every acquirer; this file only makes one call and says what it came to.
 
 use super::breaker::{Admission, Breaker, BreakerState, Verdict};
+use super::breaker::{BREAKER_COOLING_MS, BREAKER_FAILURES_TO_OPEN};
+use super::notices::{BreakerChange, UnreachableLog};
 use super::{AttemptOutcome, AuthorizeRequest};
 use crate::config::AcquirerConfig;
 use crate::metrics::AcquirerOutcome;
@@ -49,6 +51,9 @@ pub struct HttpAcquirer {
     breaker: RefCell<Breaker>,
     /// The breaker counts milliseconds from here.
     epoch: Instant,
+    /// `host:port` of `acquirer.url`, for the log: never the path or query.
+    host: String,
+    unreachable: RefCell<UnreachableLog>,
 }
 
 impl HttpAcquirer {
@@ -62,7 +67,10 @@ impl HttpAcquirer {
             response_bytes_max: RESPONSE_BYTES_MAX,
             idle_ms_max: IDLE_CONNECTION_MS_MAX,
         };
+        let host = format!("{}:{}", url.host, url.port);
         HttpAcquirer {
+            host,
+            unreachable: RefCell::new(UnreachableLog::default()),
             client: Client::new(url, settings),
             breaker: RefCell::new(Breaker::default()),
             epoch: Instant::now(),
@@ -105,9 +113,21 @@ impl HttpAcquirer {
                 body: &body,
             })
             .await;
+        if let Err(error) = &result {
+            self.note_unreachable(unreachable_reason(error));
+        }
         let (outcome, label, verdict) = classify(result);
         settlement.settle(verdict);
         (outcome, label)
+    }
+
+    fn note_unreachable(&self, reason: Option<&str>) {
+        if let Some(reason) = reason {
+            let now_ms = self.now_ms();
+            self.unreachable
+                .borrow_mut()
+                .report(now_ms, &self.host, reason);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -136,18 +156,36 @@ impl Settlement<'_> {
             (None, _) => return,
         };
         let now_ms = self.acquirer.now_ms();
-        self.acquirer
-            .breaker
-            .borrow_mut()
-            .settle(self.admission, verdict, now_ms);
+        let mut breaker = self.acquirer.breaker.borrow_mut();
+        let before = breaker.state();
+        breaker.settle(self.admission, verdict, now_ms);
+        if let Some(change) = BreakerChange::between(before, breaker.state()) {
+            change.log(
+                &self.acquirer.host,
+                BREAKER_FAILURES_TO_OPEN,
+                BREAKER_COOLING_MS,
+            );
+        }
     }
 }
 
 impl Drop for Settlement<'_> {
     fn drop(&mut self) {
         if !self.settled {
+            self.acquirer
+                .note_unreachable(Some("no answer within acquirer.attempt_timeout_ms"));
             self.settle(Some(Verdict::Failed));
         }
+    }
+}
+
+/// What to log of a failed call when it means the acquirer cannot be reached.
+fn unreachable_reason(error: &OutboundError) -> Option<&'static str> {
+    match error {
+        OutboundError::Resolve => Some("its host name does not resolve"),
+        OutboundError::Connect => Some("connection refused or timed out"),
+        OutboundError::Broken => Some("the connection broke before an answer"),
+        OutboundError::Malformed | OutboundError::TooLarge | OutboundError::PoolBusy => None,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::metrics::{CoreMetrics, Route};
 use crate::shard::mesh::{Mesh, Peers};
 use crate::shard::recovery::rebuild;
 use crate::shard::retention;
-use crate::shard::runtime::Shard;
+use crate::shard::runtime::{Shard, ShardEdges};
 use crate::shard::store::Store;
 use crate::shard::webhooks::{self, Dispatcher, Endpoints};
 use crate::wal::{DataDir, ShardLog};
@@ -92,6 +92,7 @@ pub async fn run(start: CoreStart) {
     let _ = started.send(Started::Listening(address));
     // Joining waits for every core: the mesh is complete only once all have started.
     let peers = Peers::join(mesh, index, Rc::clone(&metrics)).await;
+    glommio::spawn_local(Rc::clone(&peers).rotate_metrics()).detach();
     let core = Rc::new(Core {
         index,
         api: api::Context {
@@ -124,12 +125,6 @@ pub async fn run(start: CoreStart) {
     }
     accepting.await;
     drain(&core).await;
-}
-
-/// What this core's shards share: the acquirer client and the core's metrics.
-struct ShardEdges {
-    acquirer: Rc<Acquirer>,
-    metrics: Rc<RefCell<CoreMetrics>>,
 }
 
 /// Recovers this core's shards from their logs, indexed by shard id: shard `s` lives on
@@ -179,8 +174,8 @@ async fn open_shards(
             keys,
             rebuilt.state,
             store,
-            Rc::clone(&edges.acquirer),
             dispatcher,
+            edges.clone(),
         ));
         webhooks::spawn(&shard);
         let pending = shard.resume_pending();

@@ -52,6 +52,7 @@ pub fn serve(
     cpus: &[usize],
 ) -> Result<(), String> {
     let signals = block_shutdown_signals();
+    ignore_file_size_signal();
     let io_memory = io_memory_bytes(cpus.len());
     let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
     let process_id = random_u32();
@@ -108,6 +109,16 @@ pub fn serve(
     lifecycle::set_ready();
     eprintln!("payd: ready, listening on {listen}");
     wait_for_shutdown(config, &signals, &exited, cpus.len())
+}
+
+/// A write past the file size limit (`ulimit -f`) then fails with EFBIG, which fails
+/// that shard's log (it stops acknowledging and `/readyz` names it), instead of SIGXFSZ
+/// killing the whole process, as PostgreSQL does too.
+fn ignore_file_size_signal() {
+    // SAFETY: signal(2) with SIG_IGN only sets this signal's disposition.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Reports a core's exit to the main thread, even when the core panicked.

@@ -337,13 +337,12 @@ fn write_answer(
     let body_omitted = head.method == Method::Head;
     response.write_to(output, request_id, &clock.date, connection, body_omitted);
     // Every request of a batch is timed from the read that completed the batch.
-    let latency_us = finished
-        .saturating_duration_since(clock.instant)
-        .as_micros() as u64;
+    let latency = finished.saturating_duration_since(clock.instant);
+    let latency_us = latency.as_micros() as u64;
     core.api
         .metrics
         .borrow_mut()
-        .record_request(route, response.status, latency_us);
+        .record_request(route, response.status, latency.as_nanos() as u64);
     core.access_log.record(&AccessRecord {
         unix_ms: clock.unix_ms,
         method: head.method,

@@ -14,13 +14,14 @@ use super::webhooks::Dispatcher;
 use crate::acquirer::{Acquirer, AuthorizeRequest};
 use crate::auth::MerchantKeys;
 use crate::config::Config;
+use crate::metrics::{CoreMetrics, Stage};
 use crate::payment::{Authorization, MerchantIndex, PaymentId, PaymentTerms};
 use crate::payment_object::PaymentSnapshot;
 use crate::wal::{encode_created, encode_finalized, Checkpoint, RecordKind, WebhookEvent};
 use crate::webhooks::event::final_status_event;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a shard can be asked to do. Sent over the mesh, so it owns its data.
 pub enum Command {
@@ -63,6 +64,13 @@ pub enum Reply<P = Box<Payment>> {
 const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
 const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
 
+/// What a core's shards share: the acquirer client and the core's metrics.
+#[derive(Clone)]
+pub struct ShardEdges {
+    pub acquirer: Rc<Acquirer>,
+    pub metrics: Rc<RefCell<CoreMetrics>>,
+}
+
 pub struct Shard {
     id: u16,
     config: &'static Config,
@@ -73,6 +81,8 @@ pub struct Shard {
     /// Creates between their first decision and their answer.
     creates_in_flight: Cell<usize>,
     webhooks: Dispatcher,
+    /// The core's metrics: this shard's acquirer and persist stages are timed into them.
+    metrics: Rc<RefCell<CoreMetrics>>,
 }
 
 impl Shard {
@@ -82,8 +92,8 @@ impl Shard {
         merchants: &'static MerchantKeys,
         state: ShardState,
         store: Store,
-        acquirer: Rc<Acquirer>,
         webhooks: Dispatcher,
+        edges: ShardEdges,
     ) -> Shard {
         Shard {
             id,
@@ -91,9 +101,10 @@ impl Shard {
             merchants,
             state: RefCell::new(state),
             store,
-            acquirer,
+            acquirer: edges.acquirer,
             creates_in_flight: Cell::new(0),
             webhooks,
+            metrics: edges.metrics,
         }
     }
 
@@ -287,8 +298,11 @@ impl Shard {
         created: &[u8],
         take: impl FnOnce(&Payment) -> P,
     ) -> Reply<P> {
-        if let Err(error) = self.store.append(RecordKind::Created, created).await {
-            eprintln!("payd: shard {}: {}", self.id, error.0);
+        let persisting = Instant::now();
+        let appended = self.store.append(RecordKind::Created, created).await;
+        self.record_stage(Stage::Persist, persisting);
+        if let Err(error) = appended {
+            self.report_store_error(&error.0);
             // Never acknowledged, so forgetting it is safe; a retry creates it afresh.
             self.state.borrow_mut().abandon(id);
             return Reply::Unavailable;
@@ -341,12 +355,14 @@ impl Shard {
 
     /// The acquirer's final answer for a pending payment, retries included.
     async fn ask_acquirer(self: Rc<Self>, id: PaymentId) -> Authorization {
+        let asking = Instant::now();
         let request = {
             let state = self.state.borrow();
             let payment = state
                 .get_by_id(id)
                 .expect("a payment being authorised exists");
             if let Some(authorization) = self.acquirer.answer_at_once(payment.payment_method()) {
+                self.record_stage(Stage::Acquirer, asking);
                 return authorization;
             }
             AuthorizeRequest {
@@ -357,7 +373,22 @@ impl Shard {
                 payment_method: payment.payment_method().to_string(),
             }
         };
-        self.acquirer.authorize(&request).await
+        let authorization = self.acquirer.authorize(&request).await;
+        self.record_stage(Stage::Acquirer, asking);
+        authorization
+    }
+
+    /// Logs why a record could not be made durable, unless the log failed: it said so
+    /// itself, once, and every create in flight would repeat it.
+    fn report_store_error(&self, error: &str) {
+        if self.store.failure().is_none() {
+            eprintln!("payd: shard {}: {error}", self.id);
+        }
+    }
+
+    fn record_stage(&self, stage: Stage, started: Instant) {
+        let duration_ns = started.elapsed().as_nanos() as u64;
+        self.metrics.borrow_mut().record_stage(stage, duration_ns);
     }
 
     /// Makes the acquirer's answer durable (with its webhook event), then applies it.
@@ -395,10 +426,13 @@ impl Shard {
             let last = log.append_group(records).await?;
             Ok::<_, crate::wal::LogError>(has_event.then_some(last))
         };
-        let position = match durable.await {
+        let persisting = Instant::now();
+        let durable = durable.await;
+        self.record_stage(Stage::Persist, persisting);
+        let position = match durable {
             Ok(position) => position,
             Err(error) => {
-                eprintln!("payd: shard {}: {error}", self.id);
+                self.report_store_error(&error.to_string());
                 return Err(());
             }
         };

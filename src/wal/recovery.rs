@@ -655,6 +655,7 @@ mod tests {
             truncation.bytes_removed,
             full_length - 5 - offsets[3] as u64
         );
+        assert!(truncation.torn, "a torn record is not padding");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[3] as u64);
         // A second recovery finds a clean log.
         let (again, _) = recover_sequences(dir.path()).unwrap();
@@ -682,6 +683,7 @@ mod tests {
         assert_eq!(seen, [1, 2, 3]);
         let truncation = recovery.truncation.unwrap();
         assert_eq!(truncation.offset, records_end);
+        assert!(!truncation.torn);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), records_end);
     }
 
