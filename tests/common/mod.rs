@@ -1469,13 +1469,17 @@ pub mod durable {
     pub fn frame_spans(bytes: &[u8]) -> Vec<FrameSpan> {
         let mut spans = Vec::new();
         let mut offset = 0;
-        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(&bytes[offset..]) {
+        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(&bytes[offset..])
+        {
             spans.push(FrameSpan {
                 offset,
                 length_total: frame.length_total,
                 first_sequence: frame.first_sequence,
                 synced_through: frame.synced_through,
-                kinds: frame.records().map(|r| r.expect("a checked frame").kind).collect(),
+                kinds: frame
+                    .records()
+                    .map(|r| r.expect("a checked frame").kind)
+                    .collect(),
             });
             offset += frame.length_total;
         }
