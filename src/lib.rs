@@ -21,6 +21,8 @@
 //!   `shard::webhooks`).
 //! - `outbound` (below `acquirer` and `webhooks`): the HTTP/1.1 client with its pool of
 //!   keep-alive connections, for every call payd makes to another service.
+//! - `tls` (below `server` and `outbound`): certificates, keys and roots, the per-core
+//!   acceptors and connectors, and the plain-or-TLS stream both sides use.
 pub mod acquirer;
 pub mod api;
 pub mod auth;
@@ -35,5 +37,6 @@ pub mod server;
 pub mod shard;
 #[cfg(test)]
 pub mod testing;
+pub mod tls;
 pub mod wal;
 pub mod webhooks;

@@ -10,6 +10,7 @@ use super::{AttemptOutcome, AuthorizeRequest};
 use crate::config::AcquirerConfig;
 use crate::metrics::AcquirerOutcome;
 use crate::outbound::{Client, ClientSettings, HttpUrl, OutboundError, PoolStats, Request};
+use crate::tls::TlsConnector;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::time::Instant;
@@ -57,7 +58,7 @@ pub struct HttpAcquirer {
 }
 
 impl HttpAcquirer {
-    pub fn new(config: &AcquirerConfig) -> HttpAcquirer {
+    pub fn new(config: &AcquirerConfig, tls: &TlsConnector) -> HttpAcquirer {
         // Invariant: the config refused a URL that does not parse.
         let url = HttpUrl::parse(&config.url).expect("acquirer.url was validated");
         let settings = ClientSettings {
@@ -71,7 +72,7 @@ impl HttpAcquirer {
         HttpAcquirer {
             host,
             unreachable: RefCell::new(UnreachableLog::default()),
-            client: Client::new(url, settings),
+            client: Client::new(url, settings, tls),
             breaker: RefCell::new(Breaker::default()),
             epoch: Instant::now(),
         }
@@ -185,6 +186,8 @@ fn unreachable_reason(error: &OutboundError) -> Option<&'static str> {
         OutboundError::Resolve => Some("its host name does not resolve"),
         OutboundError::Connect => Some("connection refused or timed out"),
         OutboundError::Broken => Some("the connection broke before an answer"),
+        // The outbound client logs a failed handshake itself, with rustls' reason.
+        OutboundError::Tls => None,
         OutboundError::Malformed | OutboundError::TooLarge | OutboundError::PoolBusy => None,
     }
 }
@@ -217,6 +220,11 @@ fn classify(
                 AcquirerOutcome::BadResponse,
                 Some(Verdict::Failed),
             )
+        }
+        // Retried like a connection error, and counted apart: a certificate that does
+        // not verify is never accepted, and an operator must see why calls fail.
+        Err(OutboundError::Tls) => {
+            return (retryable, AcquirerOutcome::TlsError, Some(Verdict::Failed))
         }
         Err(OutboundError::Resolve | OutboundError::Connect | OutboundError::Broken) => {
             return (

@@ -122,6 +122,8 @@ pub enum AcquirerOutcome {
     /// A 200 whose body was not the contract's JSON, or bytes that were not HTTP.
     BadResponse,
     ConnectionError,
+    /// The TLS handshake failed: a certificate that does not verify, above all.
+    TlsError,
     /// Over `acquirer.attempt_timeout_ms`.
     Timeout,
     /// Failed fast by the open circuit breaker, without a call.
@@ -131,13 +133,14 @@ pub enum AcquirerOutcome {
 }
 
 impl AcquirerOutcome {
-    pub const ALL: [AcquirerOutcome; 9] = [
+    pub const ALL: [AcquirerOutcome; 10] = [
         AcquirerOutcome::Approved,
         AcquirerOutcome::Declined,
         AcquirerOutcome::Rejected,
         AcquirerOutcome::RetryableStatus,
         AcquirerOutcome::BadResponse,
         AcquirerOutcome::ConnectionError,
+        AcquirerOutcome::TlsError,
         AcquirerOutcome::Timeout,
         AcquirerOutcome::BreakerOpen,
         AcquirerOutcome::PoolBusy,
@@ -151,6 +154,7 @@ impl AcquirerOutcome {
             AcquirerOutcome::RetryableStatus => "retryable_status",
             AcquirerOutcome::BadResponse => "bad_response",
             AcquirerOutcome::ConnectionError => "connection_error",
+            AcquirerOutcome::TlsError => "tls_error",
             AcquirerOutcome::Timeout => "timeout",
             AcquirerOutcome::BreakerOpen => "breaker_open",
             AcquirerOutcome::PoolBusy => "pool_busy",
@@ -225,14 +229,17 @@ pub enum WebhookAttemptOutcome {
     Timeout,
     /// No answer at all: refused, reset, not HTTP.
     ConnectionError,
+    /// The TLS handshake failed: a certificate that does not verify, above all.
+    TlsError,
 }
 
 impl WebhookAttemptOutcome {
-    pub const ALL: [WebhookAttemptOutcome; 4] = [
+    pub const ALL: [WebhookAttemptOutcome; 5] = [
         WebhookAttemptOutcome::Success,
         WebhookAttemptOutcome::Rejected,
         WebhookAttemptOutcome::Timeout,
         WebhookAttemptOutcome::ConnectionError,
+        WebhookAttemptOutcome::TlsError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -241,6 +248,7 @@ impl WebhookAttemptOutcome {
             WebhookAttemptOutcome::Rejected => "rejected",
             WebhookAttemptOutcome::Timeout => "timeout",
             WebhookAttemptOutcome::ConnectionError => "connection_error",
+            WebhookAttemptOutcome::TlsError => "tls_error",
         }
     }
 }
@@ -506,6 +514,10 @@ pub struct CoreMetrics {
     pub connections_accepted: u64,
     pub connections_rejected: u64,
     pub access_log_lines_dropped: u64,
+    /// TLS handshakes of the listener that completed, and those that did not (a plain
+    /// HTTP request on the TLS port, a client that distrusts the certificate, a timeout).
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
     pub acquirer: AcquirerMetrics,
     pub webhooks: WebhookMetrics,
     /// One entry per shard of this core, once its retention task has run.
@@ -527,6 +539,8 @@ impl CoreMetrics {
             connections_accepted: 0,
             connections_rejected: 0,
             access_log_lines_dropped: 0,
+            tls_handshakes: 0,
+            tls_handshake_failures: 0,
             acquirer: AcquirerMetrics::default(),
             webhooks: WebhookMetrics::default(),
             retention: Vec::new(),
@@ -627,7 +641,7 @@ pub fn render(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
     render_acquirer(cores, out);
     render_webhooks(cores, out);
     render_retention(cores, out);
-    let per_core: [PerCoreMetric; 4] = [
+    let per_core: [PerCoreMetric; 6] = [
         (
             "payd_connections_open",
             "gauge",
@@ -651,6 +665,18 @@ pub fn render(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
             "counter",
             "Access log lines dropped because the log could not keep up.",
             |m| m.access_log_lines_dropped,
+        ),
+        (
+            "payd_tls_handshakes_total",
+            "counter",
+            "TLS handshakes of the listener that completed.",
+            |m| m.tls_handshakes,
+        ),
+        (
+            "payd_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes of the listener that failed or timed out (plain HTTP on the TLS port included).",
+            |m| m.tls_handshake_failures,
         ),
     ];
     render_per_core(cores, &per_core, out);

@@ -18,6 +18,7 @@ use crate::http::{
 };
 use crate::metrics::Route;
 use crate::server::access_log::AccessRecord;
+use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::io;
@@ -65,7 +66,8 @@ enum ReadOutcome {
 
 pub struct Connection {
     core: Rc<Core>,
-    stream: TcpStream,
+    /// Plain TCP, or TLS once the handshake is done.
+    stream: Stream,
     /// `input[start..filled]` holds bytes not yet consumed by a request.
     input: Vec<u8>,
     start: usize,
@@ -80,7 +82,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(core: Rc<Core>, stream: TcpStream) -> Connection {
+    pub fn new(core: Rc<Core>, stream: Stream) -> Connection {
         Connection {
             core,
             stream,
@@ -114,6 +116,7 @@ impl Connection {
             let progress = self.answer_buffered().await?;
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
+                self.stream.flush().await?;
                 self.output.clear();
             }
             match progress {
@@ -130,6 +133,7 @@ impl Connection {
                 ReadOutcome::RequestTimeout => {
                     self.answer_error(&ApiError::new(ErrorKind::RequestTimeout));
                     self.stream.write_all(&self.output).await?;
+                    self.stream.flush().await?;
                     return Ok(true);
                 }
             }
@@ -382,7 +386,7 @@ impl Connection {
     /// what the client still sends for a short while, so the kernel does not answer its
     /// unread bytes with a reset that could destroy the response in flight.
     async fn linger_close(self) {
-        linger_close(self.stream).await;
+        linger_close(self.stream.into_tcp().await).await;
     }
 }
 

@@ -5,7 +5,8 @@
 //! port 0 resolves to one port that every core then shares), and executors are created
 //! in core order, which makes mesh peer `i` core `i`. Once every core listens, the
 //! process is ready and says so on stderr. The main thread then only waits for SIGTERM
-//! or SIGINT, flips the stopping flag, and waits for the cores to drain.
+//! or SIGINT, flips the stopping flag, and waits for the cores to drain. SIGHUP reloads
+//! the listener's TLS certificate and key (`reload_tls`).
 
 mod access_log;
 mod connection;
@@ -18,6 +19,7 @@ use crate::auth::MerchantKeys;
 use crate::config::Config;
 use crate::lifecycle;
 use crate::shard::mesh;
+use crate::tls::{ClientTls, ServerTls};
 use crate::wal::DataDir;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -53,6 +55,7 @@ pub fn serve(
 ) -> Result<(), String> {
     let signals = block_shutdown_signals();
     ignore_file_size_signal();
+    let (server_tls, client_tls) = load_tls(config)?;
     let io_memory = io_memory_bytes(cpus.len());
     let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
     let process_id = random_u32();
@@ -78,6 +81,8 @@ pub fn serve(
             mesh: mesh.clone(),
             process_id,
             started: started_sender.clone(),
+            server_tls,
+            client_tls: client_tls.clone(),
         };
         let exited_sender = exited_sender.clone();
         LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -108,7 +113,50 @@ pub fn serve(
     }
     lifecycle::set_ready();
     eprintln!("payd: ready, listening on {listen}");
-    wait_for_shutdown(config, &signals, &exited, cpus.len())
+    wait_for_shutdown(config, &signals, &exited, cpus.len(), server_tls)
+}
+
+/// The listener's certificate and key (the config checked them; they are read again
+/// here, as they will be on every reload) and the roots of outbound calls: the system's
+/// store is read only when some URL is `https://`.
+fn load_tls(config: &Config) -> Result<(Option<&'static ServerTls>, ClientTls), String> {
+    let server_tls = match &config.server.tls {
+        None => None,
+        Some(tls) => {
+            let loaded = ServerTls::load(&tls.cert_file, &tls.key_file)
+                .map_err(|e| format!("server.tls: {e}"))?;
+            // Lives as long as the process: every core's acceptor borrows it.
+            Some(&*Box::leak(Box::new(loaded)))
+        }
+    };
+    let extra = config.tls.extra_ca_file.as_deref();
+    if !config.calls_https() {
+        return Ok((server_tls, ClientTls::without_roots()));
+    }
+    let (client_tls, counts) =
+        ClientTls::load(extra).map_err(|e| format!("tls.extra_ca_file: {e}"))?;
+    eprintln!(
+        "payd: outbound TLS trusts {} system root certificates ({} unusable skipped) and {} from tls.extra_ca_file",
+        counts.system, counts.system_unusable, counts.extra
+    );
+    if counts.system + counts.extra == 0 {
+        eprintln!(
+            "payd: warning: no root certificate at all: every https:// call will fail verification"
+        );
+    }
+    Ok((server_tls, client_tls))
+}
+
+/// SIGHUP: reads the listener's certificate and key again. New connections get the new
+/// ones; open connections keep theirs. On an error the old ones stay, and it is logged.
+pub fn reload_tls(server_tls: Option<&ServerTls>) {
+    match server_tls.map(ServerTls::reload) {
+        None => eprintln!("payd: SIGHUP: no [server.tls] to reload"),
+        Some(Ok(())) => eprintln!("payd: SIGHUP: TLS certificate and key reloaded"),
+        Some(Err(error)) => {
+            eprintln!("payd: SIGHUP: TLS not reloaded, the old certificate stays: {error}")
+        }
+    }
 }
 
 /// A write past the file size limit (`ulimit -f`) then fails with EFBIG, which fails
@@ -138,11 +186,16 @@ fn wait_for_shutdown(
     signals: &libc::sigset_t,
     exited: &mpsc::Receiver<usize>,
     cores: usize,
+    server_tls: Option<&ServerTls>,
 ) -> Result<(), String> {
     loop {
-        if let Some(signal) = wait_signal(signals, Duration::from_millis(100)) {
-            eprintln!("payd: {signal}: stopping; draining in-flight requests");
-            break;
+        match wait_signal(signals, Duration::from_millis(100)) {
+            Some("SIGHUP") => reload_tls(server_tls),
+            Some(signal) => {
+                eprintln!("payd: {signal}: stopping; draining in-flight requests");
+                break;
+            }
+            None => {}
         }
         if let Ok(index) = exited.try_recv() {
             lifecycle::begin_stopping();
@@ -154,9 +207,13 @@ fn wait_for_shutdown(
     let deadline = Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms + 1000);
     let mut remaining = cores;
     while remaining > 0 {
-        if wait_signal(signals, Duration::ZERO).is_some() {
-            eprintln!("payd: second signal: exiting at once");
-            return Ok(());
+        match wait_signal(signals, Duration::ZERO) {
+            Some("SIGHUP") => reload_tls(server_tls),
+            Some(_) => {
+                eprintln!("payd: second signal: exiting at once");
+                return Ok(());
+            }
+            None => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -173,8 +230,8 @@ fn wait_for_shutdown(
     Ok(())
 }
 
-/// Blocks SIGTERM and SIGINT in this thread before any executor thread exists, so every
-/// thread inherits the mask and only `wait_signal` ever sees them.
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any executor thread exists, so
+/// every thread inherits the mask and only `wait_signal` ever sees them.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
     // changes this thread's mask.
@@ -183,6 +240,7 @@ fn block_shutdown_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -198,6 +256,7 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> 
     match signal {
         libc::SIGTERM => Some("SIGTERM"),
         libc::SIGINT => Some("SIGINT"),
+        libc::SIGHUP => Some("SIGHUP"),
         _ => None,
     }
 }
