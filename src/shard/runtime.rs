@@ -398,9 +398,14 @@ impl Shard {
     /// The acquirer's answer if it is known without asking anyone: the in-process
     /// simulation without latency.
     fn answer_at_once(&self, id: PaymentId) -> Option<Authorization> {
+        let asking = Instant::now();
         let state = self.state.borrow();
         let payment = state.get_by_id(id).expect("a payment being created exists");
-        self.acquirer.answer_at_once(payment.payment_method())
+        let answer = self.acquirer.answer_at_once(payment.payment_method());
+        if answer.is_some() {
+            self.record_stage(Stage::Acquirer, asking);
+        }
+        answer
     }
 
     /// A create whose final answer was known at once: the intent, the final status and
