@@ -337,6 +337,9 @@ impl Shard {
         created: &[u8],
         take: impl FnOnce(&Payment) -> P,
     ) -> Reply<P> {
+        if let Some(authorization) = self.answer_at_once(id) {
+            return self.create_decided(id, created, authorization, take).await;
+        }
         let persisting = Instant::now();
         let appended = self.store.append(RecordKind::Created, created).await;
         self.record_stage(Stage::Persist, persisting);
@@ -431,10 +434,63 @@ impl Shard {
     }
 
     /// Makes the acquirer's answer durable (with its webhook event), then applies it.
+    /// The acquirer's answer if it is known without asking anyone: the in-process
+    /// simulation without latency.
+    fn answer_at_once(&self, id: PaymentId) -> Option<Authorization> {
+        let asking = Instant::now();
+        let state = self.state.borrow();
+        let payment = state.get_by_id(id).expect("a payment being created exists");
+        let answer = self.acquirer.answer_at_once(payment.payment_method());
+        if answer.is_some() {
+            self.record_stage(Stage::Acquirer, asking);
+        }
+        answer
+    }
+
+    /// A create whose final answer was known at once: the intent, the final status and
+    /// its webhook event are made durable together, in one group, with one sync. The
+    /// rule that the intent is durable before the acquirer is asked protects against an
+    /// authorisation that payd does not know about; an in-process answer leaves none.
+    async fn create_decided<P>(
+        self: &Rc<Self>,
+        id: PaymentId,
+        created: &[u8],
+        authorization: Authorization,
+        take: impl FnOnce(&Payment) -> P,
+    ) -> Reply<P> {
+        let outcome = Rc::clone(self)
+            .make_final(id, authorization, Some(created))
+            .await;
+        let reply = match outcome {
+            Ok(()) => Reply::Created {
+                payment: self.snapshot(id, take),
+                r#final: true,
+            },
+            Err(()) => {
+                // Nothing of it was acknowledged: a retry creates it afresh.
+                self.state.borrow_mut().abandon(id);
+                return Reply::Unavailable;
+            }
+        };
+        self.state.borrow_mut().mark_answered(id);
+        reply
+    }
+
     async fn finalize(
         self: Rc<Self>,
         id: PaymentId,
         authorization: Authorization,
+    ) -> Result<(), ()> {
+        self.make_final(id, authorization, None).await
+    }
+
+    /// Makes the acquirer's answer durable with its webhook event (and the payment's
+    /// `Created` record, when `created` is given), in one group, then applies it.
+    async fn make_final(
+        self: Rc<Self>,
+        id: PaymentId,
+        authorization: Authorization,
+        created: Option<&[u8]>,
     ) -> Result<(), ()> {
         let updated_at_ms = now_ms();
         let mut finalized = Vec::with_capacity(FINALIZED_PAYLOAD_BYTES_TYPICAL);
@@ -450,19 +506,28 @@ impl Shard {
         if let Some((_, event)) = &event {
             event.encode(&mut event_payload);
         }
-        // Both records go into the same batch: no await between the two appends, so the
-        // final status is never durable without the event that tells it.
+        // One group: the final status is never durable without the event that tells it.
         let log = self.store.log();
-        let finalized_append = log.append(RecordKind::Finalized.as_u8(), &finalized);
-        let event_append = event
-            .is_some()
-            .then(|| log.append(RecordKind::WebhookEvent.as_u8(), &event_payload));
+        let mut group: [(u8, &[u8]); 3] = [(0, &[]); 3];
+        let mut records = 0;
+        for (kind, payload) in [
+            created.map(|created| (RecordKind::Created, created)),
+            Some((RecordKind::Finalized, finalized.as_slice())),
+            event
+                .as_ref()
+                .map(|_| (RecordKind::WebhookEvent, event_payload.as_slice())),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            group[records] = (kind.as_u8(), payload);
+            records += 1;
+        }
+        let records = &group[..records];
+        let has_event = event.is_some();
         let durable = async {
-            finalized_append.await?;
-            match event_append {
-                Some(append) => append.await.map(Some),
-                None => Ok(None),
-            }
+            let last = log.append_group(records).await?;
+            Ok::<_, crate::wal::LogError>(has_event.then_some(last))
         };
         let persisting = Instant::now();
         let durable = durable.await;
