@@ -1,16 +1,17 @@
-//! Requests of one WebSocket connection in flight: each runs in a task of its own through
-//! the API, and its answer (then perhaps a status push) lands in the connection's
-//! `Outbox`, which wakes the session to frame and write it.
+//! What one WebSocket message becomes: a request run through the API (`answer`, a future
+//! the session polls in place, see `requests`), its record in the metrics and the access
+//! log, and, for a create answered 202, a status push once the payment is final.
 //!
 //! Answers come back in the order they finish, not the order requests came: the `id`
-//! ties them together (API.md section 9). A task always runs to its end, even if the
+//! ties them together (API.md section 9). A request always runs to its end, even if the
 //! connection is gone by then, so no create is abandoned between its decision and its
-//! answer; only the answer is dropped. Responses and request buffers are kept for reuse
-//! (a few per connection), so a steady stream of messages allocates little.
+//! answer; only the answer is dropped. A push waits in a task of its own (it may wait
+//! long, and it does not count against the in-flight limit) and lands in the
+//! connection's `Outbox`, which wakes the session to frame and write it.
 
 use super::super::access_log::{AccessRecord, Transport};
 use super::super::core::Core;
-use crate::api::{self, error::ApiError};
+use crate::api;
 use crate::http::websocket::message::{write_payment_updated, MessageId, MessageRequest};
 use crate::http::{Method, Response};
 use crate::metrics::Route;
@@ -23,32 +24,16 @@ use std::time::Instant;
 /// Payments of one connection awaited at once for a status push; beyond this a 202 is
 /// not pushed (webhooks stay the durable channel).
 pub const PUSHES_AWAITED_MAX: usize = 1024;
-/// Responses and request buffers a connection keeps for reuse, each.
-pub const SPARES_MAX: usize = 8;
 
-/// What the session's tasks hand back to it.
+/// Status pushes ready for the session.
 #[derive(Default)]
 pub struct Outbox {
-    ready: RefCell<Vec<Ready>>,
-    /// Request tasks still running.
-    running: Cell<usize>,
+    pushes: RefCell<Vec<Vec<u8>>>,
     /// Pushes awaited.
     awaited: Cell<usize>,
-    /// False once the session ended: late answers and pushes are dropped.
+    /// False once the session ended: late pushes are dropped.
     open: Cell<bool>,
     waker: RefCell<Option<Waker>>,
-    spare_responses: RefCell<Vec<Response>>,
-    spare_buffers: RefCell<Vec<Vec<u8>>>,
-}
-
-/// Something to send: an answer, which counts against the in-flight limit until written,
-/// or a status push, which does not.
-pub enum Ready {
-    Answer {
-        id: Option<MessageId>,
-        response: Response,
-    },
-    Push(Vec<u8>),
 }
 
 impl Outbox {
@@ -58,21 +43,17 @@ impl Outbox {
         Rc::new(outbox)
     }
 
-    pub fn running(&self) -> usize {
-        self.running.get()
-    }
-
     pub fn has_ready(&self) -> bool {
-        !self.ready.borrow().is_empty()
+        !self.pushes.borrow().is_empty()
     }
 
-    /// Moves what is ready into `into` (emptied first).
-    pub fn take_ready(&self, into: &mut Vec<Ready>) {
+    /// Moves the pushes ready into `into` (emptied first).
+    pub fn take_ready(&self, into: &mut Vec<Vec<u8>>) {
         into.clear();
-        std::mem::swap(&mut *self.ready.borrow_mut(), into);
+        std::mem::swap(&mut *self.pushes.borrow_mut(), into);
     }
 
-    /// The session waits on this waker for answers.
+    /// The session waits on this waker for pushes.
     pub fn set_waker(&self, waker: &Waker) {
         let mut slot = self.waker.borrow_mut();
         if !slot.as_ref().is_some_and(|known| known.will_wake(waker)) {
@@ -82,40 +63,14 @@ impl Outbox {
 
     pub fn close(&self) {
         self.open.set(false);
-        self.ready.borrow_mut().clear();
+        self.pushes.borrow_mut().clear();
     }
 
-    /// A buffer for the next request's fields.
-    pub fn take_buffer(&self) -> Vec<u8> {
-        self.spare_buffers.borrow_mut().pop().unwrap_or_default()
-    }
-
-    /// A written answer's response, for the next request.
-    pub fn recycle(&self, response: Response) {
-        let mut spares = self.spare_responses.borrow_mut();
-        if spares.len() < SPARES_MAX {
-            spares.push(response);
-        }
-    }
-
-    fn recycle_buffer(&self, buffer: Vec<u8>) {
-        let mut spares = self.spare_buffers.borrow_mut();
-        if spares.len() < SPARES_MAX {
-            spares.push(buffer);
-        }
-    }
-
-    fn take_response(&self) -> Response {
-        let mut response = self.spare_responses.borrow_mut().pop().unwrap_or_default();
-        response.reset();
-        response
-    }
-
-    fn deliver(&self, ready: Ready) {
+    fn deliver(&self, push: Vec<u8>) {
         if !self.open.get() {
             return;
         }
-        self.ready.borrow_mut().push(ready);
+        self.pushes.borrow_mut().push(push);
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }
@@ -147,76 +102,77 @@ fn method_slot(method: Option<Method>) -> usize {
     }
 }
 
-/// Starts a task that answers `request` through the API.
-pub fn spawn_request(connection: &Connection, mut request: MessageRequest, received: Received) {
-    let connection = connection.clone();
-    let outbox = &connection.outbox;
-    outbox.running.set(outbox.running.get() + 1);
-    glommio::spawn_local(async move {
-        let core = &connection.core;
-        let outbox = &connection.outbox;
-        let mut response = outbox.take_response();
-        let merchant_id = core.api.keys.merchant_id(connection.merchant);
-        let (id, method) = (request.id, request.method);
-        let parts = request.parts();
-        let api_request = api::Request {
-            method,
-            target: parts.target,
-            content_type_json: None,
-            merchant: Some(merchant_id.as_bytes()),
-            timestamp: parts.timestamp,
-            signature: parts.signature,
-            body: parts.body,
-            unix_ms: received.unix_ms,
-        };
-        let route = api::handle_message(&core.api, api_request, &mut response).await;
-        outbox.running.set(outbox.running.get() - 1);
-        outbox.recycle_buffer(request.into_buffer());
-        let pending = (route == Route::CreatePayment && response.status == 202)
-            .then(|| api::answered_payment_id(&response.body))
-            .flatten();
-        record(
-            &connection,
-            Some(&id),
-            Some(method),
-            route,
-            &response,
-            received,
-        );
-        outbox.deliver(Ready::Answer {
-            id: Some(id),
-            response,
-        });
-        if let Some(payment) = pending {
-            await_push(&connection, payment).await;
-        }
-    })
-    .detach();
+/// A request to answer, with everything its future owns: it borrows nothing from the
+/// session, so the session can hold it in place while it reads and writes.
+pub struct Job {
+    pub core: Rc<Core>,
+    pub merchant: MerchantIndex,
+    pub request: MessageRequest,
+    pub response: Response,
+    pub received: Received,
 }
 
-/// Answers at once, without the API: an envelope refused, the in-flight limit, shutdown.
-pub fn answer_now(
-    connection: &Connection,
-    id: Option<MessageId>,
-    method: Option<Method>,
-    error: &ApiError,
-    received: Received,
-) {
-    let mut response = connection.outbox.take_response();
-    api::write_error(&mut response, error);
-    record(
-        connection,
-        id.as_ref(),
-        method,
-        Route::Unrouted,
-        &response,
+/// A request's answer, with its buffers back for the next request.
+pub struct Finished {
+    pub id: MessageId,
+    pub method: Method,
+    pub route: Route,
+    pub response: Response,
+    pub buffer: Vec<u8>,
+    pub received: Received,
+}
+
+/// Answers one request through the API.
+pub async fn answer(job: Job) -> Finished {
+    let Job {
+        core,
+        merchant,
+        mut request,
+        mut response,
         received,
-    );
-    connection.outbox.deliver(Ready::Answer { id, response });
+    } = job;
+    response.reset();
+    let merchant_id = core.api.keys.merchant_id(merchant);
+    let (id, method) = (request.id, request.method);
+    let parts = request.parts();
+    let api_request = api::Request {
+        method,
+        target: parts.target,
+        content_type_json: None,
+        merchant: Some(merchant_id.as_bytes()),
+        timestamp: parts.timestamp,
+        signature: parts.signature,
+        body: parts.body,
+        unix_ms: received.unix_ms,
+    };
+    let route = api::handle_message(&core.api, api_request, &mut response).await;
+    Finished {
+        id,
+        method,
+        route,
+        response,
+        buffer: request.into_buffer(),
+        received,
+    }
+}
+
+/// The payment to push for an answer: a create answered 202 `pending`.
+pub fn pending_payment(route: Route, response: &Response) -> Option<PaymentId> {
+    if route == Route::CreatePayment && response.status == 202 {
+        api::answered_payment_id(&response.body)
+    } else {
+        None
+    }
+}
+
+/// Starts a task that pushes `payment` once it is final (see `await_push`).
+pub fn spawn_push(connection: &Connection, payment: PaymentId) {
+    let connection = connection.clone();
+    glommio::spawn_local(async move { await_push(&connection, payment).await }).detach();
 }
 
 /// Counts an answer and writes its access-log line.
-fn record(
+pub fn record(
     connection: &Connection,
     id: Option<&MessageId>,
     method: Option<Method>,
@@ -259,7 +215,7 @@ async fn await_push(connection: &Connection, payment: PaymentId) {
     if found && outbox.open.get() {
         let mut text = Vec::with_capacity(json.len() + 48);
         write_payment_updated(&mut text, &json);
-        outbox.deliver(Ready::Push(text));
+        outbox.deliver(text);
         core.api.metrics.borrow_mut().websocket.pushes += 1;
     }
 }

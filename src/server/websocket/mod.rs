@@ -8,6 +8,7 @@
 //! stream, so a TLS stream serves `wss://` the same way a TCP stream serves `ws://`.
 
 mod answers;
+mod requests;
 mod session;
 
 pub use session::serve;

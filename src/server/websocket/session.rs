@@ -1,6 +1,8 @@
 //! One WebSocket connection after its 101: read frames, answer messages, push statuses,
 //! ping, and close, all from one task that polls the socket's read and write sides, the
-//! outbox of finished answers, the ping timer and the shutdown notice together.
+//! requests in flight (in place, see `requests`), the outbox of status pushes, the ping
+//! timer and the shutdown notice together. Every answer ready after a read or a wake-up
+//! is framed into one output buffer and goes out in one write.
 //!
 //! Bounds: at most `websocket.max_in_flight_per_connection` requests whose answers are
 //! not yet written (the extra get 429 `overloaded`); past `OUTPUT_BYTES_MAX` of unwritten
@@ -9,17 +11,22 @@
 //! silent for two ping intervals is closed with 1001.
 
 use super::super::core::Core;
-use super::answers::{answer_now, spawn_request, Connection, Outbox, Ready, Received};
+use super::answers::{
+    answer, pending_payment, record, spawn_push, Connection, Finished, Job, Outbox, Received,
+};
+use super::requests::Requests;
+use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
 use crate::http::websocket::codec::{
     close_code, write_text_frame, write_text_frame_parts, Codec, Decoded,
 };
 use crate::http::websocket::message::{
-    parse_message, write_answer_head, Fault, Refusal, ANSWER_TAIL,
+    parse_message, write_answer_head, Fault, MessageId, Refusal, ANSWER_TAIL,
 };
-use crate::http::ResponseHeader;
+use crate::http::{Method, Response, ResponseHeader};
+use crate::metrics::Route;
 use crate::payment::MerchantIndex;
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +41,8 @@ pub const OUTPUT_BYTES_MAX: usize = 1 << 20;
 pub const READ_BYTES: usize = 4096;
 /// How long the last frames (answers, then the close) may take to leave at the end.
 pub const CLOSE_FLUSH_TIMEOUT_MS: u64 = 1_000;
+/// Responses and request buffers a connection keeps for reuse, each.
+pub const SPARES_MAX: usize = 8;
 
 /// What woke the session.
 enum Event {
@@ -41,7 +50,8 @@ enum Event {
     Read(usize),
     /// End of stream, or a socket error: nothing more can be said.
     Gone,
-    Ready,
+    /// Status pushes arrived.
+    Pushes,
     Tick,
     Stop,
 }
@@ -56,8 +66,19 @@ enum Phase {
     Closing,
 }
 
-struct Session<S> {
+struct Session<S, M, F: Future<Output = Finished>> {
     connection: Connection,
+    /// Makes a request's future: `answers::answer`, a type parameter so that its future's
+    /// type is known and its call is inlined where the future is written into its slot.
+    start: M,
+    requests: Requests<F>,
+    /// Requests that finished in the last poll (reused).
+    finished: Vec<Finished>,
+    /// Responses and request buffers kept for the next requests.
+    spare_responses: Vec<Response>,
+    spare_buffers: Vec<Vec<u8>>,
+    /// The session's `run` returned: answers are no longer written.
+    ended: bool,
     stream: S,
     codec: Codec,
     phase: Phase,
@@ -71,7 +92,7 @@ struct Session<S> {
     unflushed: bool,
     /// Where each unwritten answer ends in `output`: an answer is in flight until then.
     answer_ends: VecDeque<usize>,
-    ready: Vec<Ready>,
+    pushes: Vec<Vec<u8>>,
     /// A message's text, copied for simd-json to parse in place.
     scratch: Vec<u8>,
     /// An answer's envelope up to its body.
@@ -96,12 +117,14 @@ where
 {
     core.api.metrics.borrow_mut().websocket.connections_opened += 1;
     core.api.metrics.borrow_mut().websocket.connections_open += 1;
-    let mut session = Session::new(Rc::clone(&core), stream, merchant);
+    let mut session = Session::new(Rc::clone(&core), stream, merchant, answer);
     if !leftover.is_empty() {
         session.on_input(&leftover);
     }
     session.run().await;
+    session.ended = true;
     session.connection.outbox.close();
+    session.run_requests_to_end().await;
     let mut metrics = core.api.metrics.borrow_mut();
     metrics.websocket.connections_open -= 1;
     if session.phase != Phase::Closing {
@@ -109,8 +132,13 @@ where
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    fn new(core: Rc<Core>, stream: S, merchant: MerchantIndex) -> Session<S> {
+impl<S, M, F> Session<S, M, F>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: Fn(Job) -> F,
+    F: Future<Output = Finished>,
+{
+    fn new(core: Rc<Core>, stream: S, merchant: MerchantIndex, start: M) -> Self {
         let settings = &core.api.config.websocket;
         let ping_interval = Duration::from_millis(settings.ping_interval_ms);
         let stop_notice = core.stop.clone();
@@ -121,6 +149,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 outbox: Outbox::new(),
                 merchant,
             },
+            start,
+            requests: Requests::default(),
+            finished: Vec::new(),
+            spare_responses: Vec::new(),
+            spare_buffers: Vec::new(),
+            ended: false,
             stream,
             codec,
             phase: Phase::Open,
@@ -130,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             written: 0,
             unflushed: false,
             answer_ends: VecDeque::new(),
-            ready: Vec::new(),
+            pushes: Vec::new(),
             scratch: Vec::new(),
             answer_head: Vec::new(),
             last_heard: Instant::now(),
@@ -145,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn run(&mut self) {
         loop {
-            self.frame_ready();
+            self.frame_pushes();
             if self.phase == Phase::Draining && self.in_flight() == 0 {
                 self.close(close_code::GOING_AWAY);
             }
@@ -158,7 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return;
             }
             match std::future::poll_fn(|cx| self.poll_event(cx)).await {
-                Event::Wrote | Event::Ready => {}
+                Event::Wrote | Event::Pushes => {}
                 Event::Read(count) => {
                     let input = std::mem::take(&mut self.read_buffer);
                     self.on_input(&input[..count]);
@@ -173,16 +207,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Requests whose answers are not yet written: running, or waiting in the output.
     fn in_flight(&self) -> usize {
-        self.connection.outbox.running() + self.answer_ends.len()
+        self.requests.running() + self.answer_ends.len()
+    }
+
+    /// Whether answers still go out: not after a close frame, nor once the session ended.
+    fn writing(&self) -> bool {
+        self.phase != Phase::Closing && !self.ended
     }
 
     fn unwritten(&self) -> usize {
         self.output.len() - self.written
     }
 
-    /// Polls everything the session waits on, writing first so a reading client always
-    /// makes room; reads only while the unwritten output is within its bound.
+    /// Polls everything the session waits on: the requests woken first, so their answers
+    /// go out in this write; then writing, so a reading client always makes room; reads
+    /// only while the unwritten output is within its bound.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        self.poll_requests(cx);
         if self.written < self.output.len() {
             let unwritten = &self.output[self.written..];
             match Pin::new(&mut self.stream).poll_write(cx, unwritten) {
@@ -205,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let outbox = &self.connection.outbox;
         outbox.set_waker(cx.waker());
         if outbox.has_ready() {
-            return Poll::Ready(Event::Ready);
+            return Poll::Ready(Event::Pushes);
         }
         if self.unwritten() <= OUTPUT_BYTES_MAX {
             match Pin::new(&mut self.stream).poll_read(cx, &mut self.read_buffer) {
@@ -264,37 +305,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Frames every answer and push that finished since the last look.
-    fn frame_ready(&mut self) {
-        let mut ready = std::mem::take(&mut self.ready);
-        let outbox = Rc::clone(&self.connection.outbox);
-        outbox.take_ready(&mut ready);
-        let writing = self.phase != Phase::Closing;
-        for item in ready.drain(..) {
-            match item {
-                Ready::Answer { id, response } => {
-                    if writing {
-                        let replayed = response
-                            .headers
-                            .contains(&Some(ResponseHeader::IdempotentReplayed));
-                        self.answer_head.clear();
-                        write_answer_head(
-                            &mut self.answer_head,
-                            id.as_ref(),
-                            response.status,
-                            replayed,
-                        );
-                        let parts = [&self.answer_head[..], &response.body, ANSWER_TAIL];
-                        write_text_frame_parts(&mut self.output, &parts);
-                        self.answer_ends.push_back(self.output.len());
-                    }
-                    outbox.recycle(response);
-                }
-                Ready::Push(text) if writing => write_text_frame(&mut self.output, &text),
-                Ready::Push(_) => {}
+    /// Polls the requests woken since the last look and answers those that finished.
+    fn poll_requests(&mut self, cx: &Context<'_>) {
+        let mut finished = std::mem::take(&mut self.finished);
+        self.requests.poll_woken(cx, &mut finished);
+        for request in finished.drain(..) {
+            self.on_finished(request);
+        }
+        self.finished = finished;
+    }
+
+    /// Waits until every request started has finished (its answer is not written).
+    async fn run_requests_to_end(&mut self) {
+        std::future::poll_fn(|cx| {
+            self.poll_requests(cx);
+            match self.requests.running() {
+                0 => Poll::Ready(()),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+    }
+
+    /// Counts and logs a finished request, frames its answer, and starts its push if it
+    /// was a create answered 202.
+    fn on_finished(&mut self, finished: Finished) {
+        let Finished {
+            id,
+            method,
+            route,
+            response,
+            buffer,
+            received,
+        } = finished;
+        let connection = &self.connection;
+        record(
+            connection,
+            Some(&id),
+            Some(method),
+            route,
+            &response,
+            received,
+        );
+        self.frame_answer(Some(&id), &response);
+        if let Some(payment) = pending_payment(route, &response).filter(|_| self.writing()) {
+            spawn_push(&self.connection, payment);
+        }
+        self.recycle(response, buffer);
+    }
+
+    /// Appends an answer's frame to the output, where it counts as in flight until written.
+    fn frame_answer(&mut self, id: Option<&MessageId>, response: &Response) {
+        if !self.writing() {
+            return;
+        }
+        let replayed = response
+            .headers
+            .contains(&Some(ResponseHeader::IdempotentReplayed));
+        self.answer_head.clear();
+        write_answer_head(&mut self.answer_head, id, response.status, replayed);
+        let parts = [&self.answer_head[..], &response.body, ANSWER_TAIL];
+        write_text_frame_parts(&mut self.output, &parts);
+        self.answer_ends.push_back(self.output.len());
+    }
+
+    fn recycle(&mut self, response: Response, buffer: Vec<u8>) {
+        if self.spare_responses.len() < SPARES_MAX {
+            self.spare_responses.push(response);
+        }
+        if self.spare_buffers.len() < SPARES_MAX {
+            self.spare_buffers.push(buffer);
+        }
+    }
+
+    /// Frames every status push that arrived since the last look.
+    fn frame_pushes(&mut self) {
+        let mut pushes = std::mem::take(&mut self.pushes);
+        self.connection.outbox.take_ready(&mut pushes);
+        if self.writing() {
+            for push in &pushes {
+                write_text_frame(&mut self.output, push);
             }
         }
-        self.ready = ready;
+        pushes.clear();
+        self.pushes = pushes;
     }
 
     /// Decodes what was read; every complete message is answered or started.
@@ -321,25 +415,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Answers a message at once (refused) or starts its request.
+    /// Answers a message at once (refused) or starts its request, which may finish at
+    /// once too.
     fn on_message(&mut self, text: Utf8Bytes, received: Received) {
         self.scratch.clear();
         self.scratch.extend_from_slice(text.as_bytes());
         drop(text);
         let max_body_bytes = self.connection.core.api.config.limits.max_body_bytes;
-        let buffer = self.connection.outbox.take_buffer();
+        let buffer = self.spare_buffers.pop().unwrap_or_default();
         match parse_message(&mut self.scratch, max_body_bytes, buffer) {
             Err(Refusal { id, fault }) => {
-                let error = envelope_error(fault);
-                answer_now(&self.connection, id, None, &error, received);
+                self.refuse(id, None, &envelope_error(fault), received);
             }
             Ok(request) => match self.admission() {
                 Some(error) => {
-                    let (id, method) = (Some(request.id), Some(request.method));
-                    answer_now(&self.connection, id, method, &error, received);
+                    let method = Some(request.method);
+                    self.refuse(Some(request.id), method, &error, received);
+                    self.spare_buffers.push(request.into_buffer());
                 }
-                None => spawn_request(&self.connection, request, received),
+                None => {
+                    let job = Job {
+                        core: Rc::clone(&self.connection.core),
+                        merchant: self.connection.merchant,
+                        request,
+                        response: self.spare_responses.pop().unwrap_or_default(),
+                        received,
+                    };
+                    let start = &self.start;
+                    if let Some(finished) = self.requests.start(|| start(job)) {
+                        self.on_finished(finished);
+                    }
+                }
             },
+        }
+    }
+
+    /// Answers at once, without the API: an envelope refused, the in-flight limit, shutdown.
+    fn refuse(
+        &mut self,
+        id: Option<MessageId>,
+        method: Option<Method>,
+        error: &ApiError,
+        received: Received,
+    ) {
+        let mut response = self.spare_responses.pop().unwrap_or_default();
+        response.reset();
+        api::write_error(&mut response, error);
+        let route = Route::Unrouted;
+        record(
+            &self.connection,
+            id.as_ref(),
+            method,
+            route,
+            &response,
+            received,
+        );
+        self.frame_answer(id.as_ref(), &response);
+        if self.spare_responses.len() < SPARES_MAX {
+            self.spare_responses.push(response);
         }
     }
 
@@ -357,6 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Every ping interval: close a connection silent for two, ping the others.
     fn on_tick(&mut self) {
+        self.requests.shrink_if_idle();
         if self.last_heard.elapsed() >= 2 * self.ping_interval {
             self.close(close_code::GOING_AWAY);
         } else if self.phase != Phase::Closing {
@@ -370,24 +504,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.phase = Phase::Closing;
     }
 
-    /// Writes what is left (the close frame last), for a bounded time, then closes.
+    /// Writes what is left (the close frame last), for a bounded time, then closes. The
+    /// requests still running are polled meanwhile: a client slow to read must not stall
+    /// a create between its decision and its answer.
     async fn finish(&mut self) {
-        let flush = async {
-            while self.written < self.output.len() {
-                match self.stream.write(&self.output[self.written..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(count) => self.written += count,
-                }
-            }
-            let _ = self.stream.flush().await;
-            let _ = self.stream.close().await;
-        };
         let timeout = Duration::from_millis(CLOSE_FLUSH_TIMEOUT_MS);
         let _ = glommio::timer::timeout(timeout, async {
-            flush.await;
+            std::future::poll_fn(|cx| self.poll_last_write(cx)).await;
             Ok(())
         })
         .await;
+    }
+
+    fn poll_last_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_requests(cx);
+        let mut stream = Pin::new(&mut self.stream);
+        while self.written < self.output.len() {
+            match stream.as_mut().poll_write(cx, &self.output[self.written..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(count)) => self.written += count,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if stream.as_mut().poll_flush(cx).is_pending() {
+            return Poll::Pending;
+        }
+        stream.poll_close(cx).map(|_| ())
     }
 }
 
