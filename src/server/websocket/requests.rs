@@ -24,6 +24,8 @@ pub const SLOTS_KEPT_IDLE_MAX: usize = 2;
 struct Shared {
     /// Slots woken since the session last looked, and the session's waker.
     state: Mutex<WakeState>,
+    /// Set with each index queued: the session takes the lock only when it is set.
+    any_woken: AtomicBool,
 }
 
 #[derive(Default)]
@@ -60,6 +62,7 @@ impl Wake for SlotWake {
         }
         let mut state = self.shared.lock();
         state.woken.push(self.index);
+        self.shared.any_woken.store(true, Ordering::Release);
         if let Some(session) = &state.session {
             session.wake_by_ref();
         }
@@ -78,6 +81,8 @@ pub struct Requests<F: Future> {
     /// Indices of the slots without a future.
     free: Vec<usize>,
     shared: Arc<Shared>,
+    /// The session's waker as last given to `shared`, to compare without the lock.
+    session: Option<Waker>,
     /// The woken indices being polled (reused).
     polling: Vec<usize>,
 }
@@ -88,6 +93,7 @@ impl<F: Future> Default for Requests<F> {
             slots: Vec::new(),
             free: Vec::new(),
             shared: Arc::default(),
+            session: None,
             polling: Vec::new(),
         }
     }
@@ -117,20 +123,18 @@ impl<F: Future> Requests<F> {
     /// Polls every request woken since the last call and appends the outputs of those
     /// that finished to `finished`. `cx` is the session's: wakes reach it from now on.
     pub fn poll_woken(&mut self, cx: &Context<'_>, finished: &mut Vec<F::Output>) {
-        {
-            let mut state = self.shared.lock();
-            if !state
-                .session
-                .as_ref()
-                .is_some_and(|known| known.will_wake(cx.waker()))
-            {
-                state.session = Some(cx.waker().clone());
-            }
-            if state.woken.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut state.woken, &mut self.polling);
+        let known = self.session.as_ref();
+        if !known.is_some_and(|known| known.will_wake(cx.waker())) {
+            let waker = cx.waker().clone();
+            self.shared.lock().session = Some(waker.clone());
+            self.session = Some(waker);
         }
+        // Cleared before the queue is taken: an index queued after this is polled now or
+        // sets the flag again for the next call.
+        if !self.shared.any_woken.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        std::mem::swap(&mut self.shared.lock().woken, &mut self.polling);
         let mut polling = std::mem::take(&mut self.polling);
         for &index in &polling {
             if let Some(output) = self.poll_slot(index) {
