@@ -100,6 +100,9 @@ pub enum RecoveryProblem {
         expected: u64,
         found: u64,
     },
+    /// A format-1 record at the last sequence number there is: nothing could follow it,
+    /// and payd never writes one.
+    SequenceOverflow,
     Corrupt(CorruptReason),
     /// A batch frame that does not check out.
     FrameCorrupt(FrameCorruption),
@@ -138,6 +141,9 @@ impl fmt::Display for RecoveryProblem {
                 f,
                 "record has sequence {found} where {expected} was expected"
             ),
+            RecoveryProblem::SequenceOverflow => {
+                write!(f, "record at the last sequence number, {}", u64::MAX)
+            }
             RecoveryProblem::Corrupt(reason) => write!(f, "{reason}"),
             RecoveryProblem::FrameCorrupt(reason) => write!(f, "{reason}"),
             RecoveryProblem::DamageBeforeLaterFrame {
@@ -336,8 +342,11 @@ pub fn read_records(
         let length_total = if legacy {
             match decode_record(&data[offset..]) {
                 DecodeOutcome::Record(record) if record.sequence == expected => {
+                    let Some(next) = expected.checked_add(1) else {
+                        return Ok(unreadable(expected, offset));
+                    };
                     visit(record)?;
-                    expected += 1;
+                    expected = next;
                     record.length_total
                 }
                 DecodeOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
@@ -493,9 +502,12 @@ fn scan_legacy_segment(
                     let problem = RecoveryProblem::SequenceOutOfOrder { expected, found };
                     return Err(error(offset, problem));
                 }
+                let Some(next) = expected.checked_add(1) else {
+                    return Err(error(offset, RecoveryProblem::SequenceOverflow));
+                };
                 visit(record).map_err(|reason| error(offset, RecoveryProblem::Rejected(reason)))?;
                 offset += record.length_total;
-                expected += 1;
+                expected = next;
                 continue;
             }
             DecodeOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
@@ -1108,5 +1120,69 @@ mod tests {
             (seen, read.next_sequence, read.unreadable_at),
             (vec![5, 6, 7, 8], 9, None)
         );
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_end_of_their_range_never_panic() {
+        // Disk bytes may name any sequence: a record (or frame) at u64::MAX has no
+        // successor. Recovery and read_records refuse or stop; they never overflow.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 1, u64::MAX, b"the last one");
+        std::fs::write(path_of(dir.path(), u64::MAX), &bytes).unwrap();
+        assert!(recover(dir.path(), &mut |_| Ok(())).is_err());
+        let read = read_records(&bytes, u64::MAX, u64::MAX, &mut |_| Ok(()));
+        assert_eq!(read.map(|r| r.next_sequence), Ok(u64::MAX));
+        let mut framed = Vec::new();
+        crate::wal::frame::encode_frame(&mut framed, u64::MAX, 0, &[(1, b"x")]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path_of(dir.path(), u64::MAX), &framed).unwrap();
+        let _ = recover(dir.path(), &mut |_| Ok(()));
+        let _ = read_records(&framed, u64::MAX, u64::MAX, &mut |_| Ok(()));
+    }
+
+    #[test]
+    fn recovery_and_read_records_never_panic_on_random_segments() {
+        use crate::wal::disk::SimDisk;
+        use crate::wal::fuzz::{mutate, Prng};
+        let names = [0, 1, 2, 3, 7, u64::MAX - 2, u64::MAX - 1, u64::MAX];
+        let mut prng = Prng(0x0dd_5e9);
+        let shard_dir = Path::new("/sim/shard-0000");
+        for round in 0..20_000u64 {
+            let sim = std::rc::Rc::new(SimDisk::new(round));
+            let disk = Disk::Simulated(sim.clone());
+            for _ in 0..1 + prng.below(3) {
+                let first = names[prng.below(names.len())];
+                let mut valid = Vec::new();
+                let mut sequence = first;
+                for _ in 0..prng.below(4) {
+                    let count = 1 + prng.below(3) as u64;
+                    let payload = vec![prng.next() as u8; prng.below(40)];
+                    let records: Vec<(u8, &[u8])> = (0..count).map(|_| (1, &payload[..])).collect();
+                    if sequence == 0 || prng.below(3) == 0 {
+                        encode_record(&mut valid, 1, sequence, &payload);
+                        sequence = sequence.wrapping_add(1);
+                    } else {
+                        let synced = sequence.saturating_sub(prng.below(3) as u64 + 1);
+                        crate::wal::frame::encode_frame(&mut valid, sequence, synced, &records);
+                        sequence = sequence.wrapping_add(count);
+                    }
+                }
+                if prng.below(2) == 0 {
+                    valid.resize(valid.len() + prng.below(64), 0);
+                }
+                let bytes = if valid.is_empty() {
+                    valid
+                } else {
+                    mutate(&mut prng, &valid)
+                };
+                let path = shard_dir.join(segment_file_name(first));
+                sim.create(&path);
+                sim.write_at(&path, 0, &bytes).unwrap();
+                let end = first.wrapping_add(prng.below(12) as u64);
+                let _ = read_records(&bytes, first, end, &mut |_| Ok(()));
+            }
+            let _ = recover_on(&disk, shard_dir, &mut |_| Ok(()));
+        }
     }
 }
