@@ -258,7 +258,7 @@ fn scan_on(
         }
         let (data, modified_ms) = read_segment(disk, &segment.path)?;
         let is_last = index + 1 == segments.len();
-        if is_legacy(&data) {
+        if reads_as_legacy(&data, segment.first_sequence) {
             recovery.legacy_segments += 1;
         }
         let summary = SegmentSummary {
@@ -391,6 +391,19 @@ pub(crate) fn is_legacy(data: &[u8]) -> bool {
     !starts_with_magic && matches!(decode_record(data), DecodeOutcome::Record(_))
 }
 
+/// Whether recovery reads a segment as format 1: it starts with a valid record, or its
+/// first bytes are damaged and a valid record that belongs in it follows (the format-1
+/// rules then judge the damage: corruption, since a later record was written after it).
+/// A format-2 segment starts with a frame's magic, or with zeros where a torn first write
+/// left none; read as format 2, a damaged format-1 segment would be cut whole.
+fn reads_as_legacy(data: &[u8], first_sequence: u64) -> bool {
+    let starts_with_magic = data.len() >= 4 && data[..4] == FRAME_MAGIC.to_le_bytes();
+    is_legacy(data)
+        || (!starts_with_magic
+            && !data.is_empty()
+            && valid_record_after(data, 0, first_sequence).is_some())
+}
+
 /// Walks one segment's records; returns where the valid ones end.
 fn scan_segment(
     segment: &SegmentFile,
@@ -398,7 +411,7 @@ fn scan_segment(
     is_last: bool,
     visit: &mut RecordVisitor<'_>,
 ) -> Result<SegmentSummary, RecoveryError> {
-    if is_legacy(data) {
+    if reads_as_legacy(data, segment.first_sequence) {
         scan_legacy_segment(segment, data, is_last, visit)
     } else {
         scan_framed_segment(segment, data, is_last, visit)
@@ -1120,6 +1133,54 @@ mod tests {
             (seen, read.next_sequence, read.unreadable_at),
             (vec![5, 6, 7, 8], 9, None)
         );
+    }
+
+    #[test]
+    fn a_legacy_last_segment_damaged_at_its_start_with_valid_records_after_is_refused() {
+        // A log written before frames: the last segment's first record was synced and
+        // acknowledged (records after it prove it), then damaged. Read as format 2, its
+        // first bytes are no frame and no frame follows: the whole segment would be cut.
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        let offsets = write_segment(dir.path(), 4, 4);
+        let last = path_of(dir.path(), 4);
+        damage_byte(&last, RECORD_OVERHEAD_BYTES + 1);
+        let length = std::fs::metadata(&last).unwrap().len();
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!((error.path.as_path(), error.offset), (last.as_path(), 0));
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::DamageBeforeValidRecord { valid_record_at }
+                if valid_record_at == offsets[1] as u64
+        ));
+        assert_eq!(
+            std::fs::metadata(&last).unwrap().len(),
+            length,
+            "nothing cut"
+        );
+        // A closed one is refused too, as the record checksum it is.
+        write_segment(dir.path(), 8, 1);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::Corrupt(CorruptReason::ChecksumMismatch)
+        ));
+    }
+
+    #[test]
+    fn a_framed_segment_whose_first_block_was_lost_is_still_cut_as_torn() {
+        // The first write of a fresh segment, never synced: its first block is lost and
+        // later ones persisted. No format-1 record hides in the frames' bytes.
+        let dir = tempfile::tempdir().unwrap();
+        write_framed_segment(dir.path(), 1, &[(3, 0)], 50);
+        write_framed_segment(dir.path(), 4, &[(4, 3), (5, 3), (6, 3)], 900);
+        let last = path_of(dir.path(), 4);
+        zero_range(&last, 0..4096);
+        let (recovery, seen) = recover_framed(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!((recovery.next_sequence, recovery.legacy_segments), (4, 0));
+        assert!(recovery.truncation.unwrap().torn);
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), 0);
     }
 
     #[test]
