@@ -418,6 +418,13 @@ mod simulated {
             state.durable_names = state.files.keys().cloned().collect();
         }
 
+        /// A SIGKILL: every handle open until now fails, and the kernel keeps everything
+        /// it was given, no more durable than it was: unsynced blocks, names and removals
+        /// stay exposed to a later power cut.
+        pub fn kill(&self) {
+            self.state.borrow_mut().epoch += 1;
+        }
+
         /// Flips one bit of synced data at `offset` of `path`: corruption, not a tear.
         pub fn corrupt(&self, path: &Path, offset: u64) {
             let mut state = self.state.borrow_mut();

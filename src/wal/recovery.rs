@@ -224,7 +224,7 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
     scan_on(&Disk::Os, shard_dir, visit)
 }
 
-fn scan_on(
+pub(crate) fn scan_on(
     disk: &Disk,
     shard_dir: &Path,
     visit: &mut RecordVisitor<'_>,
