@@ -10,7 +10,9 @@
 //! power cut of a later life to tear) or a power cut that keeps nothing, everything, a
 //! prefix or any subset of the unsynced blocks. After each recovery:
 //!
-//! - every acknowledged record whose key is still live is there, intact, at its sequence;
+//! - every acknowledged record whose key is still live is there, intact, at its sequence,
+//!   and so is every other acknowledged record from the log's first segment on (retention
+//!   deletes only a prefix);
 //! - every group is whole or absent (no final status without its webhook event);
 //! - sequence numbers run without a gap (recovery itself refuses otherwise).
 //!
@@ -166,7 +168,11 @@ impl World {
                 Ok(())
             })
             .map_err(|error| format!("recovery refused: {error}"))?;
-        check(&self.model.borrow(), &recovered)?;
+        let log_start = recovery
+            .segments
+            .first()
+            .map_or(recovery.next_sequence, |segment| segment.first_sequence);
+        check(&self.model.borrow(), &recovered, log_start)?;
         Ok((recovery.next_sequence, recovered))
     }
 
@@ -305,8 +311,17 @@ impl World {
     }
 }
 
-/// The promises a recovered log must keep.
-fn check(model: &Model, recovered: &Recovered) -> Result<(), String> {
+/// The promises a recovered log must keep. `log_start` is its first sequence: retention
+/// deletes segments only as a prefix, so every acknowledged record from there on is
+/// there, live or not, exactly as acknowledged.
+fn check(model: &Model, recovered: &Recovered, log_start: u64) -> Result<(), String> {
+    for (&sequence, expected) in model.acknowledged.range(log_start..) {
+        match recovered.get(&sequence) {
+            Some(found) if found == expected => {}
+            Some(_) => return Err(format!("record {sequence} came back changed")),
+            None => return Err(format!("acknowledged record {sequence} is lost")),
+        }
+    }
     for (&key, &sequence) in &model.live {
         let expected = &model.acknowledged[&sequence];
         match recovered.get(&sequence) {
