@@ -68,6 +68,9 @@ pub enum Reply<P = Box<Payment>> {
     NotReady,
 }
 
+/// Carried records that live or die together: one group in the log.
+type CarriedUnit = Vec<(RecordKind, Vec<u8>)>;
+
 /// Capacities of the per-record payload buffers: most records fit without growing.
 const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
 const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
@@ -198,7 +201,7 @@ impl Shard {
         &self,
         ids: &[PaymentId],
         webhook_records: &[(RecordKind, Vec<u8>)],
-    ) -> (Vec<Vec<(RecordKind, Vec<u8>)>>, usize) {
+    ) -> (Vec<CarriedUnit>, usize) {
         let state = self.state.borrow();
         let mut units = Vec::new();
         let mut carried = 0;
