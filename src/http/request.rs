@@ -3,10 +3,7 @@
 //! Parsing works on the connection's read buffer and returns positions into it rather than
 //! borrowed slices, so the connection loop can keep reading into the same buffer.
 
-use super::chunked::{self, ChunkedError};
 use std::ops::Range;
-
-pub use super::chunked::ChunkedOutcome;
 
 /// RFC 9110 does not bound the header count; API.md does (431 above it).
 pub const HEADERS_COUNT_MAX: usize = 64;
@@ -219,19 +216,6 @@ fn is_json_media_type(value: &[u8]) -> bool {
         .eq_ignore_ascii_case(b"application/json")
 }
 
-/// Decodes a complete chunked request body from `input` into `body` (cleared first), as
-/// `chunked::decode_chunked` does, with its errors as the protocol errors they answer.
-pub fn decode_chunked(
-    input: &[u8],
-    body: &mut Vec<u8>,
-    max_body_bytes: usize,
-) -> Result<ChunkedOutcome, ProtocolError> {
-    chunked::decode_chunked(input, body, max_body_bytes).map_err(|error| match error {
-        ChunkedError::Malformed => ProtocolError::BadRequest,
-        ChunkedError::TooLarge => ProtocolError::BodyTooLarge,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,35 +272,5 @@ mod tests {
         assert_eq!(head(&many).unwrap_err(), ProtocolError::HeadersTooLarge);
         let big = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16385\r\n\r\n";
         assert_eq!(head(big).unwrap_err(), ProtocolError::BodyTooLarge);
-    }
-
-    #[test]
-    fn chunked_bodies_decode() {
-        let mut body = Vec::new();
-        let input = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET";
-        let outcome = decode_chunked(input, &mut body, 100).unwrap();
-        assert_eq!(
-            outcome,
-            ChunkedOutcome::Complete {
-                consumed: input.len() - 3
-            }
-        );
-        assert_eq!(body, b"abcde");
-        assert_eq!(
-            decode_chunked(b"3\r\nab", &mut body, 100).unwrap(),
-            ChunkedOutcome::Partial
-        );
-        assert_eq!(
-            decode_chunked(b"3\r\nabcXY", &mut body, 100),
-            Err(ProtocolError::BadRequest)
-        );
-        assert_eq!(
-            decode_chunked(b"65\r\n", &mut body, 100),
-            Err(ProtocolError::BodyTooLarge)
-        );
-        assert_eq!(
-            decode_chunked(b"zz\r\n", &mut body, 100),
-            Err(ProtocolError::BadRequest)
-        );
     }
 }

@@ -11,10 +11,8 @@ use super::{LINGER_BYTES_MAX, LINGER_MS};
 use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
 use crate::config::Config;
-use crate::http::request::{decode_chunked, ChunkedOutcome};
 use crate::http::{
-    parse_request, BodyFraming, ConnectionHeader, Method, ParseOutcome, ProtocolError, RequestHead,
-    Response,
+    frame_request, ConnectionHeader, FrameOutcome, FramingLimits, Method, ProtocolError, Response,
 };
 use crate::metrics::Route;
 use crate::server::access_log::AccessRecord;
@@ -186,7 +184,7 @@ impl Connection {
     /// `PIPELINE_REQUESTS_MAX` or a request after which the connection closes.
     fn frame_batch(&mut self) -> BatchEnd {
         self.batch.clear();
-        let limits = &self.core.api.config.limits;
+        let limits = self.framing_limits();
         while self.batch.framed.len() < PIPELINE_REQUESTS_MAX {
             if self.start == self.filled {
                 return BatchEnd::NeedInput {
@@ -194,29 +192,17 @@ impl Connection {
                 };
             }
             let buffered = &self.input[self.start..self.filled];
-            let head = match parse_request(buffered, limits.max_header_bytes, limits.max_body_bytes)
-            {
-                Ok(ParseOutcome::Head(head)) => head,
-                Ok(ParseOutcome::Partial) => {
-                    return BatchEnd::NeedInput {
-                        send_continue: false,
+            let batch = &mut self.batch;
+            let body_start = batch.bodies.len();
+            let (head, consumed) =
+                match frame_request(buffered, &limits, &mut batch.chunked, &mut batch.bodies) {
+                    Ok(FrameOutcome::Complete { head, consumed }) => (head, consumed),
+                    Ok(FrameOutcome::Partial { expect_continue }) => {
+                        let send_continue = expect_continue && !self.continue_sent;
+                        return BatchEnd::NeedInput { send_continue };
                     }
-                }
-                Err(error) => return BatchEnd::Error(error),
-            };
-            let body_start = self.batch.bodies.len();
-            let consumed = match self.frame_body(&head) {
-                Ok(Some(consumed)) => consumed,
-                Ok(None) => {
-                    self.batch.bodies.truncate(body_start);
-                    let send_continue = head.expect_continue && !self.continue_sent;
-                    return BatchEnd::NeedInput { send_continue };
-                }
-                Err(error) => {
-                    self.batch.bodies.truncate(body_start);
-                    return BatchEnd::Error(error);
-                }
-            };
+                    Err(error) => return BatchEnd::Error(error),
+                };
             let keep_alive = head.keep_alive;
             self.batch.framed.push(Framed {
                 head,
@@ -238,29 +224,11 @@ impl Connection {
         }
     }
 
-    /// Appends the body of a complete request to the batch's arena. Returns the bytes the
-    /// request occupies in the input, or `None` while its body is incomplete.
-    fn frame_body(&mut self, head: &RequestHead) -> Result<Option<usize>, ProtocolError> {
-        let buffered = &self.input[self.start..self.filled];
-        let after_head = &buffered[head.head_length..];
-        let batch = &mut self.batch;
-        match head.framing {
-            BodyFraming::Empty => Ok(Some(head.head_length)),
-            BodyFraming::ContentLength(length) if after_head.len() >= length => {
-                batch.bodies.extend_from_slice(&after_head[..length]);
-                Ok(Some(head.head_length + length))
-            }
-            BodyFraming::ContentLength(_) => Ok(None),
-            BodyFraming::Chunked => {
-                let max_body_bytes = self.core.api.config.limits.max_body_bytes;
-                match decode_chunked(after_head, &mut batch.chunked, max_body_bytes)? {
-                    ChunkedOutcome::Complete { consumed } => {
-                        batch.bodies.extend_from_slice(&batch.chunked);
-                        Ok(Some(head.head_length + consumed))
-                    }
-                    ChunkedOutcome::Partial => Ok(None),
-                }
-            }
+    fn framing_limits(&self) -> FramingLimits {
+        let limits = &self.core.api.config.limits;
+        FramingLimits {
+            max_header_bytes: limits.max_header_bytes,
+            max_body_bytes: limits.max_body_bytes,
         }
     }
 
@@ -365,10 +333,10 @@ impl Connection {
             self.start = 0;
         }
         if self.filled == self.input.len() {
-            // The parser refuses heads and bodies over the limits, so the buffer never needs
-            // to exceed one maximal request (chunk framing included).
-            let limits = &self.core.api.config.limits;
-            let ceiling = limits.max_header_bytes + 2 * limits.max_body_bytes + 4096;
+            // Invariant: framing refuses a request before it fills `request_bytes_max`
+            // (heads, bodies and chunk framing alike), and only an unfinished request is
+            // left in a full buffer, so there is always room to grow.
+            let ceiling = self.framing_limits().request_bytes_max();
             let grown = (self.input.len() * 2).min(ceiling);
             assert!(
                 grown > self.input.len(),

@@ -15,7 +15,7 @@ use super::access_log::AccessRecord;
 use super::core::Core;
 use super::stamps::Clock;
 use crate::api::{self, Request};
-use crate::http::{ConnectionHeader, Method, RequestHead, Response};
+use crate::http::{BodyDecoder, ConnectionHeader, Method, RequestHead, Response};
 use crate::metrics::Route;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -67,8 +67,8 @@ pub struct Batch {
     pub framed: Vec<Framed>,
     /// Every body of the batch, one after the other (simd-json parses each in place).
     pub bodies: Vec<u8>,
-    /// Scratch space for decoding a chunked body before it joins the arena.
-    pub chunked: Vec<u8>,
+    /// A chunked body still arriving, decoded so far, before it joins the arena.
+    pub chunked: BodyDecoder,
     responses: Vec<Response>,
 }
 
