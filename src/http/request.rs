@@ -86,7 +86,11 @@ pub fn parse_request(
 ) -> Result<ParseOutcome, ProtocolError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_COUNT_MAX];
     let mut request = httparse::Request::new(&mut headers);
-    let status = match request.parse(buffer) {
+    // Only the first max_header_bytes can hold a head: what follows is never parsed, so
+    // a head is judged the same however its bytes arrive, and a slow client cannot make
+    // each read re-parse more than this.
+    let window = &buffer[..buffer.len().min(max_header_bytes)];
+    let status = match request.parse(window) {
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadersTooLarge),
         Err(_) => return Err(ProtocolError::BadRequest),
@@ -98,9 +102,6 @@ pub fn parse_request(
         httparse::Status::Partial => return Ok(ParseOutcome::Partial),
         httparse::Status::Complete(length) => length,
     };
-    if head_length > max_header_bytes {
-        return Err(ProtocolError::HeadersTooLarge);
-    }
     let base = buffer.as_ptr() as usize;
     let range_of = |slice: &[u8]| {
         let start = slice.as_ptr() as usize - base;

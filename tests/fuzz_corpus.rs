@@ -1,0 +1,28 @@
+//! Replays every file of the fuzz corpus (`fuzz/corpus/<target>/`) through the function
+//! its target calls, on stable: an input that once crashed payd, or that fuzzing found
+//! worth keeping, is checked by every `cargo test`, without nightly or libFuzzer.
+
+use std::path::Path;
+
+/// Each fuzz target and the library function it runs.
+const TARGETS: &[(&str, fn(&[u8]))] = &[("http_request", payd::fuzzing::http_request)];
+
+#[test]
+fn every_corpus_file_replays_without_a_panic() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for &(target, run) in TARGETS {
+        let dir = corpus.join(target);
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|error| panic!("corpus of {target} at {}: {error}", dir.display()));
+        let mut replayed = 0;
+        for entry in entries {
+            let path = entry.expect("corpus entry").path();
+            let input = std::fs::read(&path).expect("read corpus file");
+            // A panic names the file through this message, for `cargo fuzz run` to replay.
+            eprintln!("replaying {}", path.display());
+            run(&input);
+            replayed += 1;
+        }
+        assert!(replayed > 0, "the corpus of {target} is empty");
+    }
+}
