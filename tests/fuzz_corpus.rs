@@ -4,8 +4,11 @@
 
 use std::path::Path;
 
+/// The body of a fuzz target: arbitrary bytes in, a panic on a bug.
+type Target = fn(&[u8]);
+
 /// Each fuzz target and the library function it runs.
-const TARGETS: &[(&str, fn(&[u8]))] = &[("http_request", payd::fuzzing::http_request)];
+const TARGETS: &[(&str, Target)] = &[("http_request", payd::fuzzing::http_request)];
 
 #[test]
 fn every_corpus_file_replays_without_a_panic() {

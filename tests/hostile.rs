@@ -100,3 +100,139 @@ fn a_small_body_in_one_byte_chunks_is_refused_without_harm() {
     assert!(response.closes());
     assert_still_serving(&mut server);
 }
+
+/// Defect 11: SIGHUP killed payd with the default action.
+#[test]
+fn sighup_does_not_stop_the_server() {
+    let mut server = start();
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_still_serving(&mut server);
+    server.signal(libc::SIGHUP);
+    assert_still_serving(&mut server);
+}
+
+/// After SIGHUP each core writes its access log under its name again, so a log rotated
+/// by renaming (logrotate without copytruncate) continues in a new file.
+#[test]
+fn sighup_reopens_the_access_logs() {
+    let mut server = start();
+    assert_still_serving(&mut server);
+    let logs = server.log_dir();
+    let names = |suffix: &str| -> Vec<std::path::PathBuf> {
+        CORES
+            .iter()
+            .map(|cpu| logs.join(format!("access-core{cpu}.log{suffix}")))
+            .collect()
+    };
+    let written = |paths: &[std::path::PathBuf]| {
+        paths.iter().all(|path| {
+            std::fs::read_to_string(path).is_ok_and(|text| text.contains(" healthz 200 "))
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || written(&names(""))));
+    for (path, rotated) in names("").iter().zip(names(".1")) {
+        std::fs::rename(path, rotated).expect("rotate the access log");
+    }
+    server.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(5), || {
+        server
+            .stderr
+            .text()
+            .contains("SIGHUP: reopening the access logs")
+    }));
+    // Each core reopens at its next flush; requests meanwhile go to one file or the other.
+    assert!(eventually(Duration::from_secs(10), || {
+        assert_still_serving(&mut server);
+        written(&names(""))
+    }));
+    assert!(written(&names(".1")), "the rotated logs keep their lines");
+}
+
+/// Defect 4: a second payd on the address of the first started silently and the
+/// kernel split connections between them.
+#[test]
+fn a_second_payd_on_the_same_address_refuses_to_start() {
+    let mut first = start();
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let listen = first.addr.to_string();
+    let config = options().config_text(dir.path()).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{listen}\""),
+    );
+    std::fs::write(dir.path().join("payd.toml"), config).expect("write config");
+    let output = run_payd(&["serve", "--config", "payd.toml"], dir.path());
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.contains(&listen) && output.stderr.contains("in use"),
+        "the refusal names the address: {}",
+        output.stderr
+    );
+    assert_still_serving(&mut first);
+}
+
+/// Defect 4, with a listener that is not payd's.
+#[test]
+fn an_address_another_program_listens_on_is_refused() {
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = foreign.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let config = options().config_text(dir.path()).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{listen}\""),
+    );
+    std::fs::write(dir.path().join("payd.toml"), config).expect("write config");
+    let output = run_payd(&["serve", "--config", "payd.toml"], dir.path());
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.contains(&listen) && output.stderr.contains("in use"),
+        "the refusal names the address: {}",
+        output.stderr
+    );
+}
+
+/// Defect 3 and API.md section 6: a panic on any core ends the whole process at once,
+/// non-zero, with one line that says so. The panic comes from a route that exists only
+/// in debug builds started with `PAYD_DEBUG_PANIC_ROUTE=1`.
+#[test]
+fn a_panic_on_a_core_ends_the_process_at_once() {
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let config = options().config_text(dir.path());
+    let mut server = Server::start_with_env(dir, &config, &[("PAYD_DEBUG_PANIC_ROUTE", "1")]);
+    let mut client = server.connect();
+    client.send(b"POST /debug/panic HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    let sent = Instant::now();
+    let status = server.wait_exit(Duration::from_millis(1_000));
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "payd still runs {} ms after a core panicked; stderr:\n{}",
+            sent.elapsed().as_millis(),
+            server.stderr.text()
+        )
+    });
+    assert!(!status.success(), "exit status {status}");
+    // The reader thread takes the last lines at end of file.
+    assert!(eventually(Duration::from_millis(1_000), || server
+        .stderr
+        .text()
+        .contains("panicked")));
+    let stderr = server.stderr.text();
+    let panic_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(panic_lines.len(), 1, "one clear line:\n{stderr}");
+    assert!(
+        panic_lines[0].starts_with("payd: fatal:") && panic_lines[0].contains("debug panic"),
+        "{}",
+        panic_lines[0]
+    );
+}
+
+/// The debug route does not exist without its variable: 404, nothing else.
+#[test]
+fn the_panic_route_needs_its_variable() {
+    let mut server = start();
+    let mut client = server.connect();
+    let response = client
+        .request(b"POST /debug/panic HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    assert_error(&response, "HTTP/1.1 404 Not Found", "not_found");
+    assert_still_serving(&mut server);
+}

@@ -6,6 +6,8 @@
 //! payd only through `shard`.
 
 pub mod create_request;
+#[cfg(debug_assertions)]
+mod debug;
 pub mod error;
 mod events;
 mod operations;
@@ -57,6 +59,8 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
         .unwrap_or_default();
     let is_get = matches!(request.method, Method::Get | Method::Head);
     match path {
+        #[cfg(debug_assertions)]
+        b"/debug/panic" if debug::panic_route_enabled() => debug::panic_on_request(),
         b"/healthz" | b"/readyz" | b"/metrics" if !is_get => {
             let route = operations::route_of(path);
             method_not_allowed(response, "GET, HEAD");

@@ -5,11 +5,13 @@
 //! port 0 resolves to one port that every core then shares), and executors are created
 //! in core order, which makes mesh peer `i` core `i`. Once every core listens, the
 //! process is ready and says so on stderr. The main thread then only waits for SIGTERM
-//! or SIGINT, flips the stopping flag, and waits for the cores to drain.
+//! or SIGINT, flips the stopping flag, and waits for the cores to drain; SIGHUP asks
+//! every core to reopen its access log. A panic anywhere ends the process (`fail_stop`).
 
 mod access_log;
 mod connection;
 mod core;
+pub mod fail_stop;
 mod pipeline;
 mod stamps;
 mod stop;
@@ -52,6 +54,7 @@ pub fn serve(
     cpus: &[usize],
 ) -> Result<(), String> {
     let signals = block_shutdown_signals();
+    refuse_if_in_use(config.server.listen)?;
     let io_memory = io_memory_bytes(cpus.len());
     let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
     let process_id = random_u32();
@@ -129,9 +132,16 @@ fn wait_for_shutdown(
     cores: usize,
 ) -> Result<(), String> {
     loop {
-        if let Some(signal) = wait_signal(signals, Duration::from_millis(100)) {
-            eprintln!("payd: {signal}: stopping; draining in-flight requests");
-            break;
+        match wait_signal(signals, Duration::from_millis(100)) {
+            Some(Signal::Stop(signal)) => {
+                eprintln!("payd: {signal}: stopping; draining in-flight requests");
+                break;
+            }
+            Some(Signal::ReopenLogs) => {
+                eprintln!("payd: SIGHUP: reopening the access logs");
+                lifecycle::request_log_reopen();
+            }
+            None => {}
         }
         if let Ok(index) = exited.try_recv() {
             lifecycle::begin_stopping();
@@ -143,7 +153,7 @@ fn wait_for_shutdown(
     let deadline = Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms + 1000);
     let mut remaining = cores;
     while remaining > 0 {
-        if wait_signal(signals, Duration::ZERO).is_some() {
+        if let Some(Signal::Stop(_)) = wait_signal(signals, Duration::ZERO) {
             eprintln!("payd: second signal: exiting at once");
             return Ok(());
         }
@@ -162,8 +172,34 @@ fn wait_for_shutdown(
     Ok(())
 }
 
-/// Blocks SIGTERM and SIGINT in this thread before any executor thread exists, so every
-/// thread inherits the mask and only `wait_signal` ever sees them.
+/// Refuses a listen address another process already serves. Every core binds with
+/// `SO_REUSEPORT`, which would otherwise share the port silently with another payd (the
+/// kernel then splits connections between two servers). A plain bind, without it,
+/// fails while anyone listens there. Port 0 asks for a fresh port: nothing to check.
+fn refuse_if_in_use(listen: SocketAddr) -> Result<(), String> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(listen) {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {listen}: the address is in use by another process"
+        )),
+        // Any other problem shows again, with its cause, when the cores bind.
+        Ok(_) | Err(_) => Ok(()),
+    }
+}
+
+/// What a signal asks of the main thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT: shut down.
+    Stop(&'static str),
+    /// SIGHUP: reopen the access logs (after a rotation); never a reason to stop.
+    ReopenLogs,
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any executor thread exists,
+/// so every thread inherits the mask and only `wait_signal` ever sees them.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
     // changes this thread's mask.
@@ -172,12 +208,13 @@ fn block_shutdown_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> {
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<Signal> {
     let timeout = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
@@ -185,8 +222,9 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> 
     // SAFETY: `set` is a valid signal set and `timeout` a valid timespec.
     let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
     match signal {
-        libc::SIGTERM => Some("SIGTERM"),
-        libc::SIGINT => Some("SIGINT"),
+        libc::SIGTERM => Some(Signal::Stop("SIGTERM")),
+        libc::SIGINT => Some(Signal::Stop("SIGINT")),
+        libc::SIGHUP => Some(Signal::ReopenLogs),
         _ => None,
     }
 }
