@@ -101,6 +101,98 @@ fn a_small_body_in_one_byte_chunks_is_refused_without_harm() {
     assert_still_serving(&mut server);
 }
 
+/// A signed create of `body` by merchant A, answered on a fresh connection.
+fn create(server: &Server, body: &str) -> Response {
+    let mut client = server.connect();
+    client.request(&Signed::new("POST", "/v1/payments", body.as_bytes()).bytes())
+}
+
+/// Defect 2: limits stated in characters were checked in characters and asserted in
+/// bytes. A create with every such field at its limit in four-byte characters is
+/// answered, kept, and read back after a restart (recovery replays it).
+#[test]
+fn fields_at_their_character_limits_in_wide_characters_are_kept() {
+    let wide = "\u{1F600}";
+    let metadata: Vec<String> = (0..20)
+        .map(|i| {
+            let key = format!("{i:02}{}", wide.repeat(38));
+            format!("\"{key}\":\"{}\"", wide.repeat(500))
+        })
+        .collect();
+    let body = format!(
+        "{{\"order_id\":\"{}\",\"amount\":1999,\"currency\":\"CNY\",\
+         \"payment_method\":\"tok_{}\",\"description\":\"{}\",\"metadata\":{{{}}}}}",
+        "o".repeat(64),
+        wide.repeat(124),
+        wide.repeat(256),
+        metadata.join(",")
+    );
+    let options = ServerOptions {
+        max_body_bytes: 64 * 1024,
+        ..options()
+    };
+    let mut server = Server::start(options.clone());
+    let response = create(&server, &body);
+    assert_eq!(response.status_line, "HTTP/1.1 201 Created", "{response:?}");
+    let created = response.payment();
+    assert_still_serving(&mut server);
+    let (dir, _) = server.stop_keeping_dir(false);
+    let mut server = Server::start_in(dir, options);
+    let target = format!("/v1/orders/{}", "o".repeat(64));
+    let mut client = server.connect();
+    let read = client.request(&Signed::new("GET", &target, b"").bytes());
+    assert_eq!(read.status_line, "HTTP/1.1 200 OK", "{read:?}");
+    let payment = read.payment();
+    assert_eq!(payment.id, created.id);
+    assert_eq!(payment.description.as_deref(), Some(&*wide.repeat(256)));
+    assert_eq!(payment.metadata.len(), 20);
+    assert!(payment
+        .metadata
+        .iter()
+        .all(|(key, value)| key.chars().count() == 40 && *value == wide.repeat(500)));
+    assert_still_serving(&mut server);
+}
+
+/// Defect 2, the other side: one character over each limit is refused, whatever the
+/// bytes.
+#[test]
+fn one_wide_character_over_a_limit_is_invalid_request() {
+    let wide = "\u{e9}";
+    let mut server = start();
+    let cases = [
+        ("payment_method", format!("\"tok_{}\"", wide.repeat(125))),
+        ("description", format!("\"{}\"", wide.repeat(257))),
+        ("metadata", format!("{{\"{}\":\"v\"}}", wide.repeat(41))),
+        ("metadata", format!("{{\"k\":\"{}\"}}", wide.repeat(501))),
+    ];
+    for (field, value) in cases {
+        let body = create_body_with(field, &value);
+        let response = create(&server, &body);
+        assert_error(&response, "HTTP/1.1 400 Bad Request", "invalid_request");
+        assert_eq!(response.error_param().as_deref(), Some(field), "{field}");
+    }
+    assert_still_serving(&mut server);
+}
+
+/// The four required fields, with `field` set to the JSON `value`.
+fn create_body_with(field: &str, value: &str) -> String {
+    let mut fields = vec![
+        ("order_id", "\"ord-hostile\"".to_string()),
+        ("amount", "1999".to_string()),
+        ("currency", "\"CNY\"".to_string()),
+        ("payment_method", "\"tok_visa\"".to_string()),
+    ];
+    match fields.iter_mut().find(|(name, _)| *name == field) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => fields.push((field, value.to_string())),
+    }
+    let fields: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("\"{name}\":{value}"))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
 /// Defect 11: SIGHUP killed payd with the default action.
 #[test]
 fn sighup_does_not_stop_the_server() {

@@ -11,7 +11,7 @@ use super::payment_json::write_payment;
 use super::{write_error, Context, Request};
 use crate::auth::SignedHeaders;
 use crate::http::{Response, ResponseHeader};
-use crate::payment::{MerchantIndex, PaymentId, ORDER_ID_LENGTH_MAX};
+use crate::payment::{is_valid_order_id, MerchantIndex, PaymentId};
 use crate::shard::routing::shard_of;
 use crate::shard::runtime::{Command, Reply};
 
@@ -62,21 +62,13 @@ pub async fn get_by_order(
         Err(error) => return write_error(response, &error),
     };
     let order_id = match std::str::from_utf8(order_id) {
-        Ok(order_id) if is_order_id(order_id) => order_id.to_string(),
+        Ok(order_id) if is_valid_order_id(order_id) => order_id.to_string(),
         _ => return write_error(response, &ApiError::new(ErrorKind::PaymentNotFound)),
     };
     let merchant_id = context.keys.merchant_id(merchant);
     let shard = shard_of(merchant_id, &order_id, context.shard_count);
     let command = Command::GetByOrder { merchant, order_id };
     run(context, shard, command, response).await;
-}
-
-fn is_order_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= ORDER_ID_LENGTH_MAX
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Checks the signature over the request as sent: its own method (a HEAD is signed as
