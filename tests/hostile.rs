@@ -193,6 +193,60 @@ fn create_body_with(field: &str, value: &str) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
+/// Defect 5: a lone UTF-16 surrogate was stored as U+0000 (signed data changed
+/// silently). Every escape that is not a Unicode scalar value is refused.
+#[test]
+fn escapes_that_are_not_characters_are_invalid_json() {
+    let mut server = start();
+    for escape in [
+        r"a\ud800b",
+        r"\ud800",
+        r"\udbff\u0041",
+        r"\udc00",
+        r"x\ud800\ud800",
+    ] {
+        let body = create_body_with("description", &format!("\"{escape}\""));
+        let response = create(&server, &body);
+        assert_error(&response, "HTTP/1.1 400 Bad Request", "invalid_json");
+    }
+    // A proper pair is one character, kept as it was sent.
+    let body = create_body_with("description", r#""pair \ud83d\ude00""#);
+    let response = create(&server, &body);
+    assert_eq!(response.status_line, "HTTP/1.1 201 Created", "{response:?}");
+    assert_eq!(
+        response.payment().description.as_deref(),
+        Some("pair \u{1F600}")
+    );
+    assert_still_serving(&mut server);
+}
+
+/// Defect 6: numbers beyond f64 answered invalid_json; API.md section 3 says
+/// invalid_request on the field, as for 1e308.
+#[test]
+fn numbers_beyond_a_double_are_invalid_request_on_their_field() {
+    let mut server = start();
+    let digits_310 = format!("1{}", "0".repeat(309));
+    let cases = [
+        ("amount", "1e309".to_string()),
+        ("amount", "-1e309".to_string()),
+        ("amount", "1E400".to_string()),
+        ("amount", digits_310.clone()),
+        ("amount", format!("-{digits_310}")),
+        ("amount", "1e308".to_string()),
+        ("description", "1e309".to_string()),
+    ];
+    for (field, value) in cases {
+        let response = create(&server, &create_body_with(field, &value));
+        assert_error(&response, "HTTP/1.1 400 Bad Request", "invalid_request");
+        assert_eq!(
+            response.error_param().as_deref(),
+            Some(field),
+            "{field} = {value}"
+        );
+    }
+    assert_still_serving(&mut server);
+}
+
 /// Defect 11: SIGHUP killed payd with the default action.
 #[test]
 fn sighup_does_not_stop_the_server() {

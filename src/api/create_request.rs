@@ -2,14 +2,17 @@
 //! into a typed request (serde), then every rule checked, each failure with its exact
 //! `error.code` and `param`.
 //!
-//! Two stages keep the codes apart: simd-json first builds its tape, and anything it
-//! refuses there is not JSON (`invalid_json`); everything refused while deserializing the
-//! tape is a field at fault (`invalid_request`). Each field's value is read through
+//! Three stages keep the codes apart: `json_scan` first refuses escapes that are not
+//! characters and defuses numbers no field takes (which simd-json would get wrong), then
+//! simd-json builds its tape, and anything it refuses there is not JSON (`invalid_json`);
+//! everything refused while deserializing the tape is a field at fault
+//! (`invalid_request`). Each field's value is read through
 //! `Named`, which notes the field's (static) name first, so an error names its field
 //! without a path tracker allocating a string for every key of every request. No error
 //! message ever quotes a value: a value could be card data.
 
 use super::error::{ApiError, ErrorKind};
+use super::json_scan;
 use crate::payment::{
     has_characters_within, is_valid_order_id, Currency, MerchantIndex, PaymentTerms, AMOUNT_MAX,
     DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
@@ -190,6 +193,10 @@ pub fn parse_create_request(
             ))
         }
     }
+    json_scan::prepare(body).map_err(|_| {
+        let message = "the body is not valid JSON: a \\u escape is not a Unicode character";
+        ApiError::with_message(ErrorKind::InvalidJson, message)
+    })?;
     // simd-json's working buffers are reused per thread (one per core): nothing of theirs
     // is allocated per request.
     PARSE_BUFFERS.with(|buffers| {

@@ -10,6 +10,7 @@ pub mod create_request;
 mod debug;
 pub mod error;
 mod events;
+pub mod json_scan;
 mod operations;
 mod payment_json;
 mod payments;
