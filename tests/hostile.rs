@@ -247,6 +247,63 @@ fn numbers_beyond_a_double_are_invalid_request_on_their_field() {
     assert_still_serving(&mut server);
 }
 
+/// Defect 7: the last of two signature headers won; a proxy reading the first saw
+/// another request. Any repeated authentication header is refused.
+#[test]
+fn a_repeated_authentication_header_is_refused() {
+    let mut server = start();
+    let body = create_body("ord-dup", 1999, "CNY", "tok_visa");
+    let signed = Signed::new("POST", "/v1/payments", body.as_bytes());
+    let [merchant, timestamp, signature] = signed.auth_headers();
+    let forged = format!("X-Payd-Signature: v1={}", "0".repeat(64));
+    let cases = [
+        vec![
+            merchant.clone(),
+            timestamp.clone(),
+            forged,
+            signature.clone(),
+        ],
+        vec![
+            merchant.clone(),
+            timestamp.clone(),
+            signature.clone(),
+            signature.clone(),
+        ],
+        vec![
+            format!("X-Payd-Merchant: {MERCHANT_B}"),
+            merchant.clone(),
+            timestamp.clone(),
+            signature.clone(),
+        ],
+        vec![
+            merchant.clone(),
+            timestamp.clone(),
+            timestamp.to_lowercase(),
+            signature.clone(),
+        ],
+    ];
+    for headers in cases {
+        let request = request_bytes("POST", "/v1/payments", &headers, body.as_bytes(), true);
+        let response = server.connect().request(&request);
+        assert_error(
+            &response,
+            "HTTP/1.1 401 Unauthorized",
+            "authentication_required",
+        );
+    }
+    // The same headers once each are accepted.
+    let request = request_bytes(
+        "POST",
+        "/v1/payments",
+        &[merchant, timestamp, signature],
+        body.as_bytes(),
+        true,
+    );
+    let response = server.connect().request(&request);
+    assert_eq!(response.status_line, "HTTP/1.1 201 Created", "{response:?}");
+    assert_still_serving(&mut server);
+}
+
 /// Defect 11: SIGHUP killed payd with the default action.
 #[test]
 fn sighup_does_not_stop_the_server() {

@@ -45,6 +45,8 @@ pub struct Request<'a> {
     pub merchant: Option<&'a [u8]>,
     pub timestamp: Option<&'a [u8]>,
     pub signature: Option<&'a [u8]>,
+    /// An authentication header came twice: the request is not authenticated.
+    pub auth_header_repeated: bool,
     pub body: &'a mut [u8],
     /// Wall-clock time the request is handled at, read once per batch of requests by the
     /// connection: handlers take "now" from here instead of reading the clock again.

@@ -9,7 +9,7 @@ use super::create_request::parse_create_request;
 use super::error::{ApiError, ErrorKind};
 use super::payment_json::write_payment;
 use super::{write_error, Context, Request};
-use crate::auth::SignedHeaders;
+use crate::auth::{AuthError, SignedHeaders};
 use crate::http::{Response, ResponseHeader};
 use crate::payment::{is_valid_order_id, MerchantIndex, PaymentId};
 use crate::shard::routing::shard_of;
@@ -77,6 +77,10 @@ pub(super) fn authenticate(
     context: &Context,
     request: &Request<'_>,
 ) -> Result<MerchantIndex, ApiError> {
+    if request.auth_header_repeated {
+        // Two values of one header: which was signed is ambiguous, so neither counts.
+        return Err(ApiError::from(AuthError::AuthenticationRequired));
+    }
     let method = request.method.as_str().as_bytes();
     let headers = SignedHeaders {
         merchant: request.merchant,

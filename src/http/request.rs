@@ -55,6 +55,10 @@ pub struct RequestHead {
     pub merchant: Option<Range<usize>>,
     pub timestamp: Option<Range<usize>>,
     pub signature: Option<Range<usize>>,
+    /// One of the three `X-Payd-*` authentication headers came more than once. Which one
+    /// counts is then anyone's guess (a proxy may read the first, payd the last), so the
+    /// request is not authenticated at all.
+    pub auth_header_repeated: bool,
 }
 
 /// What the bytes so far amount to.
@@ -131,6 +135,7 @@ pub fn parse_request(
         merchant: None,
         timestamp: None,
         signature: None,
+        auth_header_repeated: false,
     };
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
@@ -163,11 +168,23 @@ pub fn parse_request(
         } else if name.eq_ignore_ascii_case("x-request-id") {
             head.request_id = Some(range_of(value));
         } else if name.eq_ignore_ascii_case("x-payd-merchant") {
-            head.merchant = Some(range_of(value));
+            keep_auth_header(
+                &mut head.merchant,
+                &mut head.auth_header_repeated,
+                range_of(value),
+            );
         } else if name.eq_ignore_ascii_case("x-payd-timestamp") {
-            head.timestamp = Some(range_of(value));
+            keep_auth_header(
+                &mut head.timestamp,
+                &mut head.auth_header_repeated,
+                range_of(value),
+            );
         } else if name.eq_ignore_ascii_case("x-payd-signature") {
-            head.signature = Some(range_of(value));
+            keep_auth_header(
+                &mut head.signature,
+                &mut head.auth_header_repeated,
+                range_of(value),
+            );
         }
     }
     // RFC 9112 section 3.2: a 1.1 request without Host is answered 400.
@@ -185,6 +202,12 @@ pub fn parse_request(
         (None, true) => BodyFraming::Chunked,
     };
     Ok(ParseOutcome::Head(head))
+}
+
+/// Keeps an authentication header's value; a second one marks the head as repeated.
+fn keep_auth_header(slot: &mut Option<Range<usize>>, repeated: &mut bool, value: Range<usize>) {
+    *repeated |= slot.is_some();
+    *slot = Some(value);
 }
 
 fn parse_content_length(value: &[u8]) -> Result<usize, ProtocolError> {
@@ -257,6 +280,18 @@ mod tests {
         assert_eq!(head(gzip).unwrap_err(), ProtocolError::NotImplemented);
         let signed = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n";
         assert_eq!(head(signed).unwrap_err(), ProtocolError::BadRequest);
+    }
+
+    #[test]
+    fn a_repeated_authentication_header_is_marked() {
+        let once = "GET / HTTP/1.1\r\nHost: x\r\nX-Payd-Merchant: a\r\nX-Payd-Signature: b\r\n\r\n";
+        assert!(!complete(once).auth_header_repeated);
+        for name in ["X-Payd-Merchant", "x-payd-timestamp", "X-PAYD-SIGNATURE"] {
+            let twice = format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{name}: 1\r\nX-Other: 2\r\n{name}: 1\r\n\r\n"
+            );
+            assert!(complete(&twice).auth_header_repeated, "{name}");
+        }
     }
 
     #[test]

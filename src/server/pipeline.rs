@@ -285,6 +285,7 @@ fn request_of<'a>(
         merchant: framed.optional(input, &head.merchant),
         timestamp: framed.optional(input, &head.timestamp),
         signature: framed.optional(input, &head.signature),
+        auth_header_repeated: head.auth_header_repeated,
         body,
         unix_ms: clock.unix_ms,
     }
@@ -383,6 +384,7 @@ mod tests {
                 merchant: None,
                 timestamp: None,
                 signature: None,
+                auth_header_repeated: false,
             },
             base: 0,
             body: 0..0,
