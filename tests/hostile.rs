@@ -8,6 +8,9 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The cores every hostile server runs on.
@@ -437,5 +440,220 @@ fn the_panic_route_needs_its_variable() {
     let response = client
         .request(b"POST /debug/panic HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
     assert_error(&response, "HTTP/1.1 404 Not Found", "not_found");
+    assert_still_serving(&mut server);
+}
+
+// ---------------------------------------------------------------------------------------
+// Unbounded work (defect 8): each bound, met at its limit.
+// ---------------------------------------------------------------------------------------
+
+/// What the held acquirer has seen.
+#[derive(Default)]
+struct HeldCounts {
+    received: usize,
+    held: usize,
+    held_max: usize,
+    released: bool,
+}
+
+/// An acquirer that reads every authorisation and holds it unanswered until `release`,
+/// then approves it (and every later one at once). It counts how many it held at once.
+struct HeldAcquirer {
+    addr: SocketAddr,
+    counts: Arc<(Mutex<HeldCounts>, Condvar)>,
+}
+
+impl HeldAcquirer {
+    fn start() -> HeldAcquirer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the acquirer");
+        let addr = listener.local_addr().expect("acquirer address");
+        let counts = Arc::new((Mutex::new(HeldCounts::default()), Condvar::new()));
+        let shared = Arc::clone(&counts);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counts = Arc::clone(&shared);
+                std::thread::spawn(move || serve_held(stream, &counts));
+            }
+        });
+        HeldAcquirer { addr, counts }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn release(&self) {
+        let (counts, changed) = &*self.counts;
+        counts.lock().unwrap().released = true;
+        changed.notify_all();
+    }
+
+    /// (received, held now, held at most).
+    fn counts(&self) -> (usize, usize, usize) {
+        let counts = self.counts.0.lock().unwrap();
+        (counts.received, counts.held, counts.held_max)
+    }
+}
+
+/// One connection of the held acquirer: request after request, each held until release.
+fn serve_held(mut stream: TcpStream, counts: &(Mutex<HeldCounts>, Condvar)) {
+    let mut buffer = Vec::new();
+    while read_one_request(&mut stream, &mut buffer) {
+        let (lock, changed) = counts;
+        let mut state = lock.lock().unwrap();
+        state.received += 1;
+        state.held += 1;
+        state.held_max = state.held_max.max(state.held);
+        while !state.released {
+            state = changed.wait(state).unwrap();
+        }
+        state.held -= 1;
+        drop(state);
+        let body = br#"{"approved":true}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request (head and Content-Length body) off the front of the stream.
+fn read_one_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                buffer.drain(..end + 4 + length);
+                return true;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(count) => buffer.extend_from_slice(&chunk[..count]),
+        }
+    }
+}
+
+/// A hostile server's config with extra `[server]` keys and an `[acquirer]` section.
+fn config_with(dir: &std::path::Path, server_keys: &str, acquirer_keys: &str) -> String {
+    options()
+        .config_text(dir)
+        .replacen("[server]\n", &format!("[server]\n{server_keys}\n"), 1)
+        + &format!("\n[acquirer]\n{acquirer_keys}\n")
+}
+
+/// Defect 8: a create answered 202 went on authorising in the background, counted
+/// nowhere, so a slow acquirer let them pile up without bound. They now count against
+/// `server.shard_inbox_capacity` until their authorisation ends.
+#[test]
+fn authorisations_after_a_202_count_against_the_shard_capacity() {
+    const CAPACITY: usize = 2;
+    // Enough creates that each shard gets its share with near certainty.
+    const CREATES: usize = 40;
+    let acquirer = HeldAcquirer::start();
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let acquirer_keys = format!(
+        "mode = \"http\"\nurl = \"{}\"\nresponse_timeout_ms = 100\n\
+         attempt_timeout_ms = 60000\nmax_attempts = 1",
+        acquirer.url()
+    );
+    let config = config_with(
+        dir.path(),
+        &format!("shard_inbox_capacity = {CAPACITY}"),
+        &acquirer_keys,
+    );
+    let mut server = Server::start_with_config(dir, &config);
+    let mut accepted = 0;
+    for i in 0..CREATES {
+        let body = create_body(&format!("ord-held-{i}"), 100, "CNY", "tok_visa");
+        let response = create(&server, &body);
+        match response.status {
+            202 => accepted += 1,
+            _ => {
+                assert_error(&response, "HTTP/1.1 503 Service Unavailable", "overloaded");
+                assert_eq!(response.header("Retry-After"), Some("1"));
+            }
+        }
+    }
+    assert_eq!(
+        accepted,
+        CAPACITY * CORES.len(),
+        "202s while the acquirer holds them"
+    );
+    assert_eq!(acquirer.counts().1, accepted);
+    acquirer.release();
+    // Once their authorisations end, the shards take creates again.
+    let mut next = 0;
+    assert!(eventually(Duration::from_secs(10), || {
+        next += 1;
+        let body = create_body(&format!("ord-after-{next}"), 100, "CNY", "tok_visa");
+        create(&server, &body).status == 201
+    }));
+    assert_still_serving(&mut server);
+}
+
+/// Defect 8: recovery asked the acquirer about every pending payment at once. Each shard
+/// now resumes at most 64 at a time (`RESUMED_AUTHORIZATIONS_CONCURRENT_MAX`).
+#[test]
+fn recovery_resumes_pending_payments_a_bounded_number_at_a_time() {
+    const RESUMED_CONCURRENT_MAX: usize = 64;
+    // Enough pending payments that each shard has more than it resumes at once.
+    const PENDING: usize = 200;
+    let acquirer_keys = |acquirer: &HeldAcquirer| {
+        format!(
+            "mode = \"http\"\nurl = \"{}\"\nresponse_timeout_ms = 100\n\
+             attempt_timeout_ms = 60000\nmax_attempts = 1",
+            acquirer.url()
+        )
+    };
+    let first = HeldAcquirer::start();
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let config = config_with(dir.path(), "", &acquirer_keys(&first));
+    let server = Server::start_with_config(dir, &config);
+    // Pipelined, so the creates wait for the acquirer together.
+    let mut requests = Vec::new();
+    for i in 0..PENDING {
+        let body = create_body(&format!("ord-resume-{i}"), 100, "CNY", "tok_visa");
+        requests.extend(Signed::new("POST", "/v1/payments", body.as_bytes()).bytes());
+    }
+    let mut client = server.connect();
+    client.send(&requests);
+    let mut per_shard = [0usize; CORES.len()];
+    for _ in 0..PENDING {
+        let response = client.read_response();
+        assert_eq!(response.status, 202, "{response:?}");
+        // pay_ + 4 hex digits of shard: the shard that owns the payment.
+        let id = response.payment().id;
+        let shard = usize::from_str_radix(&id[4..8], 16).expect("shard in the id");
+        per_shard[shard] += 1;
+    }
+    let (dir, _) = server.stop_keeping_dir(true);
+    let second = HeldAcquirer::start();
+    let config = config_with(dir.path(), "", &acquirer_keys(&second));
+    let mut server = Server::start_with_config(dir, &config);
+    let expected: usize = per_shard
+        .iter()
+        .map(|&pending| pending.min(RESUMED_CONCURRENT_MAX))
+        .sum();
+    assert!(eventually(Duration::from_secs(10), || second.counts().0 >= expected));
+    // Nothing beyond the bound arrives while those are held.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        second.counts(),
+        (expected, expected, expected),
+        "{per_shard:?}"
+    );
+    second.release();
+    assert!(eventually(Duration::from_secs(20), || second.counts().0 == PENDING));
+    assert_eq!(second.counts().2, expected, "never more at once");
     assert_still_serving(&mut server);
 }
