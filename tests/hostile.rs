@@ -657,3 +657,71 @@ fn recovery_resumes_pending_payments_a_bounded_number_at_a_time() {
     assert_eq!(second.counts().2, expected, "never more at once");
     assert_still_serving(&mut server);
 }
+
+/// The server's resident memory, from its own `/metrics`.
+fn resident_bytes(server: &Server) -> f64 {
+    server.metrics().value("process_resident_memory_bytes", &[])
+}
+
+/// Defect 8: a connection's output was bounded by request count (256 per read), not by
+/// bytes, and held a response per request until the whole batch was written: clients
+/// that pipeline reads of a large payment and do not read the answers made payd hold
+/// megabytes each. Output now goes out every 64 KiB and large responses are freed as
+/// they go.
+#[test]
+fn pipelined_reads_of_a_large_payment_hold_little_memory() {
+    const CONNECTIONS: usize = 8;
+    const READS_PER_CONNECTION: usize = 256;
+    // Growth allowed while every connection is stuck on unread answers: before the
+    // bound each held about 10 MiB.
+    const GROWTH_BYTES_MAX: f64 = 24.0 * 1024.0 * 1024.0;
+    let wide = "\u{1F600}";
+    let metadata: Vec<String> = (0..20)
+        .map(|i| format!("\"k{i}\":\"{}\"", wide.repeat(500)))
+        .collect();
+    let body = create_body_with("metadata", &format!("{{{}}}", metadata.join(",")));
+    let options = ServerOptions {
+        max_body_bytes: 64 * 1024,
+        ..options()
+    };
+    let mut server = Server::start(options);
+    let created = create(&server, &body);
+    assert_eq!(created.status, 201, "{created:?}");
+    let target = format!("/v1/payments/{}", created.payment().id);
+    let read = Signed::new("GET", &target, b"").bytes();
+    let answer_bytes = server.connect().request(&read).body.len();
+    assert!(
+        answer_bytes > 40_000,
+        "a large payment: {answer_bytes} bytes"
+    );
+    let before = resident_bytes(&server);
+    let mut clients: Vec<Client> = (0..CONNECTIONS).map(|_| server.connect()).collect();
+    // One large request in front grows each connection's read buffer, so that the
+    // pipelined reads behind it arrive in one batch.
+    let mut pipeline = request_bytes("POST", "/v1/payments", &[], &[b' '; 60_000], true);
+    pipeline.extend(read.repeat(READS_PER_CONNECTION));
+    for client in &mut clients {
+        client.send(&pipeline);
+    }
+    // Let every core answer what it can; the clients read nothing yet.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let during = resident_bytes(&server);
+    assert!(
+        during - before < GROWTH_BYTES_MAX,
+        "resident memory grew from {before} to {during} bytes"
+    );
+    for client in &mut clients {
+        let refused = client.read_response();
+        assert_error(
+            &refused,
+            "HTTP/1.1 401 Unauthorized",
+            "authentication_required",
+        );
+        for _ in 0..READS_PER_CONNECTION {
+            let response = client.read_response();
+            assert_eq!(response.status, 200);
+            assert_eq!(response.body.len(), answer_bytes);
+        }
+    }
+    assert_still_serving(&mut server);
+}

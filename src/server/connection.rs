@@ -25,9 +25,13 @@ use std::time::{Duration, Instant};
 
 /// Read buffer size a connection starts with; it grows up to `input_bytes_max`.
 pub const INPUT_BYTES_INITIAL: usize = 4096;
-/// Requests answered from one read before their responses are written: bounds the
-/// output buffer of a deep pipeline.
+/// Requests answered from one read before reading more (their answers leave at least
+/// every `OUTPUT_BYTES_FLUSH` bytes).
 pub const PIPELINE_REQUESTS_MAX: usize = 256;
+/// Buffers a connection keeps between requests are shrunk back once they are empty and
+/// hold more than this: one large request or answer does not pin its memory for the
+/// connection's life (times thousands of connections).
+pub const BUFFER_BYTES_KEPT_MAX: usize = 64 * 1024;
 
 const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -113,6 +117,9 @@ impl Connection {
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
                 self.output.clear();
+                if self.output.capacity() > BUFFER_BYTES_KEPT_MAX {
+                    self.output = Vec::with_capacity(INPUT_BYTES_INITIAL);
+                }
             }
             match progress {
                 Progress::Close => return Ok(true),
@@ -165,6 +172,7 @@ impl Connection {
             self.start = 0;
             self.filled = 0;
             self.request_started = None;
+            self.shrink_idle_buffers();
         }
         Ok(match end {
             BatchEnd::NeedInput { send_continue } => {
@@ -322,6 +330,17 @@ impl Connection {
                 Ok(ReadOutcome::Finished)
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// With nothing buffered, gives back what one large request made the read buffer and
+    /// the body arena grow to (`BUFFER_BYTES_KEPT_MAX`).
+    fn shrink_idle_buffers(&mut self) {
+        if self.input.len() > BUFFER_BYTES_KEPT_MAX {
+            self.input = vec![0; INPUT_BYTES_INITIAL];
+        }
+        if self.batch.bodies.capacity() > BUFFER_BYTES_KEPT_MAX {
+            self.batch.bodies = Vec::new();
         }
     }
 
