@@ -63,7 +63,12 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
     let is_get = matches!(request.method, Method::Get | Method::Head);
     match path {
         #[cfg(debug_assertions)]
-        b"/debug/panic" if debug::panic_route_enabled() => debug::panic_on_request(),
+        b"/debug/panic" if debug::routes_enabled() => debug::panic_on_request(),
+        #[cfg(debug_assertions)]
+        b"/debug/stall" if debug::routes_enabled() => {
+            debug::stall(response);
+            Route::NotFound
+        }
         b"/healthz" | b"/readyz" | b"/metrics" if !is_get => {
             let route = operations::route_of(path);
             method_not_allowed(response, "GET, HEAD");

@@ -28,7 +28,13 @@ pub fn readyz(response: &mut Response) {
 
 /// Prometheus text of every core, gathered over the mesh.
 pub async fn metrics(context: &Context, response: &mut Response) {
-    let cores = context.peers.gather_metrics().await;
+    let Ok(cores) = context.peers.gather_metrics().await else {
+        let message = "too many scrapes at once on this core; retry later";
+        return write_error(
+            response,
+            &ApiError::with_message(ErrorKind::Overloaded, message),
+        );
+    };
     let mut text = String::with_capacity(16 * 1024);
     metrics::render(&cores, metrics::resident_memory_bytes(), &mut text);
     response.body.extend_from_slice(text.as_bytes());
