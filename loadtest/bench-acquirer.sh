@@ -29,7 +29,7 @@ load_cpu=${LOAD_CPU:-1}
 ready_timeout_s=20
 payd="$repository/target/release/payd"
 loadtest="$repository/target/release/payd-loadtest"
-secret="bench-secret-not-for-production"
+secret="bench-secret-not-for-production-0123456789"
 work=$(mktemp -d /tmp/payd-bench-acquirer.XXXXXX)
 pids=()
 

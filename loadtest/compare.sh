@@ -7,13 +7,13 @@
 #   - payd /healthz;
 #   - payd creates with storage.durability "none" and "fsync", simulated acquirer;
 #   - payd creates with fsync in an open loop at half the fsync rate just measured,
-#     coordinated-omission corrected: the latency target of DESIGN.md;
+#     coordinated-omission corrected: the latency target of docs/design.md;
 #   - payd creates (durability none) on two server cores, SCALING_SERVER_CPUS, for the
 #     per-core scaling target (on a 2-CPU machine the generator shares a server core:
 #     the output says so, and the figure is then a lower bound, not the target's test).
 # Each row gives 2xx responses/s, p50, p99 and p99.9, the server's CPU µs per request
 # (utime+stime from /proc over the run, divided by responses) and the server's CPU %.
-# Then come the ratios behind DESIGN.md's "Performance targets", and memory per retained
+# Then come the ratios behind docs/design.md's "Performance targets", and memory per retained
 # payment (payd's RSS growth over the durability-none create run, per payment created).
 #
 # With RUNS=N the rows take turns, round after round (even rounds in reverse order, so a
@@ -321,7 +321,7 @@ load_shares_scaling_cores() {
 }
 
 print_targets() {
-    echo "| DESIGN.md target | median | spread min..max | target | verdict |"
+    echo "| design target (docs/design.md) | median | spread min..max | target | verdict |"
     echo "| --- | ---: | ---: | ---: | --- |"
     target_row "server CPU per create (fsync) / nginx CPU per static 200" \
         "$(ratio_spread payd-create-fsync cpu nginx-healthz cpu)" "at most 1.3" le 1.3
@@ -368,7 +368,7 @@ print_targets() {
         "CPU (the generator, fdatasync or a neighbour set the pace): ${unsaturated%, }."
     if [ "$SCALING" != 0 ] && load_shares_scaling_cores; then
         echo
-        echo "Per-core scaling is **not** tested as DESIGN.md means it: with $(nproc) CPUs the" \
+        echo "Per-core scaling is **not** tested as the design target means it: with $(nproc) CPUs the" \
             "generator cannot have cores of its own next to two server cores, so it shares CPU" \
             "$LOAD_CPU with the second one and the ratio above understates the scaling."
     fi

@@ -4,9 +4,11 @@
 //! so an operator learns about a typo before traffic does. Unknown keys are rejected with
 //! their name. The config is read-only after start and shared by reference with every core.
 
+mod messages;
+
 use crate::outbound::HttpUrl;
 use crate::webhooks::signing::WebhookKey;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,15 @@ pub const RETENTION_HOURS_MAX: f64 = 87_600.0;
 pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// A check at most once a day: retention must keep up with the load.
 pub const RETENTION_CHECK_INTERVAL_MS_MAX: u64 = 86_400_000;
+/// A merchant secret shorter than this is refused: HMAC-SHA256 keys should carry at least
+/// 256 bits, and 32 bytes is what `openssl rand -hex 16` (or the demo merchant's 64 hex
+/// digits) comfortably exceeds.
+pub const SECRET_BYTES_MIN: usize = 32;
+/// What `check-config` prints in place of a literal secret. payd refuses it as a secret,
+/// so a printed config cannot go live with a known placeholder as a merchant's key.
+pub const REDACTED_SECRET: &str = "<redacted>";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -34,10 +43,11 @@ pub struct Config {
     pub acquirer: AcquirerConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merchants: Vec<MerchantConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -64,19 +74,28 @@ impl<'de> Deserialize<'de> for Cores {
             Word(String),
             List(Vec<usize>),
         }
-        match Raw::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom("expected \"all\" or a list of CPU ids such as [0, 1]")
-        })? {
+        // The message names the forms, never the word that was given.
+        let expected = || serde::de::Error::custom(CORES_FORM);
+        match Raw::deserialize(deserializer).map_err(|_| expected())? {
             Raw::Word(word) if word == "all" => Ok(Cores::All),
-            Raw::Word(word) => Err(serde::de::Error::custom(format!(
-                "expected \"all\" or a list of CPU ids, found \"{word}\""
-            ))),
+            Raw::Word(_) => Err(expected()),
             Raw::List(list) => Ok(Cores::List(list)),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+const CORES_FORM: &str = "expected \"all\" or a list of CPU ids such as [0, 1]";
+
+impl Serialize for Cores {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cores::All => serializer.serialize_str("all"),
+            Cores::List(list) => list.serialize(serializer),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_header_bytes: usize,
@@ -85,20 +104,20 @@ pub struct LimitsConfig {
     pub idle_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     pub timestamp_tolerance_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     Fsync,
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
@@ -114,14 +133,14 @@ pub struct StorageConfig {
     pub shards: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AcquirerMode {
     Simulated,
     Http,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcquirerConfig {
     pub mode: AcquirerMode,
@@ -136,7 +155,7 @@ pub struct AcquirerConfig {
     pub pool_size: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
     pub retry_schedule_secs: Vec<u64>,
@@ -146,7 +165,7 @@ pub struct WebhooksConfig {
     pub max_backlog_per_shard: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// One line per request, buffered per core, written to `dir/access-core<N>.log`.
@@ -155,16 +174,38 @@ pub struct LogConfig {
     pub dir: PathBuf,
 }
 
-#[derive(Clone, Deserialize)]
+/// Serialized (by `check-config`) with literal secrets redacted; `env:` and `file:`
+/// sources are shown, since they name where a secret lives, not the secret.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MerchantConfig {
     pub id: String,
     /// Each a literal, `env:NAME` or `file:PATH`.
+    #[serde(serialize_with = "serialize_redacted_list")]
     pub secrets: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_redacted_option"
+    )]
     pub webhook_secret: Option<String>,
+}
+
+fn serialize_redacted_list<S: Serializer>(
+    sources: &[String],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let shown: Vec<String> = sources.iter().map(|source| redact(source)).collect();
+    shown.serialize(serializer)
+}
+
+fn serialize_redacted_option<S: Serializer>(
+    source: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    source.as_deref().map(redact).serialize(serializer)
 }
 
 impl fmt::Debug for MerchantConfig {
@@ -211,7 +252,7 @@ pub fn redact(source: &str) -> String {
     if source.starts_with("env:") || source.starts_with("file:") {
         source.to_string()
     } else {
-        "<redacted>".to_string()
+        REDACTED_SECRET.to_string()
     }
 }
 
@@ -293,7 +334,8 @@ impl Default for LogConfig {
     }
 }
 
-/// A config error always names the key at fault.
+/// A config error names the key at fault; an error of the file as a whole (unreadable,
+/// not TOML) has an empty key and says where in the file instead.
 #[derive(Debug)]
 pub struct ConfigError {
     pub key: String,
@@ -302,7 +344,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config key `{}`: {}", self.key, self.message)
+        if self.key.is_empty() {
+            write!(f, "config file: {}", self.message)
+        } else {
+            write!(f, "config key `{}`: {}", self.key, self.message)
+        }
     }
 }
 
@@ -318,16 +364,35 @@ fn error(key: &str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| error("--config", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text)
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            error(
+                "",
+                format!("cannot read {}: {}", path.display(), io_reason(&e)),
+            )
+        })?;
+        Config::parse(&text).map_err(|mut e| {
+            if e.key.is_empty() {
+                e.message = format!("{}: {}", path.display(), e.message);
+            }
+            e
+        })
     }
 
-    /// Parses and validates config text. Errors name the key (`server.cores`, ...).
+    /// Parses and validates config text. Errors name the key (`server.cores`, ...), or
+    /// the line and column when the text is not TOML at all.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        check_syntax(text)?;
         let config: Config = serde_path_to_error(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The effective config as TOML that `parse` accepts again: every key with its value
+    /// or default, `log.dir` resolved, literal secrets shown as `REDACTED_SECRET`.
+    pub fn to_toml_redacted(&self) -> Result<String, String> {
+        let mut shown = self.clone();
+        shown.log.dir = self.log_dir();
+        toml::to_string(&shown).map_err(|e| format!("cannot print the config as TOML: {e}"))
     }
 
     /// The CPU ids this process will run an executor on, checked against the machine.
@@ -518,19 +583,13 @@ impl Config {
             if merchant.secrets.is_empty() {
                 return Err(error(&key("secrets"), "at least one secret is required"));
             }
-            for source in &merchant.secrets {
-                match resolve_secret(source) {
-                    Ok(secret) if secret.is_empty() => {
-                        return Err(error(
-                            &key("secrets"),
-                            format!("{} is empty", redact(source)),
-                        ))
-                    }
-                    Ok(_) => {}
-                    Err(message) => return Err(error(&key("secrets"), message)),
-                }
+            for (position, source) in merchant.secrets.iter().enumerate() {
+                check_secret(&key(&format!("secrets[{position}]")), source)?;
             }
             if let Some(source) = &merchant.webhook_secret {
+                if source == REDACTED_SECRET {
+                    return Err(placeholder_error(&key("webhook_secret")));
+                }
                 let secret = resolve_secret(source)
                     .map_err(|message| error(&key("webhook_secret"), message))?;
                 // The key's own error names the rule broken, never the secret.
@@ -551,28 +610,98 @@ impl Config {
     }
 }
 
-/// Deserializes with the dotted path of the failing key in the error. The message is
-/// serde's, never a snippet of the file: a snippet could show a secret.
+/// One merchant secret source: readable, and long enough to be a key. The message names
+/// the source (`env:NAME`, `file:PATH` or "a literal"), never the secret.
+fn check_secret(key: &str, source: &str) -> Result<(), ConfigError> {
+    if source == REDACTED_SECRET {
+        return Err(placeholder_error(key));
+    }
+    let secret = resolve_secret(source).map_err(|message| error(key, message))?;
+    if secret.len() < SECRET_BYTES_MIN {
+        let what = match redact(source) {
+            shown if shown == REDACTED_SECRET => "this literal secret".to_string(),
+            shown => format!("the secret from {shown}"),
+        };
+        return Err(error(
+            key,
+            format!(
+                "a merchant secret must be at least {SECRET_BYTES_MIN} bytes and {what} is \
+                 shorter (make one with `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn placeholder_error(key: &str) -> ConfigError {
+    error(
+        key,
+        format!(
+            "is {REDACTED_SECRET}, the placeholder check-config prints for a literal secret: \
+             put the secret back, or give it as \"env:NAME\" or \"file:PATH\""
+        ),
+    )
+}
+
+/// An I/O error's reason without Rust's `(os error N)` suffix.
+fn io_reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// Parses the text as TOML alone, so that a syntax error is reported as one, with its
+/// line and column, before any key is looked at.
+fn check_syntax(text: &str) -> Result<(), ConfigError> {
+    let Err(e) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let position = e
+        .span()
+        .map(|span| {
+            let (line, column) = messages::line_and_column(text, span.start);
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    Err(error(
+        "",
+        format!(
+            "not valid TOML{position}: {}",
+            messages::plain_syntax_message(e.message())
+        ),
+    ))
+}
+
+/// Deserializes with the dotted path of the failing key in the error, and its message in
+/// plain words (`messages`). Never a snippet of the file: a snippet could show a secret.
 fn serde_path_to_error(text: &str) -> Result<Config, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = without_quoted_values(inner.message());
+        let raw = inner.message();
         let mut key = if path == "." { String::new() } else { path };
-        if let Some(field) = unknown_field_name(&message) {
+        if let Some(field) = unknown_field_name(raw) {
             if key.is_empty() {
                 key = field;
             } else if !key.ends_with(&format!(".{field}")) && key != field {
                 key = format!("{key}.{field}");
             }
         }
-        if key.is_empty() {
-            key = "(file)".to_string();
-        }
+        let message = messages::plain_field_message(&key, raw).unwrap_or_else(|| {
+            // Our own messages (and the parser's) state the expected form and quote no
+            // value; anything else has its quoted parts blanked out.
+            if raw.starts_with("expected ") {
+                raw.to_string()
+            } else {
+                without_quoted_values(raw)
+            }
+        });
         let line = inner
             .span()
-            .map(|span| format!(" (line {})", text[..span.start].lines().count().max(1)))
+            .map(|span| format!(" (line {})", messages::line_and_column(text, span.start).0))
             .unwrap_or_default();
         ConfigError {
             key,
@@ -641,7 +770,7 @@ mod tests {
     fn a_webhook_url_needs_a_valid_whsec_secret_and_errors_hide_it() {
         let merchant = |extra: &str| {
             Config::parse(&format!(
-                "[[merchants]]\nid = \"m\"\nsecrets = [\"s\"]\n{extra}\n"
+                "[[merchants]]\nid = \"m\"\nsecrets = [\"test-only-secret-0123456789abcdef\"]\n{extra}\n"
             ))
         };
         let url = "webhook_url = \"http://127.0.0.1:9200/hooks\"";
@@ -719,8 +848,65 @@ mod tests {
     }
 
     #[test]
+    fn secrets_shorter_than_the_minimum_are_refused_by_position() {
+        let merchant = |secrets: &str| {
+            Config::parse(&format!("[[merchants]]\nid = \"m\"\nsecrets = {secrets}\n"))
+        };
+        let short = "s".repeat(SECRET_BYTES_MIN - 1);
+        let long = "s".repeat(SECRET_BYTES_MIN);
+        assert!(merchant(&format!("[\"{long}\"]")).is_ok());
+        let error = merchant(&format!("[\"{long}\", \"{short}\"]")).unwrap_err();
+        assert_eq!(error.key, "merchants[0].secrets[1]");
+        assert!(error.message.contains("at least 32 bytes"), "{error}");
+        assert!(!error.to_string().contains(&short), "{error}");
+        let error = merchant(&format!("[\"{REDACTED_SECRET}\"]")).unwrap_err();
+        assert_eq!(error.key, "merchants[0].secrets[0]");
+        assert!(error.message.contains("placeholder"), "{error}");
+    }
+
+    #[test]
+    fn the_printed_config_parses_back_to_the_same_config() {
+        std::env::set_var("PAYD_CONFIG_TEST_LONG_SECRET", "e".repeat(40));
+        let text = "[server]\ncores = [0]\n[storage]\nretention_hours = 0.5\n\
+                    [webhooks]\nretry_schedule_secs = []\n\
+                    [[merchants]]\nid = \"m\"\nsecrets = [\"env:PAYD_CONFIG_TEST_LONG_SECRET\"]\n";
+        let config = Config::parse(text).unwrap();
+        let printed = config.to_toml_redacted().unwrap();
+        let again = Config::parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(
+            format!("{again:?}"),
+            format!(
+                "{:?}",
+                Config {
+                    log: LogConfig {
+                        dir: config.log_dir(),
+                        ..config.log.clone()
+                    },
+                    ..config.clone()
+                }
+            )
+        );
+        assert!(printed.contains("dir = \"./payd-data/logs\""), "{printed}");
+        assert_eq!(again.to_toml_redacted().unwrap(), printed);
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column_not_a_key() {
+        let error = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\n[limits\n").unwrap_err();
+        assert_eq!(error.key, "");
+        assert!(error.message.contains("line 3, column 8"), "{error}");
+        assert!(
+            error.to_string().starts_with("config file: not valid TOML"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn an_unreadable_secret_file_is_a_config_error() {
         let text = "[[merchants]]\nid = \"m\"\nsecrets = [\"file:/nonexistent/s\"]\n";
-        assert_eq!(Config::parse(text).unwrap_err().key, "merchants[0].secrets");
+        assert_eq!(
+            Config::parse(text).unwrap_err().key,
+            "merchants[0].secrets[0]"
+        );
     }
 }

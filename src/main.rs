@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use payd::auth::{self, MerchantKeys};
-use payd::config::{Config, MerchantConfig};
+use payd::config::{Config, MerchantConfig, REDACTED_SECRET};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,20 +17,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve payments. Without --config, the embedded defaults (API.md section 7).
+    /// Serve payments. Without --config, the embedded defaults (docs/configuration.md).
     Serve {
         /// The TOML config file.
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate a config file and print the effective config, secrets redacted.
+    /// Validate a config file and print the effective config as TOML, secrets redacted.
     CheckConfig {
         /// The TOML config file.
         file: PathBuf,
     },
-    /// Print the signature headers for a request (API.md section 1), or a curl command.
+    /// Print the signature headers for a request (docs/api.md), or a curl command.
     Sign(SignArgs),
-    /// Run the simulated acquirer as a standalone HTTP server (API.md section 4), for
+    /// Run the simulated acquirer as a standalone HTTP server (docs/api.md), for
     /// `acquirer.mode = "http"` in tests, demos and load tests.
     AcquirerSim(AcquirerSimArgs),
 }
@@ -145,6 +145,7 @@ fn serve(path: Option<PathBuf>) -> Result<(), String> {
     let config = load(path.as_ref())?;
     let cpus = config.core_ids().map_err(|e| e.to_string())?;
     let keys = MerchantKeys::from_config(&config.merchants).map_err(|e| e.to_string())?;
+    warn_without_merchants(&config);
     // The config and keys are read-only for the life of the process; every core
     // borrows them.
     let config: &'static Config = Box::leak(Box::new(config));
@@ -172,12 +173,36 @@ fn acquirer_sim(args: AcquirerSimArgs) -> Result<(), String> {
     })
 }
 
+/// A server without merchants is legal (operations routes work) but answers every
+/// `/v1` request 401, which is rarely what the operator meant.
+fn warn_without_merchants(config: &Config) {
+    if config.merchants.is_empty() {
+        eprintln!(
+            "payd: warning: no merchant is configured (no [[merchants]] in the config \
+             file), so every /v1 request will be answered 401"
+        );
+    }
+}
+
+/// Prints the effective config as TOML that `check-config` accepts again; what is not a
+/// key (the file checked, the CPUs) goes in comments, warnings on stderr.
 fn check_config(path: &PathBuf) -> Result<(), String> {
     let config = load(Some(path))?;
     let cpus = config.core_ids().map_err(|e| e.to_string())?;
     MerchantKeys::from_config(&config.merchants).map_err(|e| e.to_string())?;
-    println!("{config:#?}");
-    println!("cores to run on: {cpus:?}");
+    warn_without_merchants(&config);
+    let text = config.to_toml_redacted()?;
+    let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    println!(
+        "# {} is valid. The effective config follows: every key with its",
+        path.display()
+    );
+    println!("# value or default, literal secrets shown as {REDACTED_SECRET}.");
+    println!("# payd would run on CPUs {}.", cpus.join(", "));
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }
 

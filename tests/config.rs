@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{run_payd, CommandOutput};
+use common::{run_payd, run_payd_with_env, CommandOutput};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// A literal secret: it must never be printed, in the effective config or in an error.
@@ -251,4 +252,266 @@ secrets = ["file:/nonexistent/payd-secret"]
         let output = run_payd(&["serve", "--config", &path], dir.path());
         assert_rejected(&output, key, &format!("serve with {text:?}"));
     }
+}
+
+/// The secrets `payd.example.toml` reads from the environment, with test values.
+const EXAMPLE_ENV: [(&str, &str); 2] = [
+    ("PAYD_M_SHOP_SECRET", "example-test-secret-0123456789abcdef"),
+    (
+        "PAYD_M_SHOP_WEBHOOK_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ),
+];
+
+fn example_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("payd.example.toml")
+}
+
+/// Every dotted key of a TOML document (`server.listen`, `merchants.id`), tables apart.
+fn keys_of(text: &str) -> BTreeSet<String> {
+    fn walk(prefix: &str, table: &toml::Table, keys: &mut BTreeSet<String>) {
+        for (name, value) in table {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match value {
+                toml::Value::Table(inner) => walk(&key, inner, keys),
+                toml::Value::Array(items)
+                    if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+                {
+                    for item in items {
+                        walk(&key, item.as_table().unwrap(), keys);
+                    }
+                }
+                _ => {
+                    keys.insert(key);
+                }
+            }
+        }
+    }
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("not TOML: {e}\n{text}"));
+    let mut keys = BTreeSet::new();
+    walk("", &table, &mut keys);
+    keys
+}
+
+/// check-config's output without its leading comment lines (they name the file).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_example_config_is_valid_and_sets_every_key_with_a_comment() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = example_path().display().to_string();
+    let output = run_payd_with_env(&["check-config", &example], dir.path(), &EXAMPLE_ENV);
+    assert!(output.status.success(), "{}", combined(&output));
+    let text = std::fs::read_to_string(example_path()).unwrap();
+    // Every key payd knows (as check-config prints them all) is in the example.
+    assert_eq!(
+        keys_of(&text),
+        keys_of(&output.stdout),
+        "keys of the example vs payd's"
+    );
+    // Each key line has a comment of its own just above it (a comment block may cover
+    // a pair of keys that go together, such as latency_ms and jitter_ms).
+    let lines: Vec<&str> = text.lines().collect();
+    for (index, line) in lines.iter().enumerate() {
+        let is_key = !line.starts_with('#') && !line.starts_with('[') && line.contains(" = ");
+        if is_key {
+            let above = lines[..index]
+                .iter()
+                .rev()
+                .take_while(|l| !l.is_empty() && !l.starts_with('['))
+                .any(|l| l.starts_with('#'));
+            assert!(above, "line {} has no comment above it: {line}", index + 1);
+        }
+    }
+}
+
+#[test]
+fn check_config_output_is_toml_that_check_config_accepts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = example_path().display().to_string();
+    let first = run_payd_with_env(&["check-config", &example], dir.path(), &EXAMPLE_ENV);
+    assert!(first.status.success(), "{}", combined(&first));
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &first.stdout).unwrap();
+    let printed = printed.display().to_string();
+    let second = run_payd_with_env(&["check-config", &printed], dir.path(), &EXAMPLE_ENV);
+    assert!(second.status.success(), "{}", combined(&second));
+    assert_eq!(
+        without_comments(&first.stdout),
+        without_comments(&second.stdout)
+    );
+    for (_, secret) in EXAMPLE_ENV {
+        assert!(!combined(&first).contains(secret), "a secret was printed");
+    }
+    // env: sources are shown as they are: they name where the secret lives.
+    assert!(
+        first.stdout.contains("env:PAYD_M_SHOP_SECRET"),
+        "{}",
+        first.stdout
+    );
+}
+
+#[test]
+fn the_log_dir_shows_its_effective_default() {
+    let output = check_config("[storage]\ndata_dir = \"/srv/payd\"\n");
+    assert!(output.status.success(), "{}", combined(&output));
+    assert!(
+        output.stdout.contains("dir = \"/srv/payd/logs\""),
+        "{}",
+        output.stdout
+    );
+}
+
+#[test]
+fn a_literal_secret_prints_as_a_placeholder_that_payd_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m_test.secret"), FILE_SECRET).unwrap();
+    let path = write_config(dir.path(), VALID_CONFIG);
+    let first = run_payd(&["check-config", &path], dir.path());
+    assert!(first.status.success(), "{}", combined(&first));
+    assert!(first.stdout.contains("\"<redacted>\""), "{}", first.stdout);
+    let path = write_config(dir.path(), &first.stdout);
+    let second = run_payd(&["check-config", &path], dir.path());
+    assert_rejected(&second, "merchants[0].secrets[0]", "printed placeholder");
+    assert!(
+        combined(&second).contains("placeholder"),
+        "{}",
+        combined(&second)
+    );
+}
+
+/// Asserts a refusal whose message reads plainly: it contains `wanted`, and no Rust type
+/// name, no hidden-value marker and no flag payd does not have.
+fn assert_plain(output: &CommandOutput, wanted: &[&str], what: &str) {
+    let text = combined(output);
+    assert!(!output.status.success(), "{what}: accepted:\n{text}");
+    for word in wanted {
+        assert!(text.contains(word), "{what}: no {word:?} in:\n{text}");
+    }
+    for rust in [
+        "f64",
+        "u64",
+        "usize",
+        "u32",
+        "u16",
+        "struct ",
+        "enum ",
+        "(value hidden)",
+        "--config",
+        "(file)",
+        "os error",
+    ] {
+        assert!(!text.contains(rust), "{what}: {rust:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn config_errors_read_plainly_and_name_the_expected_form() {
+    assert_plain(
+        &check_config("[server]\ncores = \"some\"\n"),
+        &["server.cores", "\"all\" or a list of CPU ids"],
+        "cores as a word",
+    );
+    let week = check_config("[storage]\nretention_hours = \"a week\"\n");
+    assert_plain(
+        &week,
+        &[
+            "storage.retention_hours",
+            "a number of hours",
+            "found a string",
+        ],
+        "retention as words",
+    );
+    assert!(
+        !combined(&week).contains("a week"),
+        "the value is quoted back"
+    );
+    assert_plain(
+        &check_config("[limits]\nmax_body_bytes = -1\n"),
+        &["limits.max_body_bytes", "whole number of bytes", "negative"],
+        "negative size",
+    );
+    assert_plain(
+        &check_config("[storage]\ndurability = \"sometimes\"\n"),
+        &["storage.durability", "\"fsync\" or \"none\""],
+        "unknown durability",
+    );
+    assert_plain(
+        &check_config("[server]\nlisten = \"nope\"\n"),
+        &["server.listen", "127.0.0.1:8080"],
+        "bad address",
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line_and_missing_files_name_no_flag() {
+    assert_plain(
+        &check_config("[server]\nlisten = \"127.0.0.1:0\"\n\n[limits\n"),
+        &["payd.toml", "not valid TOML", "line 4"],
+        "syntax error",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.toml").display().to_string();
+    let output = run_payd(&["check-config", &missing], dir.path());
+    assert_plain(
+        &output,
+        &["cannot read", "absent.toml", "No such file"],
+        "missing file",
+    );
+}
+
+#[test]
+fn secrets_shorter_than_32_bytes_are_refused_naming_which() {
+    let short = "sk_short_0123456789abcdef_31byt";
+    assert_eq!(short.len(), 31);
+    let output = check_config(&merchant_config(
+        &format!("[\"{LITERAL_SECRET}\", \"{short}\"]"),
+        "",
+    ));
+    assert_rejected(&output, "merchants[0].secrets[1]", "short secret");
+    assert!(
+        combined(&output).contains("at least 32 bytes"),
+        "{}",
+        combined(&output)
+    );
+    assert!(
+        !combined(&output).contains(short),
+        "the short secret was printed"
+    );
+}
+
+#[test]
+fn a_config_without_merchants_warns() {
+    let output = check_config("[server]\ncores = [0]\n");
+    assert!(output.status.success(), "{}", combined(&output));
+    assert!(
+        output.stderr.contains("warning: no merchant is configured"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        !output.stdout.contains("warning"),
+        "the warning is not TOML"
+    );
+}
+
+#[test]
+fn serve_without_merchants_warns_at_start() {
+    let server = common::Server::start(common::ServerOptions::default());
+    let stderr = server.stderr.text();
+    assert!(
+        stderr.contains("warning: no merchant is configured"),
+        "{stderr}"
+    );
 }

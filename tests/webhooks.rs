@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const MERCHANT: &str = "m_hooks";
-const MERCHANT_SECRET: &str = "secret-hooks-1";
+const MERCHANT_SECRET: &str = "secret-hooks-1-test-only-0123456789abcdef";
 /// A delivery to a local receiver with no retry pending takes well under this.
 const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 
@@ -362,8 +362,8 @@ fn a_receiver_down_while_payd_restarts_gets_every_event_after_it() {
 fn a_hanging_endpoint_does_not_delay_another_merchants_events() {
     let hanging = Receiver::start(&["--hang"]);
     let healthy = Receiver::start(&[]);
-    let slow = ("m_slow", "secret-slow-1");
-    let quick = ("m_quick", "secret-quick-1");
+    let slow = ("m_slow", "secret-slow-1-test-only-0123456789abcdef");
+    let quick = ("m_quick", "secret-quick-1-test-only-0123456789abcdef");
     let server = Server::start_in(
         tempfile::tempdir().unwrap(),
         options_for(
@@ -401,8 +401,8 @@ fn a_hanging_endpoint_does_not_delay_another_merchants_events() {
 fn failed_events_are_listed_to_their_merchant_only_and_survive_a_restart() {
     let failing = Receiver::start(&["--fail-first", "1000", "--fail-status", "500"]);
     let gone = Receiver::start(&["--fail-first", "1000", "--fail-status", "410"]);
-    let first = ("m_first", "secret-first-1");
-    let second = ("m_second", "secret-second-1");
+    let first = ("m_first", "secret-first-1-test-only-0123456789abcdef");
+    let second = ("m_second", "secret-second-1-test-only-0123456789abcdef");
     let merchants = [
         (first.0, first.1, failing.url()),
         (second.0, second.1, gone.url()),
@@ -637,8 +637,8 @@ fn retention_carries_owed_events_forward_and_lets_old_dead_letters_go() {
     use common::retention::create_padded;
     let failing = Receiver::start(&["--fail-first", "100000"]);
     let gone = Receiver::start(&["--fail-first", "100000", "--fail-status", "410"]);
-    let owing = ("m_owing", "secret-owing-1");
-    let leaving = ("m_leaving", "secret-leaving-1");
+    let owing = ("m_owing", "secret-owing-1-test-only-0123456789abcdef");
+    let leaving = ("m_leaving", "secret-leaving-1-test-only-0123456789abcdef");
     let options = options_for(
         &[
             (owing.0, owing.1, &failing.url()),

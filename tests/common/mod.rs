@@ -247,8 +247,14 @@ impl Drop for Server {
 
 /// Runs payd with `args` in `dir` to completion, killing it after `COMMAND_TIMEOUT_MS`.
 pub fn run_payd(args: &[&str], dir: &Path) -> CommandOutput {
+    run_payd_with_env(args, dir, &[])
+}
+
+/// `run_payd` with extra environment variables (secrets given as `env:NAME`).
+pub fn run_payd_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> CommandOutput {
     let mut child = Command::new(payd_binary())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -886,9 +892,12 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 /// Two merchants: `m_a` with two active secrets (rotation) and `m_b` with one.
 pub const MERCHANT_A: &str = "m_a";
-pub const MERCHANT_A_SECRETS: [&str; 2] = ["secret-a-1", "secret-a-2"];
+pub const MERCHANT_A_SECRETS: [&str; 2] = [
+    "secret-a-1-test-only-0123456789abcdef",
+    "secret-a-2-test-only-0123456789abcdef",
+];
 pub const MERCHANT_B: &str = "m_b";
-pub const MERCHANT_B_SECRET: &str = "secret-b-1";
+pub const MERCHANT_B_SECRET: &str = "secret-b-1-test-only-0123456789abcdef";
 /// The default `security.timestamp_tolerance_secs` of API.md section 1.
 pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
 
@@ -1289,7 +1298,7 @@ pub mod durable {
 
     pub const MERCHANT_ID: &str = "m_crash";
     /// A test-only secret; nothing card-like, nothing real.
-    pub const MERCHANT_SECRET: &str = "crash-test-secret-1";
+    pub const MERCHANT_SECRET: &str = "crash-test-secret-1-test-only-0123456789abcdef";
     /// The framing of log records (src/wal/record.rs): length and CRC32C in front, then
     /// kind and sequence, which the length covers.
     pub const RECORD_HEADER_BYTES: usize = 8;
@@ -1550,7 +1559,7 @@ pub mod acq {
 
     pub const MERCHANT_ID: &str = "m_acq";
     /// A test secret, nothing like a real one.
-    pub const MERCHANT_SECRET: &str = "acquirer-test-secret";
+    pub const MERCHANT_SECRET: &str = "acquirer-test-secret-test-only-0123456789abcdef";
     /// What `payd acquirer-sim` prints once it accepts connections.
     pub const SIM_READY_PREFIX: &str = "payd acquirer-sim: listening on ";
     pub const SIM_READY_TIMEOUT_MS: u64 = 10_000;
