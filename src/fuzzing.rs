@@ -6,7 +6,26 @@
 //! catches a regression on any input fuzzing ever kept. Each function takes arbitrary
 //! bytes, must never panic on them, and asserts what must hold whatever they are.
 
+use crate::acquirer::http::classify;
+use crate::api::create_request::parse_create_request;
+use crate::auth::{sign_hex, MerchantKeys, SignedHeaders};
 use crate::http::{frame_request, BodyDecoder, FrameOutcome, FramingLimits, ProtocolError};
+use crate::outbound::response::{parse_response, Progress};
+use crate::payment::{
+    has_characters_within, is_valid_order_id, PaymentId, PaymentTerms, AMOUNT_MAX,
+    DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
+    PAYMENT_METHOD_LENGTH_MAX,
+};
+use crate::shard::recovery::rebuild;
+use crate::shard::state::Payment;
+use crate::wal::{
+    decode_record, encode_created, encode_record, segment_file_name, Checkpoint, Created,
+    DecodeOutcome, Finalized, RecordKind, WebhookAttempted, WebhookDeadLetter, WebhookDelivered,
+    WebhookEvent, RECORD_PAYLOAD_BYTES_MAX, SEQUENCE_FIRST,
+};
+use crate::webhooks::retry::{RetrySchedule, Verdict, RETRIES_MAX};
+use crate::webhooks::sender::{parse_retry_after, DeliveryOutcome};
+use std::path::PathBuf;
 
 /// Limits the HTTP target picks from with its first byte: the defaults, and small ones
 /// that short inputs can reach.
@@ -87,6 +106,313 @@ fn frame_stream(stream: &[u8], limits: &FramingLimits, read_bytes: usize) -> Vec
                 return framings;
             }
         }
+    }
+}
+
+/// The create body, parsed and validated as the API does for merchant 0. What is
+/// accepted must be what the rest of payd accepts too: the shard's state takes it
+/// without tripping an assertion, and the log's encoding reads back exactly.
+pub fn create_body(data: &[u8]) {
+    let mut body = data.to_vec();
+    let Ok(terms) = parse_create_request(&mut body, 0) else {
+        return;
+    };
+    assert!(is_valid_order_id(&terms.order_id));
+    assert!((1..=AMOUNT_MAX).contains(&terms.amount));
+    assert!(has_characters_within(
+        &terms.payment_method,
+        1,
+        PAYMENT_METHOD_LENGTH_MAX
+    ));
+    assert!(terms
+        .description
+        .as_deref()
+        .is_none_or(|text| has_characters_within(text, 0, DESCRIPTION_LENGTH_MAX)));
+    assert!(terms.metadata.len() <= METADATA_KEYS_MAX);
+    for (key, value) in &terms.metadata {
+        assert!(has_characters_within(key, 1, METADATA_KEY_LENGTH_MAX));
+        assert!(has_characters_within(value, 0, METADATA_VALUE_LENGTH_MAX));
+    }
+    let id = PaymentId {
+        shard: 0,
+        sequence: SEQUENCE_FIRST,
+    };
+    let mut encoded = Vec::new();
+    encode_created(&mut encoded, id, "m_fuzz", &terms, 1);
+    assert!(encoded.len() <= RECORD_PAYLOAD_BYTES_MAX);
+    let created = Created::decode(&encoded).expect("an accepted create reads back");
+    assert_eq!(terms_of(created), terms);
+    let _ = Payment::pending(id, terms, 1);
+}
+
+fn terms_of(created: Created) -> PaymentTerms {
+    PaymentTerms {
+        merchant: 0,
+        order_id: created.order_id,
+        amount: created.amount,
+        currency: created.currency,
+        payment_method: created.payment_method,
+        description: created.description,
+        metadata: created.metadata,
+    }
+}
+
+/// Secrets of the signature target's two merchants (the first has two, rotating).
+const FUZZ_MERCHANTS: [(&str, &[&[u8]]); 2] = [
+    ("m_one", &[b"fuzz-secret-one-old", b"fuzz-secret-one-new"]),
+    ("m_two", &[b"fuzz-secret-two"]),
+];
+/// The signature target's clock; timestamps within 300 s of it are fresh.
+const FUZZ_NOW_SECS: u64 = 1_763_800_000;
+
+/// The signature headers: the input is split at `\n` into merchant, timestamp,
+/// signature, method, target and body. With the first byte odd, the signature is
+/// replaced by the right one for the first merchant's second secret, so the accepting
+/// path is fuzzed too. Whatever is accepted must carry a signature one of the named
+/// merchant's secrets makes.
+pub fn signature_headers(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let keys = MerchantKeys::new(
+        FUZZ_MERCHANTS
+            .iter()
+            .map(|(id, secrets)| (id.to_string(), secrets.iter().map(|s| s.to_vec()).collect()))
+            .collect(),
+    );
+    let mut parts = rest.splitn(6, |&b| b == b'\n');
+    let mut next = || parts.next().unwrap_or_default();
+    let (merchant, timestamp, signature) = (next(), next(), next());
+    let (method, target, body) = (next(), next(), next());
+    let signed;
+    let signature = match (mode % 2, std::str::from_utf8(timestamp)) {
+        (1, Ok(timestamp_text)) => {
+            let Ok(timestamp_secs) = timestamp_text.parse::<u64>() else {
+                return;
+            };
+            let hex = sign_hex(
+                FUZZ_MERCHANTS[0].1[1],
+                timestamp_secs,
+                &String::from_utf8_lossy(method),
+                &String::from_utf8_lossy(target),
+                body,
+            );
+            signed = format!("v1={hex}");
+            signed.as_bytes()
+        }
+        _ => signature,
+    };
+    let headers = SignedHeaders {
+        merchant: (!merchant.is_empty()).then_some(merchant),
+        timestamp: Some(timestamp),
+        signature: Some(signature),
+    };
+    let Ok(index) = keys.verify(&headers, method, target, body, FUZZ_NOW_SECS, 300) else {
+        return;
+    };
+    let (id, secrets) = FUZZ_MERCHANTS[index as usize];
+    assert_eq!(merchant, id.as_bytes());
+    let timestamp_secs: u64 = std::str::from_utf8(timestamp)
+        .expect("an accepted timestamp is digits")
+        .parse()
+        .expect("an accepted timestamp is a number");
+    let hex = std::str::from_utf8(&signature[3..])
+        .expect("an accepted signature is hex")
+        .to_ascii_lowercase();
+    let (Ok(method), Ok(target)) = (std::str::from_utf8(method), std::str::from_utf8(target))
+    else {
+        // Accepted over bytes that are not UTF-8: the secret matched them as bytes.
+        return;
+    };
+    assert!(secrets
+        .iter()
+        .any(|secret| sign_hex(secret, timestamp_secs, method, target, body) == hex));
+}
+
+/// Record framing and every payload decoder. The first byte picks: 0 walks the rest as
+/// a segment's bytes (records with checksums), any other value decodes the rest as the
+/// payload of record kind `byte % 8` directly (the checksum would stop most inputs
+/// short of the decoders). Whatever decodes must encode back to the same bytes, and a
+/// `Created` must be one the shard's state takes.
+pub fn wal_record(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode == 0 {
+        let mut at = 0;
+        while let DecodeOutcome::Record(record) = decode_record(&rest[at..]) {
+            assert!(record.length_total > 0 && at + record.length_total <= rest.len());
+            decode_payload(record.kind, record.payload);
+            at += record.length_total;
+        }
+    } else {
+        decode_payload(mode % 8, rest);
+    }
+}
+
+fn decode_payload(kind: u8, payload: &[u8]) {
+    let mut encoded = Vec::new();
+    match RecordKind::from_u8(kind) {
+        Some(RecordKind::Created) => {
+            let Ok(created) = Created::decode(payload) else {
+                return;
+            };
+            created.encode(&mut encoded);
+            let id = created.id;
+            let _ = Payment::pending(id, terms_of(created), 1);
+        }
+        Some(RecordKind::Finalized) => match Finalized::decode(payload) {
+            Ok(finalized) => finalized.encode(&mut encoded),
+            Err(_) => return,
+        },
+        Some(RecordKind::Checkpoint) => match Checkpoint::decode(payload) {
+            Ok(checkpoint) => checkpoint.encode(&mut encoded),
+            Err(_) => return,
+        },
+        Some(RecordKind::WebhookEvent) => match WebhookEvent::decode(payload) {
+            Ok(event) => event.encode(&mut encoded),
+            Err(_) => return,
+        },
+        Some(RecordKind::WebhookDelivered) => match WebhookDelivered::decode(payload) {
+            Ok(delivered) => delivered.encode(&mut encoded),
+            Err(_) => return,
+        },
+        Some(RecordKind::WebhookAttempted) => match WebhookAttempted::decode(payload) {
+            Ok(attempted) => attempted.encode(&mut encoded),
+            Err(_) => return,
+        },
+        Some(RecordKind::WebhookDeadLetter) => match WebhookDeadLetter::decode(payload) {
+            Ok(dead) => dead.encode(&mut encoded),
+            Err(_) => return,
+        },
+        None => return,
+    }
+    assert_eq!(encoded, payload, "kind {kind} decodes and encodes back");
+}
+
+/// Merchants the recovery target's logs may name.
+const RECOVERY_MERCHANTS: [&str; 2] = ["m_demo", "m_other"];
+
+/// Recovery of a shard from arbitrary segment files, through `shard::recovery::rebuild`
+/// as payd starts. The first byte picks the shape: even, the rest is one segment's raw
+/// bytes; odd, it is a list of records (`kind`, a 16-bit little-endian length, the
+/// payload) framed here with correct checksums and sequence numbers, so the replay
+/// itself is fuzzed, not only the checksum. Recovery must refuse or rebuild, never
+/// panic. The files live in a directory of this process under /dev/shm (or the
+/// system's temporary directory), emptied at every run.
+pub fn wal_recovery(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let segment = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        framed_records(rest)
+    };
+    let dir = recovery_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the fuzz shard directory");
+    let path = dir.join(segment_file_name(SEQUENCE_FIRST));
+    std::fs::write(&path, &segment).expect("write the fuzz segment");
+    let keys = MerchantKeys::new(
+        RECOVERY_MERCHANTS
+            .iter()
+            .map(|id| (id.to_string(), vec![b"fuzz-secret".to_vec()]))
+            .collect(),
+    );
+    if let Ok(rebuilt) = rebuild(0, &dir, &keys) {
+        assert!(rebuilt.recovery.next_sequence >= SEQUENCE_FIRST);
+        assert!(rebuilt.state.next_sequence() >= rebuilt.state.len() as u64);
+    }
+}
+
+/// `kind`, length, payload triples, framed as the log frames records.
+fn framed_records(mut rest: &[u8]) -> Vec<u8> {
+    let mut segment = Vec::new();
+    let mut sequence = SEQUENCE_FIRST;
+    while let [kind, low, high, tail @ ..] = rest {
+        let length = usize::from(u16::from_le_bytes([*low, *high])).min(tail.len());
+        let (payload, after) = tail.split_at(length);
+        encode_record(&mut segment, *kind, sequence, payload);
+        sequence += 1;
+        rest = after;
+    }
+    // Whatever is left is a torn tail.
+    segment.extend_from_slice(rest);
+    segment
+}
+
+fn recovery_dir() -> PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("payd-fuzz-recovery-{}", std::process::id()))
+        .join("shard-0000")
+}
+
+/// Limits the response targets parse within: the acquirer's and the webhooks' clients
+/// both take 16 KiB.
+const RESPONSE_BYTES_MAX: usize = 16 * 1024;
+
+/// An acquirer's HTTP response, as the outbound client reads it and the acquirer client
+/// judges it. The first byte's low bit says whether the peer has closed.
+pub fn acquirer_response(data: &[u8]) {
+    let Some(parsed) = parse_outbound_response(data) else {
+        return;
+    };
+    let _ = classify(Ok(parsed));
+}
+
+/// A webhook receiver's HTTP response, as the outbound client reads it and the outbox
+/// judges it: its verdict, and the delay of the retry it asks for (the first byte's
+/// high bits pick the attempt number).
+pub fn webhook_response(data: &[u8]) {
+    let Some(response) = parse_outbound_response(data) else {
+        return;
+    };
+    let outcome = DeliveryOutcome::Answered {
+        status: response.status,
+        retry_after_secs: response.retry_after_secs,
+    };
+    let schedule = RetrySchedule::new(vec![5, 300, 1800, 7200, 18000, 36000, 36000]);
+    if let Verdict::Retry { retry_after_secs } = Verdict::of(&outcome) {
+        let attempt = 1 + u32::from(data[0] >> 1) % (RETRIES_MAX as u32 + 1);
+        let _ = schedule.delay_ms(attempt, retry_after_secs, u64::from(data[0]));
+    }
+    // The header's own parser, on the whole input as a value.
+    let _ = parse_retry_after(&data[1..], FUZZ_NOW_SECS);
+}
+
+/// Parses the rest of `data` as the client does, checking what its read buffer relies
+/// on: a partial response never holds more than the limit, a complete one never
+/// consumes more than it was given, and the same bytes cut at the end it consumed
+/// parse to the same response.
+fn parse_outbound_response(data: &[u8]) -> Option<crate::outbound::Response> {
+    let (&mode, input) = data.split_first()?;
+    let at_eof = mode & 1 == 1;
+    match parse_response(input, at_eof, RESPONSE_BYTES_MAX) {
+        Ok(Progress::Partial) => {
+            assert!(
+                input.len() <= RESPONSE_BYTES_MAX,
+                "a partial response over the limit"
+            );
+            None
+        }
+        Ok(Progress::Complete(parsed)) => {
+            assert!(parsed.consumed <= input.len());
+            assert!(parsed.response.body.len() <= RESPONSE_BYTES_MAX);
+            if !at_eof {
+                let again = parse_response(&input[..parsed.consumed], false, RESPONSE_BYTES_MAX);
+                assert!(
+                    matches!(&again, Ok(Progress::Complete(same)) if *same == parsed),
+                    "the response alone parses the same"
+                );
+            }
+            Some(parsed.response)
+        }
+        Err(_) => None,
     }
 }
 

@@ -8,7 +8,15 @@ use std::path::Path;
 type Target = fn(&[u8]);
 
 /// Each fuzz target and the library function it runs.
-const TARGETS: &[(&str, Target)] = &[("http_request", payd::fuzzing::http_request)];
+const TARGETS: &[(&str, Target)] = &[
+    ("http_request", payd::fuzzing::http_request),
+    ("create_body", payd::fuzzing::create_body),
+    ("signature_headers", payd::fuzzing::signature_headers),
+    ("wal_record", payd::fuzzing::wal_record),
+    ("wal_recovery", payd::fuzzing::wal_recovery),
+    ("acquirer_response", payd::fuzzing::acquirer_response),
+    ("webhook_response", payd::fuzzing::webhook_response),
+];
 
 #[test]
 fn every_corpus_file_replays_without_a_panic() {

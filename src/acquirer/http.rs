@@ -188,7 +188,7 @@ fn authorize_body(request: &AuthorizeRequest) -> Vec<u8> {
 
 /// What a call came to: for the policy, for the metrics, and for the breaker (`None`
 /// when the acquirer was never reached).
-fn classify(
+pub(crate) fn classify(
     result: Result<crate::outbound::Response, OutboundError>,
 ) -> (AttemptOutcome, AcquirerOutcome, Option<Verdict>) {
     let retryable = AttemptOutcome::Retryable;
