@@ -784,3 +784,495 @@ fn scrapes_wait_for_a_stuck_core_a_bounded_time_and_a_bounded_number_at_once() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_still_serving(&mut server);
 }
+
+// ---------------------------------------------------------------------------------------
+// Request smuggling, malformed framing, header abuse.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `request` on a fresh connection and asserts one error answer, then a close.
+fn assert_refused(server: &Server, request: &[u8], status_line: &str, code: &str) {
+    let mut client = server.connect();
+    let _ = client.try_send(request);
+    client.shutdown_write();
+    let response = client.read_response();
+    assert_error(&response, status_line, code);
+    assert!(response.closes(), "{response:?}");
+    client.expect_closed();
+}
+
+const BAD_REQUEST: &str = "HTTP/1.1 400 Bad Request";
+
+/// Every way of framing one body twice, or ambiguously, is refused and the connection
+/// closed, so nothing after it can be read as a second request.
+#[test]
+fn smuggling_variants_are_refused_and_close() {
+    let mut server = start();
+    let post = "POST /v1/payments HTTP/1.1\r\nHost: localhost\r\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{post}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length: 5, 5\r\n\r\nabcde"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length: +5\r\n\r\nabcde"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length: 0x5\r\n\r\nabcde"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length: -1\r\n\r\n"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length: 99999999999\r\n\r\n"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}Content-Length : 5\r\n\r\nabcde"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!("{post}X-Folded: a\r\n b\r\nContent-Length: 5\r\n\r\nabcde"),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            format!(
+                "{post}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            "HTTP/1.1 501 Not Implemented",
+            "not_implemented",
+        ),
+        (
+            format!("{post}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+            "HTTP/1.1 501 Not Implemented",
+            "not_implemented",
+        ),
+        (
+            format!("{post}Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+            "HTTP/1.1 501 Not Implemented",
+            "not_implemented",
+        ),
+        (
+            "GET http://localhost/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_string(),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET /healthz HTTP/1.2\r\nHost: localhost\r\n\r\n".to_string(),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: local\0host\r\n\r\n".to_string(),
+            BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (request, status_line, code) in cases {
+        assert_refused(&server, request.as_bytes(), status_line, code);
+    }
+    assert_still_serving(&mut server);
+}
+
+/// Chunk sizes and chunk framing an attacker would try.
+#[test]
+fn bad_chunk_framing_is_refused_and_closes() {
+    let mut server = start();
+    let too_large = "HTTP/1.1 413 Content Too Large";
+    let cases: [(&[u8], &str, &str); 10] = [
+        // httparse takes at most 16 hex digits.
+        (b"ffffffffffffffff\r\n", too_large, "body_too_large"),
+        (b"10000000000000000\r\n", BAD_REQUEST, "bad_request"),
+        (b"4001\r\n", too_large, "body_too_large"),
+        (b"-1\r\n", BAD_REQUEST, "bad_request"),
+        (b"0x5\r\nabcde\r\n0\r\n\r\n", BAD_REQUEST, "bad_request"),
+        (b" 5\r\nabcde\r\n0\r\n\r\n", BAD_REQUEST, "bad_request"),
+        (b"zz\r\n", BAD_REQUEST, "bad_request"),
+        (b"5\r\nabcdeXY0\r\n\r\n", BAD_REQUEST, "bad_request"),
+        (b"5\r\nabcd\r\n0\r\n\r\n", BAD_REQUEST, "bad_request"),
+        (b"5\rabcde\r\n0\r\n\r\n", BAD_REQUEST, "bad_request"),
+    ];
+    for (chunks, status_line, code) in cases {
+        let mut request = chunked_head("/v1/payments");
+        request.extend_from_slice(chunks);
+        assert_refused(&server, &request, status_line, code);
+    }
+    // A chunk-size line or trailer that never ends.
+    let mut endless_extension = chunked_head("/v1/payments");
+    endless_extension.extend_from_slice(format!("5;{}", "e".repeat(1000)).as_bytes());
+    assert_refused(&server, &endless_extension, BAD_REQUEST, "bad_request");
+    let mut endless_trailer = chunked_head("/v1/payments");
+    endless_trailer.extend_from_slice(format!("0\r\nX: {}", "t".repeat(2000)).as_bytes());
+    assert_refused(&server, &endless_trailer, BAD_REQUEST, "bad_request");
+    assert_still_serving(&mut server);
+}
+
+/// Heads that are too large in every direction.
+#[test]
+fn oversized_heads_are_431() {
+    let mut server = start();
+    let too_large = "HTTP/1.1 431 Request Header Fields Too Large";
+    let many: String = (0..64).map(|i| format!("X-{i}: y\r\n")).collect();
+    let tiny_many: String = "a:b\r\n".repeat(3000);
+    let cases = [
+        format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{many}\r\n"),
+        format!("GET /healthz HTTP/1.1\r\n{tiny_many}\r\n"),
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "a".repeat(9000)
+        ),
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Payd-Signature: {}\r\n\r\n",
+            "0".repeat(9000)
+        ),
+        // A head that never ends.
+        format!("GET /healthz HTTP/1.1\r\nX: {}", "x".repeat(10_000)),
+    ];
+    for request in cases {
+        assert_refused(&server, request.as_bytes(), too_large, "headers_too_large");
+    }
+    // 64 headers, Host included, is the limit itself.
+    let at_limit: String = (0..63).map(|i| format!("X-{i}: y\r\n")).collect();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{at_limit}\r\n");
+    let response = server.connect().request(request.as_bytes());
+    assert_eq!(response.status_line, "HTTP/1.1 200 OK");
+    assert_still_serving(&mut server);
+}
+
+/// Authentication headers of every wrong shape are 401, never anything worse.
+#[test]
+fn malformed_authentication_headers_are_401() {
+    let mut server = start();
+    let body = create_body("ord-auth", 1999, "CNY", "tok_visa");
+    let signed = Signed::new("POST", "/v1/payments", body.as_bytes());
+    let [merchant, timestamp, signature] = signed.auth_headers();
+    let required = "authentication_required";
+    let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
+        (
+            vec![
+                merchant.clone().into_bytes(),
+                timestamp.clone().into_bytes(),
+            ],
+            required,
+        ),
+        (
+            vec![
+                merchant.clone().into_bytes(),
+                format!("X-Payd-Timestamp: {}", "9".repeat(1000)).into_bytes(),
+                signature.clone().into_bytes(),
+            ],
+            required,
+        ),
+        (
+            vec![
+                merchant.clone().into_bytes(),
+                timestamp.clone().into_bytes(),
+                b"X-Payd-Signature: v1=\xff\xfe".to_vec(),
+            ],
+            required,
+        ),
+        (
+            vec![
+                b"X-Payd-Merchant: m_\xff\xfe".to_vec(),
+                timestamp.clone().into_bytes(),
+                signature.clone().into_bytes(),
+            ],
+            "invalid_signature",
+        ),
+        (
+            vec![
+                format!("X-Payd-Merchant: {}", "m".repeat(4000)).into_bytes(),
+                timestamp.clone().into_bytes(),
+                signature.clone().into_bytes(),
+            ],
+            "invalid_signature",
+        ),
+        (
+            vec![
+                merchant.clone().into_bytes(),
+                b"X-Payd-Timestamp: 0".to_vec(),
+                signature.clone().into_bytes(),
+            ],
+            "timestamp_out_of_range",
+        ),
+    ];
+    for (headers, code) in cases {
+        let mut request = b"POST /v1/payments HTTP/1.1\r\nHost: localhost\r\n".to_vec();
+        for header in headers {
+            request.extend_from_slice(&header);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        request.extend_from_slice(body.as_bytes());
+        let response = server.connect().request(&request);
+        assert_error(&response, "HTTP/1.1 401 Unauthorized", code);
+    }
+    assert_still_serving(&mut server);
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow clients, floods, pipelined abuse, garbage.
+// ---------------------------------------------------------------------------------------
+
+/// Many slow clients (slowloris): each gets 408 at the request timeout, while fresh
+/// connections are answered at once on every core.
+#[test]
+fn slow_clients_time_out_while_others_are_served() {
+    const SLOW_CLIENTS: usize = 40;
+    let mut server = Server::start(ServerOptions {
+        request_timeout_ms: 1_500,
+        ..options()
+    });
+    let head = b"POST /v1/payments HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc";
+    let mut slow: Vec<Client> = (0..SLOW_CLIENTS).map(|_| server.connect()).collect();
+    for (index, client) in slow.iter_mut().enumerate() {
+        // Half send part of a head, half part of a body.
+        let sent = if index % 2 == 0 { 10 } else { head.len() };
+        client.send(&head[..sent]);
+    }
+    let started = Instant::now();
+    assert_still_serving(&mut server);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "others waited"
+    );
+    for mut client in slow {
+        // A byte now and then does not extend the deadline.
+        let _ = client.try_send(b"x");
+        let response = client.read_response();
+        assert_error(&response, "HTTP/1.1 408 Request Timeout", "request_timeout");
+    }
+    assert_still_serving(&mut server);
+}
+
+/// A client that sends requests and never reads the answers is closed at the write
+/// timeout; everyone else is served meanwhile.
+#[test]
+fn a_client_that_never_reads_is_dropped() {
+    let mut server = Server::start(ServerOptions {
+        request_timeout_ms: 1_000,
+        ..options()
+    });
+    let mut greedy = server.connect();
+    // Many answers: more than the socket buffers hold once payd writes them.
+    let request = get_request("/metrics", "greedy");
+    let mut written = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && greedy.try_send(request.as_bytes()) {
+        written += 1;
+        if written % 200 == 0 {
+            assert_still_serving(&mut server);
+        }
+    }
+    assert!(
+        Instant::now() < deadline,
+        "payd kept reading a client that reads nothing for 10 s ({written} requests)"
+    );
+    assert_still_serving(&mut server);
+}
+
+/// A flood of connections past `server.max_connections_per_core`: the excess is told
+/// 503 and closed, and once the flood ends every core serves again.
+#[test]
+fn a_connection_flood_is_refused_then_forgotten() {
+    const LIMIT: usize = 20;
+    let mut server = Server::start(ServerOptions {
+        max_connections_per_core: LIMIT,
+        ..options()
+    });
+    let flood: Vec<std::net::TcpStream> = (0..LIMIT * CORES.len() * 3)
+        .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())
+        .collect();
+    let mut refused = 0;
+    for mut stream in flood.iter().take(LIMIT * CORES.len() * 3) {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut answer = [0u8; 64];
+        if let Ok(count) = stream.read(&mut answer) {
+            if answer[..count].starts_with(b"HTTP/1.1 503 ") {
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= LIMIT, "{refused} of the flood refused");
+    drop(flood);
+    // Until the closes are seen, a scrape may itself be refused at the limit.
+    assert!(eventually(Duration::from_secs(5), || {
+        let response = server.connect().get("/metrics", "after-the-flood");
+        response.status == 200
+            && Metrics::parse(&response.body_text()).is_ok_and(|metrics| {
+                CORES.iter().all(|cpu| {
+                    let core = cpu.to_string();
+                    metrics.value("payd_connections_open", &[("core", &core)]) <= 1.0
+                })
+            })
+    }));
+    assert_still_serving(&mut server);
+}
+
+/// Thousands of pipelined requests, mixed kinds, in one write: answered in order, in
+/// bounded batches, without the connection or the core getting stuck.
+#[test]
+fn a_deep_mixed_pipeline_is_answered_in_order() {
+    const REQUESTS: usize = 3_000;
+    let mut server = start();
+    let create = Signed::new(
+        "POST",
+        "/v1/payments",
+        create_body("ord-pipe", 1999, "CNY", "tok_visa").as_bytes(),
+    )
+    .bytes();
+    let mut pipeline = Vec::new();
+    for index in 0..REQUESTS {
+        match index % 4 {
+            0 => {
+                pipeline.extend_from_slice(get_request("/healthz", &format!("r{index}")).as_bytes())
+            }
+            1 => pipeline.extend_from_slice(&create),
+            2 => pipeline.extend_from_slice(
+                format!("HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: r{index}\r\n\r\n")
+                    .as_bytes(),
+            ),
+            _ => pipeline.extend_from_slice(get_request("/nope", &format!("r{index}")).as_bytes()),
+        }
+    }
+    let mut client = server.connect();
+    let writer_stream = client.stream.try_clone().expect("clone the stream");
+    let writer = std::thread::spawn(move || {
+        let mut stream = writer_stream;
+        stream.write_all(&pipeline).expect("write the pipeline");
+    });
+    let mut created = 0;
+    for index in 0..REQUESTS {
+        let response = if index % 4 == 2 {
+            client.read_head_response()
+        } else {
+            client.read_response()
+        };
+        match index % 4 {
+            0 | 2 => assert_eq!(response.request_id(), format!("r{index}")),
+            1 => {
+                // The first create makes the payment, every later one replays it.
+                let expected = if created == 0 { 201 } else { 200 };
+                assert_eq!(response.status, expected, "{response:?}");
+                created += 1;
+            }
+            _ => assert_eq!(response.status, 404),
+        }
+    }
+    writer.join().expect("writer thread");
+    assert_still_serving(&mut server);
+}
+
+/// Random bytes and mangled requests on many connections: whatever payd answers is a
+/// well-formed HTTP response, and nothing it reads takes it down.
+#[test]
+fn garbage_on_many_connections_is_survived() {
+    const CONNECTIONS: usize = 300;
+    let mut server = start();
+    let valid = Signed::new(
+        "POST",
+        "/v1/payments",
+        create_body("ord-garbage", 1999, "CNY", "tok_visa").as_bytes(),
+    )
+    .bytes();
+    // A fixed seed: a failure replays.
+    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random
+    };
+    for index in 0..CONNECTIONS {
+        let mut bytes = if index % 2 == 0 {
+            (0..next() % 600).map(|_| next() as u8).collect::<Vec<u8>>()
+        } else {
+            let mut mangled = valid.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % mangled.len() as u64) as usize;
+                mangled[at] = next() as u8;
+            }
+            mangled
+        };
+        bytes.truncate(1 + (next() % bytes.len().max(1) as u64) as usize);
+        let mut client = server.connect();
+        client.set_read_timeout(Duration::from_millis(3_000));
+        let _ = client.try_send(&bytes);
+        client.shutdown_write();
+        // Any answer must parse as HTTP (the reader asserts the framing); an
+        // unfinished request at end of stream is simply closed.
+        while let Ok(response) = client.try_read_response(false) {
+            assert!((200..600).contains(&response.status), "{response:?}");
+        }
+    }
+    assert_still_serving(&mut server);
+}
+
+/// Bodies built to strain the JSON parser: deep nesting, many keys, long runs of
+/// numbers and escapes, at the body limit.
+#[test]
+fn json_built_to_strain_the_parser_is_answered() {
+    let mut server = start();
+    let deep = format!("{}{}", "[".repeat(8_000), "]".repeat(8_000));
+    let many_keys: Vec<String> = (0..1_500).map(|i| format!("\"k{i}\":1")).collect();
+    let numbers = vec!["1e999"; 2_500].join(",");
+    let escapes = "\\u00e9".repeat(2_500);
+    let cases = [
+        (format!("{{\"metadata\":{deep}}}"), "invalid_request"),
+        (format!("{{\"x\":{deep}}}"), "invalid_request"),
+        (deep.clone(), "invalid_json"),
+        (format!("{{{}}}", many_keys.join(",")), "invalid_request"),
+        (format!("{{\"x\":[{numbers}]}}"), "invalid_request"),
+        (
+            create_body_with("description", &format!("\"{escapes}\"")),
+            "invalid_request",
+        ),
+        (
+            format!("{{\"order_id\":\"{}", "a".repeat(15_000)),
+            "invalid_json",
+        ),
+    ];
+    for (body, code) in cases {
+        assert!(body.len() <= 16 * 1024, "{} bytes", body.len());
+        let response = create(&server, &body);
+        assert_error(&response, "HTTP/1.1 400 Bad Request", code);
+    }
+    assert_still_serving(&mut server);
+}
