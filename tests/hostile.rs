@@ -355,6 +355,40 @@ fn sighup_reopens_the_access_logs() {
     assert!(written(&names(".1")), "the rotated logs keep their lines");
 }
 
+/// A log truncated in place (logrotate's `copytruncate`) goes on from its new end: no
+/// hole of zeros where the old lines were.
+#[test]
+fn a_truncated_access_log_goes_on_from_its_new_end() {
+    let mut server = start();
+    let logs = server.log_dir();
+    let paths: Vec<_> = CORES
+        .iter()
+        .map(|cpu| logs.join(format!("access-core{cpu}.log")))
+        .collect();
+    let written = || {
+        paths.iter().all(|path| {
+            std::fs::read_to_string(path).is_ok_and(|text| text.contains(" healthz 200 "))
+        })
+    };
+    assert_still_serving(&mut server);
+    assert!(eventually(Duration::from_secs(5), written));
+    for path in &paths {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_len(0))
+            .expect("truncate the access log");
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        assert_still_serving(&mut server);
+        written()
+    }));
+    for path in &paths {
+        let bytes = std::fs::read(path).expect("read the access log");
+        assert_ne!(bytes.first(), Some(&0), "a hole at the start of {path:?}");
+    }
+}
+
 /// Defect 4: a second payd on the address of the first started silently and the
 /// kernel split connections between them.
 #[test]

@@ -220,6 +220,12 @@ async fn flush(log: &AccessLog, file: &BufferedFile, offset: u64) -> u64 {
         }
         std::mem::replace(&mut *buffer, Vec::with_capacity(64 * 1024))
     };
+    // A log truncated under us (logrotate's copytruncate) is written from its new end,
+    // not at the old offset, which would leave a hole of zeros in front.
+    let offset = match file.file_size().await {
+        Ok(size) => offset.min(size),
+        Err(_) => offset,
+    };
     match file.write_at(pending, offset).await {
         Ok(written) => offset + written as u64,
         Err(error) => {
