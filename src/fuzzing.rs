@@ -8,11 +8,13 @@
 
 use crate::acquirer::http::classify;
 use crate::api::create_request::parse_create_request;
+use crate::api::error::ApiError;
+use crate::api::events::{parse_query, EVENTS_LIMIT_MAX};
 use crate::auth::{sign_hex, MerchantKeys, SignedHeaders};
 use crate::http::{frame_request, BodyDecoder, FrameOutcome, FramingLimits, ProtocolError};
 use crate::outbound::response::{parse_response, Progress};
 use crate::payment::{
-    has_characters_within, is_valid_order_id, PaymentId, PaymentTerms, AMOUNT_MAX,
+    has_characters_within, is_valid_order_id, EventId, PaymentId, PaymentTerms, AMOUNT_MAX,
     DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
     PAYMENT_METHOD_LENGTH_MAX,
 };
@@ -114,8 +116,9 @@ fn frame_stream(stream: &[u8], limits: &FramingLimits, read_bytes: usize) -> Vec
 /// without tripping an assertion, and the log's encoding reads back exactly.
 pub fn create_body(data: &[u8]) {
     let mut body = data.to_vec();
-    let Ok(terms) = parse_create_request(&mut body, 0) else {
-        return;
+    let terms = match parse_create_request(&mut body, 0) {
+        Ok(terms) => terms,
+        Err(error) => return assert_error_is_json(&error),
     };
     assert!(is_valid_order_id(&terms.order_id));
     assert!((1..=AMOUNT_MAX).contains(&terms.amount));
@@ -143,6 +146,40 @@ pub fn create_body(data: &[u8]) {
     let created = Created::decode(&encoded).expect("an accepted create reads back");
     assert_eq!(terms_of(created), terms);
     let _ = Payment::pending(id, terms, 1);
+}
+
+/// An error body, whatever the request echoed into it, is the contract's JSON.
+fn assert_error_is_json(error: &ApiError) {
+    let mut json = Vec::new();
+    error.write_json(&mut json);
+    let mut parsed = json.clone();
+    assert!(
+        simd_json::to_owned_value(&mut parsed).is_ok(),
+        "error body is not JSON: {}",
+        String::from_utf8_lossy(&json)
+    );
+}
+
+/// A request target, as the routes read it: the events query (every parameter once,
+/// none unknown, the error naming a parameter only when it is plain), and payment and
+/// event ids, which must print back exactly as they parsed.
+pub fn request_target(data: &[u8]) {
+    match parse_query(data) {
+        Ok(query) => assert!((1..=EVENTS_LIMIT_MAX).contains(&query.limit)),
+        Err(error) => assert_error_is_json(&error),
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(id) = PaymentId::parse(text) {
+        assert_eq!(id.to_string(), text);
+    }
+    if let Some(id) = EventId::parse(text) {
+        assert_eq!(id.to_string(), text);
+    }
+    if is_valid_order_id(text) {
+        assert!(text.len() <= crate::payment::ORDER_ID_LENGTH_MAX);
+    }
 }
 
 fn terms_of(created: Created) -> PaymentTerms {

@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("wal_recovery", payd::fuzzing::wal_recovery),
     ("acquirer_response", payd::fuzzing::acquirer_response),
     ("webhook_response", payd::fuzzing::webhook_response),
+    ("request_target", payd::fuzzing::request_target),
 ];
 
 #[test]

@@ -9,7 +9,7 @@ pub mod create_request;
 #[cfg(debug_assertions)]
 mod debug;
 pub mod error;
-mod events;
+pub(crate) mod events;
 pub mod json_scan;
 mod operations;
 mod payment_json;
