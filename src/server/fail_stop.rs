@@ -24,7 +24,6 @@ pub fn install() {
 /// line whatever the message holds.
 fn panic_line(info: &PanicHookInfo<'_>) -> String {
     let thread = std::thread::current();
-    let name = thread.name().unwrap_or("unnamed");
     let location = info
         .location()
         .map(|location| location.to_string())
@@ -35,6 +34,10 @@ fn panic_line(info: &PanicHookInfo<'_>) -> String {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)");
+    format_panic_line(thread.name().unwrap_or("unnamed"), &location, message)
+}
+
+fn format_panic_line(thread: &str, location: &str, message: &str) -> String {
     let mut message = message.escape_debug().to_string();
     if message.len() > PANIC_MESSAGE_BYTES_MAX {
         let mut end = PANIC_MESSAGE_BYTES_MAX;
@@ -45,7 +48,30 @@ fn panic_line(info: &PanicHookInfo<'_>) -> String {
         message.push_str("...");
     }
     format!(
-        "payd: fatal: thread '{name}' panicked at {location}: {message}; \
+        "payd: fatal: thread '{thread}' panicked at {location}: {message}; \
          stopping the process (fail-stop)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_is_one_line_and_bounded() {
+        let line = format_panic_line("payd-core1", "src/x.rs:1:2", "left: 1\nright: 2");
+        assert_eq!(
+            line,
+            "payd: fatal: thread 'payd-core1' panicked at src/x.rs:1:2: left: 1\\nright: 2; \
+             stopping the process (fail-stop)"
+        );
+        let long = format_panic_line("t", "l", &"é".repeat(PANIC_MESSAGE_BYTES_MAX));
+        assert!(!long.contains('\n'));
+        let message = long
+            .strip_prefix("payd: fatal: thread 't' panicked at l: ")
+            .and_then(|rest| rest.strip_suffix("...; stopping the process (fail-stop)"))
+            .expect("the line's frame");
+        assert!(message.len() <= PANIC_MESSAGE_BYTES_MAX);
+        assert!(message.len() > PANIC_MESSAGE_BYTES_MAX - 4);
+    }
 }
