@@ -67,6 +67,7 @@ install_tools() {
     for package in "$@" util-linux curl; do
         case $package in
             nginx-light) [ -x /usr/sbin/nginx ] || missing+=(nginx-light) ;;
+            perf) command -v perf >/dev/null || missing+=(linux-perf) ;;
             util-linux) command -v taskset >/dev/null || missing+=(util-linux) ;;
             *) command -v "$package" >/dev/null || missing+=("$package") ;;
         esac
@@ -127,6 +128,13 @@ stop_server() {
 }
 
 # CPU ticks (utime+stime, all threads) of the server and its child processes.
+# io_uring's io-wq workers (the iou-wrk-* threads that run payd's fdatasync) are threads
+# of payd's own process, listed in /proc/PID/task/, so /proc/PID/stat counts them: under
+# fsync load the process's utime+stime equalled the sum over /proc/PID/task/*/stat, an
+# iou-wrk thread among them (Linux 6.18; threads that exit leave their time in the
+# process's total). Work io_uring hands to kernel threads (kworkers, the filesystem's
+# journal thread) or that softirqs do on an idle CPU is not in it: the machine's figures
+# below catch that.
 server_cpu_ticks() {
     local total=0 pid fields
     for pid in "$server_pid" $(pgrep -P "$server_pid" || true); do
@@ -136,6 +144,42 @@ server_cpu_ticks() {
         total=$((total + $(echo "$fields" | awk '{print $12 + $13}')))
     done
     echo "$total"
+}
+
+# CPU ticks (utime+stime) of every kernel thread (kthreadd, pid 2, and its children:
+# kworkers, ksoftirqd, the filesystem's journal thread). A kernel thread that exits
+# between two readings takes its time with it.
+kernel_thread_ticks() {
+    # cat goes on past a process that is gone by the time it is read (awk would stop),
+    # and then fails, which must not end a script under pipefail.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
+        pid = $1
+        sub(/^.*\) /, "")
+        # After the command name: the state, the parent pid, ... utime 12th, stime 13th.
+        if (pid == 2 || $2 == 2) total += $12 + $13
+    } END { print total + 0 }'
+}
+
+# Reads, with shell builtins only (no process of the script's own runs meanwhile):
+# - machine_busy_ticks: the busy ticks of all CPUs from /proc/stat's "cpu" line,
+#   user+nice+system+irq+softirq+steal (idle and iowait are not busy; guest time is
+#   already inside user and nice);
+# - machine_all_ticks: the same plus idle and iowait, for the machine's busy %;
+# - children_ticks: utime+stime of this shell's children that have ended and been
+#   waited for (cutime+cstime of /proc/BASHPID/stat). Around a load generator run in
+#   the foreground, its growth is the generator's own CPU time, all threads.
+# The sourcing script reads the three globals.
+# shellcheck disable=SC2034
+read_machine_ticks() {
+    local label user nice system idle iowait irq softirq steal stat fields
+    read -r label user nice system idle iowait irq softirq steal _ </proc/stat
+    [ "$label" = cpu ] || { log "unexpected first line of /proc/stat: $label"; return 1; }
+    machine_busy_ticks=$((user + nice + system + irq + softirq + steal))
+    machine_all_ticks=$((machine_busy_ticks + idle + iowait))
+    read -r stat <"/proc/$BASHPID/stat"
+    # After the ")" that closes the command name the state is field 3; cutime is 16, cstime 17.
+    read -ra fields <<<"${stat##*) }"
+    children_ticks=$((fields[13] + fields[14]))
 }
 
 # Prints CPU µs per request and CPU % from a tick delta, a request count and seconds.

@@ -45,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merchants: Vec<MerchantConfig>,
+    /// Outbound TLS: the acquirer and webhook receivers.
+    pub tls: OutboundTlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -57,6 +59,26 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// Commands waiting in one shard's inbox before creates get 503 `overloaded`.
     pub shard_inbox_capacity: usize,
+    /// `[server.tls]`: when present, every core's listener speaks HTTPS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// The listener's certificate chain and private key, both PEM files. Only their paths
+/// live in the config: the key is read where it is used and never printed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[tls]`: certificates trusted for outbound calls besides the system's roots.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundTlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// `cores = [0, 1]` or `cores = "all"`.
@@ -264,6 +286,7 @@ impl Default for ServerConfig {
             max_connections_per_core: 10_000,
             shutdown_timeout_ms: 10_000,
             shard_inbox_capacity: 4096,
+            tls: None,
         }
     }
 }
@@ -437,6 +460,40 @@ impl Config {
         self.validate_acquirer()?;
         self.validate_webhooks()?;
         self.validate_merchants()?;
+        self.validate_tls()?;
+        Ok(())
+    }
+
+    /// Whether any outbound call goes over TLS (then the system's roots are loaded).
+    pub fn calls_https(&self) -> bool {
+        let https = |url: &str| HttpUrl::parse(url).is_ok_and(|url| url.tls);
+        (self.acquirer.mode == AcquirerMode::Http && https(&self.acquirer.url))
+            || self
+                .merchants
+                .iter()
+                .filter_map(|merchant| merchant.webhook_url.as_deref())
+                .any(https)
+    }
+
+    /// Reads the TLS files as `serve` will: the listener's chain and key must parse and
+    /// belong together, and the extra roots must be CA certificates.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.server.tls {
+            let provider = crate::tls::provider();
+            crate::tls::load_identity(&tls.cert_file, &tls.key_file, &provider).map_err(
+                |e| match e {
+                    crate::tls::IdentityError::Certificate(message) => {
+                        error("server.tls.cert_file", message)
+                    }
+                    crate::tls::IdentityError::Key(message) => {
+                        error("server.tls.key_file", message)
+                    }
+                },
+            )?;
+        }
+        if let Some(path) = &self.tls.extra_ca_file {
+            crate::tls::check_extra_roots(path).map_err(|e| error("tls.extra_ca_file", e))?;
+        }
         Ok(())
     }
 

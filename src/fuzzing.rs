@@ -21,9 +21,9 @@ use crate::payment::{
 use crate::shard::recovery::rebuild;
 use crate::shard::state::Payment;
 use crate::wal::{
-    decode_record, encode_created, encode_record, segment_file_name, Checkpoint, Created,
-    DecodeOutcome, Finalized, RecordKind, WebhookAttempted, WebhookDeadLetter, WebhookDelivered,
-    WebhookEvent, RECORD_PAYLOAD_BYTES_MAX, SEQUENCE_FIRST,
+    decode_frame, decode_record, encode_created, encode_frame, encode_record, segment_file_name,
+    Checkpoint, Created, DecodeOutcome, Finalized, RecordKind, WebhookAttempted, WebhookDeadLetter,
+    WebhookDelivered, WebhookEvent, RECORD_PAYLOAD_BYTES_MAX, SEQUENCE_FIRST,
 };
 use crate::webhooks::retry::{RetrySchedule, Verdict, RETRIES_MAX};
 use crate::webhooks::sender::{parse_retry_after, DeliveryOutcome};
@@ -266,24 +266,42 @@ pub fn signature_headers(data: &[u8]) {
         .any(|secret| sign_hex(secret, timestamp_secs, method, target, body) == hex));
 }
 
-/// Record framing and every payload decoder. The first byte picks: 0 walks the rest as
-/// a segment's bytes (records with checksums), any other value decodes the rest as the
-/// payload of record kind `byte % 8` directly (the checksum would stop most inputs
-/// short of the decoders). Whatever decodes must encode back to the same bytes, and a
-/// `Created` must be one the shard's state takes.
+/// Log framing and every payload decoder. The first byte picks: 0 walks the rest as a
+/// format-1 segment (bare records with checksums), 8 as a format-2 segment (batch
+/// frames), any other value decodes the rest as the payload of record kind `byte % 8`
+/// directly (the checksums would stop most inputs short of the decoders). Whatever
+/// decodes must encode back to the same bytes, and a `Created` must be one the shard's
+/// state takes.
 pub fn wal_record(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    if mode == 0 {
-        let mut at = 0;
-        while let DecodeOutcome::Record(record) = decode_record(&rest[at..]) {
-            assert!(record.length_total > 0 && at + record.length_total <= rest.len());
-            decode_payload(record.kind, record.payload);
-            at += record.length_total;
+    match mode {
+        0 => {
+            let mut at = 0;
+            while let DecodeOutcome::Record(record) = decode_record(&rest[at..]) {
+                assert!(record.length_total > 0 && at + record.length_total <= rest.len());
+                decode_payload(record.kind, record.payload);
+                at += record.length_total;
+            }
         }
-    } else {
-        decode_payload(mode % 8, rest);
+        8 => {
+            let mut at = 0;
+            while let crate::wal::FrameOutcome::Frame(frame) = decode_frame(&rest[at..]) {
+                assert!(frame.length_total > 0 && at + frame.length_total <= rest.len());
+                assert!(frame.first_sequence > frame.synced_through);
+                let mut entries = 0u64;
+                for record in frame.records() {
+                    let record = record.expect("a checked frame's entries parse");
+                    assert_eq!(record.sequence, frame.first_sequence + entries);
+                    decode_payload(record.kind, record.payload);
+                    entries += 1;
+                }
+                assert_eq!(entries, u64::from(frame.entry_count));
+                at += frame.length_total;
+            }
+        }
+        _ => decode_payload(mode % 8, rest),
     }
 }
 
@@ -331,20 +349,21 @@ fn decode_payload(kind: u8, payload: &[u8]) {
 const RECOVERY_MERCHANTS: [&str; 2] = ["m_demo", "m_other"];
 
 /// Recovery of a shard from arbitrary segment files, through `shard::recovery::rebuild`
-/// as payd starts. The first byte picks the shape: even, the rest is one segment's raw
-/// bytes; odd, it is a list of records (`kind`, a 16-bit little-endian length, the
-/// payload) framed here with correct checksums and sequence numbers, so the replay
-/// itself is fuzzed, not only the checksum. Recovery must refuse or rebuild, never
-/// panic. The files live in a directory of this process under /dev/shm (or the
+/// as payd starts. The first byte picks the shape: 0 mod 3, the rest is one segment's
+/// raw bytes; otherwise it is a list of records (`kind`, a 16-bit little-endian length,
+/// the payload) laid out here with correct checksums and sequence numbers, so the replay
+/// itself is fuzzed, not only the checksums: 1 mod 3 as format-1 records, 2 mod 3 as
+/// format-2 frames of `byte / 3 % 8 + 1` records each. Recovery must refuse or rebuild,
+/// never panic. The files live in a directory of this process under /dev/shm (or the
 /// system's temporary directory), emptied at every run.
 pub fn wal_recovery(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let segment = if mode % 2 == 0 {
-        rest.to_vec()
-    } else {
-        framed_records(rest)
+    let segment = match mode % 3 {
+        0 => rest.to_vec(),
+        1 => framed_records(rest),
+        _ => batch_frames(rest, usize::from(mode / 3 % 8) + 1),
     };
     let dir = recovery_dir();
     let _ = std::fs::remove_dir_all(&dir);
@@ -375,6 +394,26 @@ fn framed_records(mut rest: &[u8]) -> Vec<u8> {
         rest = after;
     }
     // Whatever is left is a torn tail.
+    segment.extend_from_slice(rest);
+    segment
+}
+
+/// `kind`, length, payload triples (as `framed_records` reads them), in format-2 frames
+/// of `per_frame` records; each frame says everything before it was synced.
+fn batch_frames(mut rest: &[u8], per_frame: usize) -> Vec<u8> {
+    let mut records: Vec<(u8, &[u8])> = Vec::new();
+    while let [kind, low, high, tail @ ..] = rest {
+        let length = usize::from(u16::from_le_bytes([*low, *high])).min(tail.len());
+        let (payload, after) = tail.split_at(length);
+        records.push((*kind, payload));
+        rest = after;
+    }
+    let mut segment = Vec::new();
+    let mut sequence = SEQUENCE_FIRST;
+    for frame in records.chunks(per_frame) {
+        encode_frame(&mut segment, sequence, sequence - 1, frame);
+        sequence += frame.len() as u64;
+    }
     segment.extend_from_slice(rest);
     segment
 }

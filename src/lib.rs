@@ -23,6 +23,8 @@
 //!   keep-alive connections, for every call payd makes to another service.
 //! - `fuzzing` (beside the others): the bodies of the fuzz targets in `fuzz/`, shared
 //!   with the corpus replay test.
+//! - `tls` (below `server` and `outbound`): certificates, keys and roots, the per-core
+//!   acceptors and connectors, and the plain-or-TLS stream both sides use.
 pub mod acquirer;
 pub mod api;
 pub mod auth;
@@ -38,5 +40,6 @@ pub mod server;
 pub mod shard;
 #[cfg(test)]
 pub mod testing;
+pub mod tls;
 pub mod wal;
 pub mod webhooks;

@@ -101,6 +101,7 @@ fn a_final_4xx_is_not_retried() {
 
 #[test]
 fn payd_recovers_when_the_acquirer_dies_and_comes_back() {
+    let test_started = Instant::now();
     let port = acq::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut sim = AcquirerSim::start(&listen, &[]);
@@ -173,6 +174,29 @@ fn payd_recovers_when_the_acquirer_dies_and_comes_back() {
             &[("core", "0"), ("state", "closed")]
         ),
         1.0
+    );
+    assert_outage_logged_once(&server.stderr.text(), test_started.elapsed());
+}
+
+/// The breaker's opening and closing are one line each (not one per failed probe), and
+/// the unreachable acquirer is logged, at most once per 10 s.
+fn assert_outage_logged_once(stderr: &str, outage_within: Duration) {
+    let count = |needle: &str| stderr.lines().filter(|line| line.contains(needle)).count();
+    assert_eq!(
+        count("acquirer circuit breaker opened"),
+        1,
+        "breaker opening:\n{stderr}"
+    );
+    assert_eq!(
+        count("acquirer circuit breaker closed"),
+        1,
+        "breaker closing:\n{stderr}"
+    );
+    let unreachable = count("unreachable");
+    let allowed = 1 + (outage_within.as_millis() / 10_000) as usize;
+    assert!(
+        (1..=allowed).contains(&unreachable),
+        "{unreachable} unreachable lines in {outage_within:?}:\n{stderr}"
     );
 }
 

@@ -1,5 +1,6 @@
 //! Operations endpoints and observability of API.md section 6: `/metrics` merged from
-//! every core, per-route counters and latency summaries, and the per-core access log.
+//! every core, per-route counters, latency histograms and recent summaries, and the
+//! per-core access log.
 
 mod common;
 
@@ -73,11 +74,13 @@ fn two_cores_both_accept_and_metrics_add_up() {
     );
 }
 
+/// The route's histogram counts every answered request, its buckets never decrease, and
+/// its recent summary has ordered quantiles with a non-zero maximum.
 fn assert_latency_summary(metrics: &Metrics, route: &str) {
     let mut previous = 0.0;
     for quantile in QUANTILES {
         let value = metrics.value(
-            "payd_request_latency_microseconds",
+            "payd_request_duration_recent_seconds",
             &[("route", route), ("quantile", quantile)],
         );
         assert!(
@@ -90,17 +93,36 @@ fn assert_latency_summary(metrics: &Metrics, route: &str) {
         previous > 0.0,
         "max latency of {route} is 0: nothing recorded?"
     );
+    let answered: f64 = metrics
+        .samples
+        .iter()
+        .filter(|s| s.name == "payd_requests_total")
+        .filter(|s| s.labels.iter().any(|(k, v)| k == "route" && v == route))
+        .map(|s| s.value)
+        .sum();
     let count_labels = [("route", route)];
-    if let Some(count) = metrics.get("payd_request_latency_microseconds_count", &count_labels) {
-        let answered: f64 = metrics
-            .samples
-            .iter()
-            .filter(|s| s.name == "payd_requests_total")
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "route" && v == route))
-            .map(|s| s.value)
-            .sum();
-        assert_eq!(count, answered, "summary count vs requests of {route}");
-    }
+    let count = metrics.value("payd_request_duration_seconds_count", &count_labels);
+    assert_eq!(count, answered, "histogram count vs requests of {route}");
+    let infinity = metrics.value(
+        "payd_request_duration_seconds_bucket",
+        &[("route", route), ("le", "+Inf")],
+    );
+    assert_eq!(infinity, count, "the +Inf bucket of {route} is its count");
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .samples
+        .iter()
+        .filter(|s| s.name == "payd_request_duration_seconds_bucket")
+        .filter(|s| s.labels.iter().any(|(k, v)| k == "route" && v == route))
+        .map(|s| {
+            let le = s.labels.iter().find(|(k, _)| k == "le").unwrap();
+            (le.1.parse::<f64>().unwrap(), s.value)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        buckets.windows(2).all(|pair| pair[0].1 <= pair[1].1),
+        "buckets of {route} are not cumulative: {buckets:?}"
+    );
 }
 
 #[test]

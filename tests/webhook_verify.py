@@ -11,16 +11,21 @@ Every signature is checked by the reference implementation, the Python package
 
     webhook_verify.py serve --secret whsec_... [--port 0] [--fail-first N]
         [--fail-status 500] [--retry-after SECS] [--hang]
+        [--tls-cert PEM --tls-key PEM] [--close]
         A receiver on 127.0.0.1. Its first stdout line is `listening PORT`; then one
         JSON line per request received:
         {"id", "timestamp", "verified", "type", "payment_id", "attempt", "answered"}
         `attempt` counts the requests seen for that webhook-id (1 first). The first N
         attempts of each id are answered `--fail-status` (with `Retry-After` when given),
         later ones 204. `--hang` never answers: a dead endpoint that accepts connections.
+        With `--tls-cert` and `--tls-key` it serves HTTPS only (Python's `ssl`), and each
+        line ends with "tls_resumed": whether the request's connection resumed a TLS
+        session. `--close` closes the connection after every answer.
 """
 
 import argparse
 import json
+import ssl
 import sys
 import threading
 import time
@@ -89,6 +94,8 @@ def make_handler(args):
                 "attempt": attempt,
                 "answered": answered,
             }
+            if isinstance(self.connection, ssl.SSLSocket):
+                record["tls_resumed"] = self.connection.session_reused
             with lock:
                 print(json.dumps(record), flush=True)
             if answered is None:
@@ -98,6 +105,9 @@ def make_handler(args):
             self.send_response(answered)
             if answered != 204 and args.retry_after is not None:
                 self.send_header("Retry-After", str(args.retry_after))
+            if args.close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -110,6 +120,14 @@ def make_handler(args):
 def command_serve(args):
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args))
     server.daemon_threads = True
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        # The handshake runs in the request's thread, so a client that fails it (payd
+        # refusing the certificate) never holds up the accept loop.
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     print(f"listening {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
@@ -133,6 +151,9 @@ def main():
     serve.add_argument("--fail-status", type=int, default=500)
     serve.add_argument("--retry-after", type=int)
     serve.add_argument("--hang", action="store_true")
+    serve.add_argument("--tls-cert")
+    serve.add_argument("--tls-key")
+    serve.add_argument("--close", action="store_true")
     args = parser.parse_args()
     if args.command == "verify":
         return command_verify(args)

@@ -394,7 +394,7 @@ fn a_hanging_endpoint_does_not_delay_another_merchants_events() {
     assert_eq!(delivered, wanted, "the healthy merchant is served on time");
     assert!(started.elapsed() < Duration::from_millis(3_000));
     let metrics = server.metrics();
-    assert!(metrics.value("payd_webhook_in_flight", &[("cpu", "0")]) >= 1.0);
+    assert!(metrics.value("payd_webhook_in_flight", &[("core", "0")]) >= 1.0);
 }
 
 #[test]
@@ -599,8 +599,8 @@ fn events_a_full_backlog_leaves_on_disk_are_loaded_while_payd_runs() {
         wanted.insert(event_id_of(&id));
     }
     let metrics = server.metrics();
-    assert!(metrics.value("payd_webhook_backlog", &[("cpu", "0")]) <= 2.0);
-    assert!(metrics.value("payd_webhook_left_on_disk_total", &[("cpu", "0")]) >= 1.0);
+    assert!(metrics.value("payd_webhook_backlog", &[("core", "0")]) <= 2.0);
+    assert!(metrics.value("payd_webhook_left_on_disk_total", &[("core", "0")]) >= 1.0);
     let delivered = delivered_ids(&receiver, &wanted, 4 * DELIVERY_TIMEOUT_MS);
     assert_eq!(delivered, wanted, "every event arrives without a restart");
     // The receiver prints before payd reads its answer: wait for the count.
@@ -612,9 +612,9 @@ fn events_a_full_backlog_leaves_on_disk_are_loaded_while_payd_runs() {
     });
     assert!(counted, "ten deliveries counted");
     let metrics = server.metrics();
-    assert!(metrics.value("payd_webhook_reloads_total", &[("cpu", "0")]) >= 1.0);
+    assert!(metrics.value("payd_webhook_reloads_total", &[("core", "0")]) >= 1.0);
     assert_eq!(
-        metrics.value("payd_webhook_merchants_waiting_on_disk", &[("cpu", "0")]),
+        metrics.value("payd_webhook_merchants_waiting_on_disk", &[("core", "0")]),
         0.0
     );
     // Each event once (plus its one failed attempt): nothing was sent twice.

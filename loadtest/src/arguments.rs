@@ -81,6 +81,15 @@ pub struct RunArguments {
     /// Write an SVG plot of the latency percentile curve, one line per request kind, here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Speak TLS, trusting the CA certificates of this PEM file; the certificate must name
+    /// the address's IP. Sessions are never resumed: every connection makes a full
+    /// handshake.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Close each connection after this many requests and open a new one (0: keep every
+    /// connection to the end). With --tls-ca, 1 makes a full TLS handshake per request.
+    #[arg(long, default_value_t = 0)]
+    pub requests_per_connection: u64,
 }
 
 #[derive(clap::Args, Debug)]

@@ -8,7 +8,7 @@
 
 use crate::stats::{Failure, Stats};
 use crate::workload::{Kind, Workload};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::io;
@@ -27,6 +27,10 @@ const CONNECT_RETRY_DELAY_MS: u64 = 10;
 #[derive(Debug)]
 pub struct Plan {
     pub address: SocketAddr,
+    /// TLS: the connector and the name the certificate must prove.
+    pub tls: Option<crate::tls::Tls>,
+    /// A connection is closed after this many requests (0: never).
+    pub requests_per_connection: u64,
     pub pipeline_depth: usize,
     /// A connect, a write, or the wait for any byte of a response, longer than this fails.
     pub request_timeout: Duration,
@@ -54,7 +58,8 @@ pub async fn run_connection(
     };
     while Instant::now() < plan.end {
         match connect(plan).await {
-            Ok(stream) => exchange.run(stream, &mut workload).await,
+            Ok(Connected::Plain(stream)) => exchange.run(stream, &mut workload).await,
+            Ok(Connected::Tls(stream)) => exchange.run(*stream, &mut workload).await,
             Err(failure) => {
                 exchange.record_failure(Instant::now(), failure, 1);
                 glommio::timer::sleep(Duration::from_millis(CONNECT_RETRY_DELAY_MS)).await;
@@ -63,7 +68,13 @@ pub async fn run_connection(
     }
 }
 
-async fn connect(plan: &Plan) -> Result<TcpStream, Failure> {
+/// A new connection, plain or after its TLS handshake.
+enum Connected {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn connect(plan: &Plan) -> Result<Connected, Failure> {
     let stream = TcpStream::connect_timeout(plan.address, plan.request_timeout)
         .await
         .map_err(|_| Failure::Connect)?;
@@ -72,7 +83,17 @@ async fn connect(plan: &Plan) -> Result<TcpStream, Failure> {
         .set_read_timeout(Some(plan.request_timeout))
         .and_then(|_| stream.set_write_timeout(Some(plan.request_timeout)))
         .map_err(|_| Failure::Connect)?;
-    Ok(stream)
+    match &plan.tls {
+        None => Ok(Connected::Plain(stream)),
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(|_| Failure::Connect)?;
+            Ok(Connected::Tls(Box::new(stream)))
+        }
+    }
 }
 
 struct Exchange {
@@ -85,10 +106,20 @@ struct Exchange {
 }
 
 impl Exchange {
-    /// Sends batches on one open connection until the end, a failure, or `Connection: close`.
-    async fn run(&mut self, mut stream: TcpStream, workload: &mut Workload<'static>) {
+    /// Sends batches on one open connection until the end, a failure, `Connection: close`
+    /// or the plan's requests per connection.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut stream: S,
+        workload: &mut Workload<'static>,
+    ) {
         self.reader.clear();
+        let mut sent: u64 = 0;
         loop {
+            let limit = self.plan.requests_per_connection;
+            if limit > 0 && sent >= limit {
+                return;
+            }
             let Some(due) = self.wait_until_due().await else {
                 return;
             };
@@ -99,7 +130,13 @@ impl Exchange {
                 self.kinds
                     .push(workload.next_request(timestamp_secs, &mut self.output));
             }
-            if let Err(error) = stream.write_all(&self.output).await {
+            sent += self.kinds.len() as u64;
+            // TLS keeps what it encrypted until flushed; for plain TCP a flush is free.
+            let written = match stream.write_all(&self.output).await {
+                Ok(()) => stream.flush().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
                 self.record_failure(due, failure_of(&error), self.kinds.len());
                 return;
             }
@@ -131,7 +168,7 @@ impl Exchange {
     }
 
     /// Reads one response per request of the batch; false when the connection is done.
-    async fn read_responses(&mut self, stream: &mut TcpStream, due: Instant) -> bool {
+    async fn read_responses<S: AsyncRead + Unpin>(&mut self, stream: &mut S, due: Instant) -> bool {
         for index in 0..self.kinds.len() {
             match self.reader.read_response(stream).await {
                 Ok(response) => {
@@ -216,7 +253,10 @@ impl ResponseReader {
         self.filled = 0;
     }
 
-    async fn read_response(&mut self, stream: &mut TcpStream) -> Result<Response, Failure> {
+    async fn read_response<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<Response, Failure> {
         loop {
             if let Some((response, length)) = parse_response(&self.buffer[self.start..self.filled])?
             {

@@ -5,7 +5,8 @@
 //! creates, replays and reads); `client` runs one connection in a closed or open loop and
 //! parses the responses; `stats` keeps HDR latency histograms and outcome counts per
 //! thread; `run` pins the threads and merges their stats; `report` and `plot` print the
-//! summaries, the JSON and the SVG; `presign` writes requests for wrk to replay.
+//! summaries, the JSON and the SVG; `presign` writes requests for wrk to replay; `tls`
+//! sets up TLS for a run against an HTTPS listener.
 //!
 //! Each generator thread is pinned to one CPU with core_affinity and runs a glommio
 //! executor of its own, holding its share of the connections; threads share nothing until
@@ -19,6 +20,7 @@ mod report;
 mod run;
 mod signing;
 mod stats;
+mod tls;
 mod workload;
 
 use clap::{Parser, Subcommand};

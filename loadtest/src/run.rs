@@ -23,8 +23,14 @@ pub fn run(arguments: RunArguments) -> Result<ExitCode, String> {
     let warmup = Duration::from_secs(arguments.warmup_secs);
     let measured = Duration::from_secs(arguments.duration_secs);
     let start = Instant::now();
+    let tls = match &arguments.tls_ca {
+        Some(path) => Some(crate::tls::connector(path, arguments.workload.address)?),
+        None => None,
+    };
     let plan: &'static Plan = Box::leak(Box::new(Plan {
         address: arguments.workload.address,
+        tls,
+        requests_per_connection: arguments.requests_per_connection,
         pipeline_depth: arguments.pipeline,
         request_timeout: Duration::from_millis(arguments.timeout_ms),
         measure_from: start + warmup,

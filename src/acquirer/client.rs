@@ -9,6 +9,7 @@ use super::{authorize, final_authorization, AttemptOutcome, AuthorizeRequest, Re
 use crate::config::{AcquirerMode, Config};
 use crate::metrics::{AcquirerOutcome, BreakerGauge, CoreMetrics};
 use crate::payment::Authorization;
+use crate::tls::TlsConnector;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
@@ -26,13 +27,16 @@ enum Attempts {
 }
 
 impl Acquirer {
-    pub fn new(config: &Config, metrics: Rc<RefCell<CoreMetrics>>) -> Acquirer {
+    /// `tls` is the core's connector, for an `https://` acquirer URL.
+    pub fn new(config: &Config, metrics: Rc<RefCell<CoreMetrics>>, tls: &TlsConnector) -> Acquirer {
         let attempts = match config.acquirer.mode {
             AcquirerMode::Simulated => Attempts::Simulated(Simulated {
                 latency_ms: config.acquirer.latency_ms,
                 jitter_ms: config.acquirer.jitter_ms,
             }),
-            AcquirerMode::Http => Attempts::Http(Box::new(HttpAcquirer::new(&config.acquirer))),
+            AcquirerMode::Http => {
+                Attempts::Http(Box::new(HttpAcquirer::new(&config.acquirer, tls)))
+            }
         };
         let acquirer = Acquirer {
             policy: RetryPolicy::from_config(&config.acquirer),

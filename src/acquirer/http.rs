@@ -4,10 +4,13 @@
 //! every acquirer; this file only makes one call and says what it came to.
 
 use super::breaker::{Admission, Breaker, BreakerState, Verdict};
+use super::breaker::{BREAKER_COOLING_MS, BREAKER_FAILURES_TO_OPEN};
+use super::notices::{BreakerChange, UnreachableLog};
 use super::{AttemptOutcome, AuthorizeRequest};
 use crate::config::AcquirerConfig;
 use crate::metrics::AcquirerOutcome;
 use crate::outbound::{Client, ClientSettings, HttpUrl, OutboundError, PoolStats, Request};
+use crate::tls::TlsConnector;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -56,10 +59,13 @@ pub struct HttpAcquirer {
     breaker: RefCell<Breaker>,
     /// The breaker counts milliseconds from here.
     epoch: Instant,
+    /// `host:port` of `acquirer.url`, for the log: never the path or query.
+    host: String,
+    unreachable: RefCell<UnreachableLog>,
 }
 
 impl HttpAcquirer {
-    pub fn new(config: &AcquirerConfig) -> HttpAcquirer {
+    pub fn new(config: &AcquirerConfig, tls: &TlsConnector) -> HttpAcquirer {
         // Invariant: the config refused a URL that does not parse.
         let url = HttpUrl::parse(&config.url).expect("acquirer.url was validated");
         let settings = ClientSettings {
@@ -69,8 +75,11 @@ impl HttpAcquirer {
             response_bytes_max: RESPONSE_BYTES_MAX,
             idle_ms_max: IDLE_CONNECTION_MS_MAX,
         };
+        let host = format!("{}:{}", url.host, url.port);
         HttpAcquirer {
-            client: Client::new(url, settings),
+            host,
+            unreachable: RefCell::new(UnreachableLog::default()),
+            client: Client::new(url, settings, tls),
             queue_wait_max: Duration::from_millis(config.attempt_timeout_ms)
                 * ATTEMPT_QUEUE_WAIT_PERCENT_MAX
                 / 100,
@@ -123,9 +132,21 @@ impl HttpAcquirer {
             .client
             .send_before(&authorize, Some(send_by), &sending)
             .await;
+        if let Err(error) = &result {
+            self.note_unreachable(unreachable_reason(error));
+        }
         let (outcome, label, verdict) = classify(result);
         settlement.settle(verdict);
         (outcome, label)
+    }
+
+    fn note_unreachable(&self, reason: Option<&str>) {
+        if let Some(reason) = reason {
+            let now_ms = self.now_ms();
+            self.unreachable
+                .borrow_mut()
+                .report(now_ms, &self.host, reason);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -157,19 +178,43 @@ impl Settlement<'_> {
             (None, _) => return,
         };
         let now_ms = self.acquirer.now_ms();
-        self.acquirer
-            .breaker
-            .borrow_mut()
-            .settle(self.admission, verdict, now_ms);
+        let mut breaker = self.acquirer.breaker.borrow_mut();
+        let before = breaker.state();
+        breaker.settle(self.admission, verdict, now_ms);
+        if let Some(change) = BreakerChange::between(before, breaker.state()) {
+            change.log(
+                &self.acquirer.host,
+                BREAKER_FAILURES_TO_OPEN,
+                BREAKER_COOLING_MS,
+            );
+        }
     }
 }
 
 impl Drop for Settlement<'_> {
     fn drop(&mut self) {
         if !self.settled {
+            // Dropped while it still waited for a pooled connection: the acquirer never
+            // had it, so it tells nothing of the acquirer.
             let verdict = self.sending.get().then_some(Verdict::Failed);
+            if verdict.is_some() {
+                self.acquirer
+                    .note_unreachable(Some("no answer within acquirer.attempt_timeout_ms"));
+            }
             self.settle(verdict);
         }
+    }
+}
+
+/// What to log of a failed call when it means the acquirer cannot be reached.
+fn unreachable_reason(error: &OutboundError) -> Option<&'static str> {
+    match error {
+        OutboundError::Resolve => Some("its host name does not resolve"),
+        OutboundError::Connect => Some("connection refused or timed out"),
+        OutboundError::Broken => Some("the connection broke before an answer"),
+        // The outbound client logs a failed handshake itself, with rustls' reason.
+        OutboundError::Tls => None,
+        OutboundError::Malformed | OutboundError::TooLarge | OutboundError::PoolBusy => None,
     }
 }
 
@@ -201,6 +246,11 @@ pub(crate) fn classify(
                 AcquirerOutcome::BadResponse,
                 Some(Verdict::Failed),
             )
+        }
+        // Retried like a connection error, and counted apart: a certificate that does
+        // not verify is never accepted, and an operator must see why calls fail.
+        Err(OutboundError::Tls) => {
+            return (retryable, AcquirerOutcome::TlsError, Some(Verdict::Failed))
         }
         Err(OutboundError::Resolve | OutboundError::Connect | OutboundError::Broken) => {
             return (

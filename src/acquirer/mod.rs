@@ -11,6 +11,7 @@
 pub mod breaker;
 mod client;
 pub mod http;
+mod notices;
 pub mod random;
 pub mod sim_server;
 pub mod simulated;

@@ -313,7 +313,11 @@ fn acquirer_of(extra: &str) -> (Acquirer, Rc<RefCell<crate::metrics::CoreMetrics
     let text = format!("[acquirer]\n{extra}\n[[merchants]]\nid = \"m\"\nsecrets = [\"test-only-secret-0123456789abcdef\"]\n");
     let config = crate::config::Config::parse(&text).unwrap();
     let metrics = Rc::new(RefCell::new(crate::metrics::CoreMetrics::new(0)));
-    (Acquirer::new(&config, Rc::clone(&metrics)), metrics)
+    let connector = crate::tls::ClientTls::without_roots().core_connector();
+    (
+        Acquirer::new(&config, Rc::clone(&metrics), &connector),
+        metrics,
+    )
 }
 
 #[test]

@@ -79,7 +79,7 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
             Route::Healthz
         }
         b"/readyz" => {
-            operations::readyz(response);
+            operations::readyz(context, response).await;
             Route::Readyz
         }
         b"/metrics" => {

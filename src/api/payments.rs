@@ -11,9 +11,11 @@ use super::payment_json::write_payment;
 use super::{write_error, Context, Request};
 use crate::auth::{AuthError, SignedHeaders};
 use crate::http::{Response, ResponseHeader};
+use crate::metrics::Stage;
 use crate::payment::{is_valid_order_id, MerchantIndex, PaymentId};
 use crate::shard::routing::shard_of;
 use crate::shard::runtime::{Command, Reply};
+use std::time::Instant;
 
 pub async fn create(context: &Context, request: Request<'_>, response: &mut Response) {
     let merchant = match authenticate(context, &request) {
@@ -23,7 +25,10 @@ pub async fn create(context: &Context, request: Request<'_>, response: &mut Resp
     if request.content_type_json == Some(false) {
         return write_error(response, &ApiError::new(ErrorKind::UnsupportedMediaType));
     }
-    let terms = match parse_create_request(request.body, merchant) {
+    let parsing = Instant::now();
+    let parsed = parse_create_request(request.body, merchant);
+    record_stage(context, Stage::Parse, parsing);
+    let terms = match parsed {
         Ok(terms) => terms,
         Err(error) => return write_error(response, &error),
     };
@@ -89,17 +94,25 @@ pub(super) fn authenticate(
     };
     let now_secs = request.unix_ms / 1000;
     let tolerance_secs = context.config.security.timestamp_tolerance_secs;
+    let verifying = Instant::now();
+    let verified = context.keys.verify(
+        &headers,
+        method,
+        request.target,
+        request.body,
+        now_secs,
+        tolerance_secs,
+    );
+    record_stage(context, Stage::Verify, verifying);
+    verified.map_err(ApiError::from)
+}
+
+fn record_stage(context: &Context, stage: Stage, started: Instant) {
+    let duration_ns = started.elapsed().as_nanos() as u64;
     context
-        .keys
-        .verify(
-            &headers,
-            method,
-            request.target,
-            request.body,
-            now_secs,
-            tolerance_secs,
-        )
-        .map_err(ApiError::from)
+        .metrics
+        .borrow_mut()
+        .record_stage(stage, duration_ns);
 }
 
 /// Runs a command on the shard that owns it and writes the answer. A shard on this core

@@ -3,16 +3,25 @@
 //! Each core owns one `CoreMetrics` and records into it without any synchronisation. A
 //! scrape asks every core for a copy (`CoreMetrics` is `Send`) over the cross-core mesh,
 //! merges the copies and renders the text exposition format 0.0.4.
+//!
+//! Durations are Prometheus histograms (buckets since start, which Prometheus can rate
+//! and aggregate) next to summaries of the last minute from HDR histograms
+//! (`distribution`). The label for a core is `core` (its CPU id) everywhere; a shard is
+//! `shard`. Names follow Prometheus' conventions (base units, `_total` counters), and
+//! `promtool check metrics` accepts the page.
 
+mod distribution;
+mod process;
+
+pub use distribution::{Distribution, Scale, COUNT, DURATION, RECENT_SLICE_MS};
+pub use process::ProcessFigures;
+
+use distribution::render_family;
 use hdrhistogram::Histogram;
 use std::fmt::Write;
 
-/// Latencies are recorded in microseconds, up to this ceiling (larger values saturate).
-pub const LATENCY_US_MAX: u64 = 60_000_000;
-/// Two significant figures: 1% precision, about 20 KiB per histogram.
-const LATENCY_SIGNIFICANT_FIGURES: u8 = 2;
-/// Quantiles of every latency summary; 1.0 is rendered as the maximum.
-pub const SUMMARY_QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+/// Nanoseconds per microsecond: callers that time in microseconds record through this.
+const NANOSECONDS_PER_MICROSECOND: u64 = 1_000;
 
 /// The route a request was answered on: the label of its request metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +70,33 @@ impl Route {
     }
 }
 
+/// A step of handling a payment, timed on its own: the `stage` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A create's JSON body parsed and validated.
+    Parse,
+    /// A request signature checked (every signed route).
+    Verify,
+    /// The acquirer's final answer for a payment, retries included (the simulation's
+    /// instant answers too).
+    Acquirer,
+    /// One wait for a record (or a pair written together) to be durable.
+    Persist,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Parse, Stage::Verify, Stage::Acquirer, Stage::Persist];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::Verify => "verify",
+            Stage::Acquirer => "acquirer",
+            Stage::Persist => "persist",
+        }
+    }
+}
+
 /// Every status payd answers with; the counter table has one column per entry.
 const STATUSES: [u16; 17] = [
     200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 415, 431, 500, 501, 503, 100, 0,
@@ -72,79 +108,6 @@ fn status_slot(status: u16) -> usize {
         .iter()
         .position(|&known| known == status)
         .unwrap_or(STATUSES.len() - 1)
-}
-
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_FIGURES)
-        .expect("static histogram bounds are valid")
-}
-
-/// A latency distribution with its exact sum, for a Prometheus summary.
-#[derive(Clone, Debug)]
-pub struct LatencySummary {
-    histogram: Histogram<u64>,
-    sum_us: u64,
-}
-
-impl Default for LatencySummary {
-    fn default() -> LatencySummary {
-        LatencySummary {
-            histogram: latency_histogram(),
-            sum_us: 0,
-        }
-    }
-}
-
-impl LatencySummary {
-    pub fn record(&mut self, latency_us: u64) {
-        let clamped = latency_us.clamp(1, LATENCY_US_MAX);
-        self.histogram.saturating_record(clamped);
-        self.sum_us = self.sum_us.saturating_add(latency_us);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.histogram.len()
-    }
-
-    /// Adds a histogram recorded elsewhere (the log's); its sum is estimated from its mean.
-    pub fn add_histogram(&mut self, other: &Histogram<u64>) {
-        // Values recorded elsewhere fit these bounds (1 to a minute), so adding cannot fail.
-        self.histogram
-            .add(other)
-            .expect("histogram values within bounds");
-        self.sum_us = self
-            .sum_us
-            .saturating_add((other.mean() * other.len() as f64) as u64);
-    }
-
-    pub fn merge(&mut self, other: &LatencySummary) {
-        // Same bounds on every core, so adding cannot fail.
-        self.histogram
-            .add(&other.histogram)
-            .expect("histograms share bounds");
-        self.sum_us = self.sum_us.saturating_add(other.sum_us);
-    }
-
-    pub fn quantile_us(&self, quantile: f64) -> u64 {
-        if quantile >= 1.0 {
-            self.histogram.max()
-        } else {
-            self.histogram.value_at_quantile(quantile)
-        }
-    }
-
-    /// Renders the summary lines for one label set, e.g. `route="healthz"`.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for quantile in SUMMARY_QUANTILES {
-            let _ = writeln!(
-                out,
-                "{name}{{{labels},quantile=\"{quantile}\"}} {}",
-                self.quantile_us(quantile)
-            );
-        }
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
-    }
 }
 
 /// What one acquirer attempt came to: the `outcome` label of `payd_acquirer_calls_total`.
@@ -159,6 +122,8 @@ pub enum AcquirerOutcome {
     /// A 200 whose body was not the contract's JSON, or bytes that were not HTTP.
     BadResponse,
     ConnectionError,
+    /// The TLS handshake failed: a certificate that does not verify, above all.
+    TlsError,
     /// Over `acquirer.attempt_timeout_ms`.
     Timeout,
     /// Failed fast by the open circuit breaker, without a call.
@@ -168,13 +133,14 @@ pub enum AcquirerOutcome {
 }
 
 impl AcquirerOutcome {
-    pub const ALL: [AcquirerOutcome; 9] = [
+    pub const ALL: [AcquirerOutcome; 10] = [
         AcquirerOutcome::Approved,
         AcquirerOutcome::Declined,
         AcquirerOutcome::Rejected,
         AcquirerOutcome::RetryableStatus,
         AcquirerOutcome::BadResponse,
         AcquirerOutcome::ConnectionError,
+        AcquirerOutcome::TlsError,
         AcquirerOutcome::Timeout,
         AcquirerOutcome::BreakerOpen,
         AcquirerOutcome::PoolBusy,
@@ -188,6 +154,7 @@ impl AcquirerOutcome {
             AcquirerOutcome::RetryableStatus => "retryable_status",
             AcquirerOutcome::BadResponse => "bad_response",
             AcquirerOutcome::ConnectionError => "connection_error",
+            AcquirerOutcome::TlsError => "tls_error",
             AcquirerOutcome::Timeout => "timeout",
             AcquirerOutcome::BreakerOpen => "breaker_open",
             AcquirerOutcome::PoolBusy => "pool_busy",
@@ -224,7 +191,8 @@ impl BreakerGauge {
 #[derive(Clone, Debug, Default)]
 pub struct AcquirerMetrics {
     calls: [u64; AcquirerOutcome::ALL.len()],
-    pub attempt_latency: LatencySummary,
+    /// Each attempt's duration.
+    pub attempt_duration: Distribution,
     /// Attempts after the first of a payment.
     pub retries: u64,
     pub pool_size: u64,
@@ -241,7 +209,8 @@ pub struct AcquirerMetrics {
 impl AcquirerMetrics {
     pub fn record_call(&mut self, outcome: AcquirerOutcome, latency_us: u64) {
         self.calls[outcome as usize] += 1;
-        self.attempt_latency.record(latency_us);
+        self.attempt_duration
+            .record(latency_us.saturating_mul(NANOSECONDS_PER_MICROSECOND));
     }
 
     pub fn calls(&self, outcome: AcquirerOutcome) -> u64 {
@@ -260,14 +229,17 @@ pub enum WebhookAttemptOutcome {
     Timeout,
     /// No answer at all: refused, reset, not HTTP.
     ConnectionError,
+    /// The TLS handshake failed: a certificate that does not verify, above all.
+    TlsError,
 }
 
 impl WebhookAttemptOutcome {
-    pub const ALL: [WebhookAttemptOutcome; 4] = [
+    pub const ALL: [WebhookAttemptOutcome; 5] = [
         WebhookAttemptOutcome::Success,
         WebhookAttemptOutcome::Rejected,
         WebhookAttemptOutcome::Timeout,
         WebhookAttemptOutcome::ConnectionError,
+        WebhookAttemptOutcome::TlsError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -276,6 +248,7 @@ impl WebhookAttemptOutcome {
             WebhookAttemptOutcome::Rejected => "rejected",
             WebhookAttemptOutcome::Timeout => "timeout",
             WebhookAttemptOutcome::ConnectionError => "connection_error",
+            WebhookAttemptOutcome::TlsError => "tls_error",
         }
     }
 }
@@ -340,14 +313,15 @@ impl WebhookGauges {
 pub struct WebhookMetrics {
     attempts: [u64; WebhookAttemptOutcome::ALL.len()],
     deliveries: [u64; WebhookFate::ALL.len()],
-    pub attempt_latency: LatencySummary,
+    pub attempt_duration: Distribution,
     pub gauges: WebhookGauges,
 }
 
 impl WebhookMetrics {
     pub fn record_attempt(&mut self, outcome: WebhookAttemptOutcome, latency_us: u64) {
         self.attempts[outcome as usize] += 1;
-        self.attempt_latency.record(latency_us);
+        self.attempt_duration
+            .record(latency_us.saturating_mul(NANOSECONDS_PER_MICROSECOND));
     }
 
     pub fn record_fate(&mut self, fate: WebhookFate) {
@@ -423,7 +397,7 @@ fn render_retention(cores: &[CoreMetrics], out: &mut String) {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {total}"
         );
     }
-    let gauges: [RetentionMetric; 4] = [
+    let gauges: [RetentionMetric; 3] = [
         (
             "payd_retention_payments_retained",
             "Payments held in memory, as of the last retention pass.",
@@ -439,17 +413,85 @@ fn render_retention(cores: &[CoreMetrics], out: &mut String) {
             "Bytes of log segment files on disk, as of the last retention pass.",
             |m| m.log_bytes,
         ),
-        (
-            "payd_retention_last_pass_duration_microseconds",
-            "How long the last retention pass took, deletion and carrying forward included.",
-            |m| m.last_pass_duration_us,
-        ),
     ];
     for (name, help, read) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for shard in &shards {
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", shard.shard, read(shard));
         }
+    }
+    let name = "payd_retention_last_pass_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How long the last retention pass took, deletion and carrying forward \
+         included.\n# TYPE {name} gauge"
+    );
+    for shard in &shards {
+        let seconds = shard.last_pass_duration_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}{{shard=\"{}\"}} {seconds}", shard.shard);
+    }
+}
+
+/// The cumulative histograms of this core's shard logs, as the write-ahead log keeps
+/// them: fdatasync latency in microseconds, and records per batch.
+#[derive(Clone, Debug)]
+pub struct WalTotals {
+    pub fsync_latency_us: Histogram<u64>,
+    pub records_per_batch: Histogram<u64>,
+}
+
+impl Default for WalTotals {
+    fn default() -> WalTotals {
+        let histogram =
+            || Histogram::new(WAL_SIGNIFICANT_FIGURES).expect("valid significant figures");
+        WalTotals {
+            fsync_latency_us: histogram(),
+            records_per_batch: histogram(),
+        }
+    }
+}
+
+impl WalTotals {
+    /// Adds one shard log's histograms.
+    pub fn add(&mut self, fsync_latency_us: &Histogram<u64>, records_per_batch: &Histogram<u64>) {
+        // These histograms resize to take any value, so adding cannot fail.
+        let _ = self.fsync_latency_us.add(fsync_latency_us);
+        let _ = self.records_per_batch.add(records_per_batch);
+    }
+
+    /// What was recorded since `earlier`, a snapshot of the same logs; everything when
+    /// `earlier` does not fit under these totals (it always does: logs only add).
+    fn since(&self, earlier: &WalTotals) -> WalTotals {
+        let difference = |now: &Histogram<u64>, then: &Histogram<u64>| {
+            let mut recent = now.clone();
+            if then.len() > now.len() || recent.subtract(then).is_err() {
+                return now.clone();
+            }
+            recent
+        };
+        WalTotals {
+            fsync_latency_us: difference(&self.fsync_latency_us, &earlier.fsync_latency_us),
+            records_per_batch: difference(&self.records_per_batch, &earlier.records_per_batch),
+        }
+    }
+}
+
+/// The write-ahead log histograms' precision, as the log records them.
+const WAL_SIGNIFICANT_FIGURES: u8 = 2;
+/// Microseconds (the log's unit) into the nanoseconds of `DURATION`.
+const WAL_LATENCY_RECORDED_PER_VALUE: u64 = NANOSECONDS_PER_MICROSECOND;
+
+/// Snapshots of `WalTotals` taken at each rotation, oldest first: the totals now less the
+/// oldest are the log's recent window. A scrape's copy carries none (see `Clone`).
+#[derive(Debug, Default)]
+struct WalHistory {
+    snapshots: std::collections::VecDeque<WalTotals>,
+}
+
+impl Clone for WalHistory {
+    /// Only the core that rotates needs its history; a scrape's copy travels without it.
+    fn clone(&self) -> WalHistory {
+        WalHistory::default()
     }
 }
 
@@ -458,14 +500,24 @@ fn render_retention(cores: &[CoreMetrics], out: &mut String) {
 pub struct CoreMetrics {
     pub cpu: usize,
     requests: [[u64; STATUSES.len()]; Route::ALL.len()],
-    latency: Vec<LatencySummary>,
+    /// Request durations, by route.
+    durations: Vec<Distribution>,
+    stages: Vec<Distribution>,
     /// The write-ahead log of this core's shards, filled in when a copy is taken.
-    pub wal_fsync_latency: LatencySummary,
-    pub wal_records_per_batch: LatencySummary,
+    pub wal_fsync_duration: Distribution,
+    pub wal_records_per_batch: Distribution,
+    wal_history: WalHistory,
+    /// Whether each shard of this core can still make records durable, by shard id;
+    /// filled in when a copy is taken.
+    pub shards_can_persist: Vec<(u16, bool)>,
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_rejected: u64,
     pub access_log_lines_dropped: u64,
+    /// TLS handshakes of the listener that completed, and those that did not (a plain
+    /// HTTP request on the TLS port, a client that distrusts the certificate, a timeout).
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
     pub acquirer: AcquirerMetrics,
     pub webhooks: WebhookMetrics,
     /// One entry per shard of this core, once its retention task has run.
@@ -477,29 +529,81 @@ impl CoreMetrics {
         CoreMetrics {
             cpu,
             requests: [[0; STATUSES.len()]; Route::ALL.len()],
-            latency: Route::ALL
-                .iter()
-                .map(|_| LatencySummary::default())
-                .collect(),
-            wal_fsync_latency: LatencySummary::default(),
-            wal_records_per_batch: LatencySummary::default(),
+            durations: Route::ALL.iter().map(|_| Distribution::default()).collect(),
+            stages: Stage::ALL.iter().map(|_| Distribution::default()).collect(),
+            wal_fsync_duration: Distribution::default(),
+            wal_records_per_batch: Distribution::new(&COUNT),
+            wal_history: WalHistory::default(),
+            shards_can_persist: Vec::new(),
             connections_open: 0,
             connections_accepted: 0,
             connections_rejected: 0,
             access_log_lines_dropped: 0,
+            tls_handshakes: 0,
+            tls_handshake_failures: 0,
             acquirer: AcquirerMetrics::default(),
             webhooks: WebhookMetrics::default(),
             retention: Vec::new(),
         }
     }
 
-    pub fn record_request(&mut self, route: Route, status: u16, latency_us: u64) {
+    pub fn record_request(&mut self, route: Route, status: u16, duration_ns: u64) {
         self.requests[route.index()][status_slot(status)] += 1;
-        self.latency[route.index()].record(latency_us);
+        self.durations[route.index()].record(duration_ns);
+    }
+
+    pub fn record_stage(&mut self, stage: Stage, duration_ns: u64) {
+        self.stages[stage as usize].record(duration_ns);
     }
 
     pub fn requests(&self, route: Route, status: u16) -> u64 {
         self.requests[route.index()][status_slot(status)]
+    }
+
+    /// Starts a new slice of every recent window (every `RECENT_SLICE_MS`, by the core's
+    /// rotation task), with `wal` the totals of this core's logs at this moment.
+    pub fn rotate(&mut self, wal: WalTotals) {
+        for distribution in self.durations.iter_mut().chain(&mut self.stages) {
+            distribution.rotate();
+        }
+        self.acquirer.attempt_duration.rotate();
+        self.webhooks.attempt_duration.rotate();
+        let snapshots = &mut self.wal_history.snapshots;
+        if snapshots.len() == distribution::RECENT_SLICES {
+            snapshots.pop_front();
+        }
+        snapshots.push_back(wal);
+    }
+
+    /// A copy for a scrape: everything recorded here, the log distributions made from
+    /// `wal` (this core's log totals now: buckets since start, and the recent window
+    /// since the oldest snapshot, or since start while the process is younger than the
+    /// window), and whether each shard can persist.
+    pub fn scrape_copy(
+        &self,
+        wal: &WalTotals,
+        shards_can_persist: Vec<(u16, bool)>,
+    ) -> CoreMetrics {
+        let history = &self.wal_history.snapshots;
+        let recent = match history.front() {
+            Some(oldest) if history.len() == distribution::RECENT_SLICES => wal.since(oldest),
+            _ => wal.clone(),
+        };
+        let mut copy = self.clone();
+        copy.wal_fsync_duration = Distribution::from_histograms(
+            &DURATION,
+            &wal.fsync_latency_us,
+            &recent.fsync_latency_us,
+            WAL_LATENCY_RECORDED_PER_VALUE,
+        );
+        copy.wal_records_per_batch = Distribution::from_histograms(
+            &COUNT,
+            &wal.records_per_batch,
+            &recent.records_per_batch,
+            1,
+        );
+        copy.shards_can_persist = shards_can_persist;
+        copy
     }
 
     /// Replaces what this core shows of one shard's retention.
@@ -519,15 +623,25 @@ type PerCoreMetric = (
     fn(&CoreMetrics) -> u64,
 );
 
+/// What a scrape shows besides the cores' metrics.
+pub struct ProcessView {
+    pub figures: ProcessFigures,
+    /// Shards in the data directory: every one should report that it can persist.
+    pub shard_count: u16,
+    /// Recovered, listening and not shutting down (the lifecycle's part of `/readyz`).
+    pub started: bool,
+}
+
 /// Renders every core's metrics, merged where a metric is per process.
-pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut String) {
+pub fn render(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
     render_requests(cores, out);
-    render_latency(cores, out);
+    render_durations(cores, out);
     render_wal(cores, out);
+    render_shards(cores, process, out);
     render_acquirer(cores, out);
     render_webhooks(cores, out);
     render_retention(cores, out);
-    let per_core: [PerCoreMetric; 4] = [
+    let per_core: [PerCoreMetric; 6] = [
         (
             "payd_connections_open",
             "gauge",
@@ -552,13 +666,56 @@ pub fn render(cores: &[CoreMetrics], resident_memory_bytes: u64, out: &mut Strin
             "Access log lines dropped because the log could not keep up.",
             |m| m.access_log_lines_dropped,
         ),
+        (
+            "payd_tls_handshakes_total",
+            "counter",
+            "TLS handshakes of the listener that completed.",
+            |m| m.tls_handshakes,
+        ),
+        (
+            "payd_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes of the listener that failed or timed out (plain HTTP on the TLS port included).",
+            |m| m.tls_handshake_failures,
+        ),
     ];
     render_per_core(cores, &per_core, out);
+    process.figures.render(out);
+    process::render_build_info(out);
+}
+
+/// `payd_shard_can_persist` per shard, `payd_shards` and `payd_ready`: a shard whose log
+/// failed (disk full, a failed fsync) shows 0; a shard whose core did not answer the
+/// scrape is absent. `payd_ready` is 1 when `/readyz` would answer 200.
+fn render_shards(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
+    let shard_count = process.shard_count;
+    let mut shards: Vec<(u16, bool)> = cores
+        .iter()
+        .flat_map(|core| core.shards_can_persist.iter().copied())
+        .collect();
+    shards.sort_unstable();
+    let every_shard_persists = shards.len() == usize::from(shard_count)
+        && shards.iter().all(|&(_, can_persist)| can_persist);
+    let ready = u8::from(process.started && every_shard_persists);
+    let name = "payd_ready";
     let _ = writeln!(
         out,
-        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
-         # TYPE process_resident_memory_bytes gauge\n\
-         process_resident_memory_bytes {resident_memory_bytes}"
+        "# HELP {name} 1 when /readyz answers 200: recovered, listening, not stopping, and \
+         every shard can persist.\n# TYPE {name} gauge\n{name} {ready}"
+    );
+    let name = "payd_shard_can_persist";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 while the shard can make records durable, 0 once its write-ahead log \
+         failed (disk full, a failed fsync) and it answers 503.\n# TYPE {name} gauge"
+    );
+    for (shard, can_persist) in shards {
+        let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(can_persist));
+    }
+    let name = "payd_shards";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Shards in the data directory.\n# TYPE {name} gauge\n{name} {shard_count}"
     );
 }
 
@@ -585,46 +742,70 @@ fn render_requests(cores: &[CoreMetrics], out: &mut String) {
     }
 }
 
-fn render_latency(cores: &[CoreMetrics], out: &mut String) {
-    let name = "payd_request_latency_microseconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Request latency from a complete request to its response, by route.\n\
-         # TYPE {name} summary"
-    );
+fn render_durations(cores: &[CoreMetrics], out: &mut String) {
+    let mut series = Vec::new();
+    let mut merged_routes = Vec::new();
     for route in Route::ALL {
-        let mut merged = LatencySummary::default();
+        let mut merged = Distribution::default();
         for core in cores {
-            merged.merge(&core.latency[route.index()]);
+            merged.merge(&core.durations[route.index()]);
         }
+        merged_routes.push((route, merged));
+    }
+    for (route, merged) in &merged_routes {
         if merged.count() > 0 {
-            merged.render(out, name, &format!("route=\"{}\"", route.label()));
+            series.push((format!("route=\"{}\"", route.label()), merged));
         }
     }
+    render_family(
+        out,
+        "payd_request_duration_seconds",
+        "Time from a complete request to its response, by route.",
+        &series,
+    );
+    let merged_stages: Vec<(Stage, Distribution)> = Stage::ALL
+        .iter()
+        .map(|&stage| {
+            let mut merged = Distribution::default();
+            for core in cores {
+                merged.merge(&core.stages[stage as usize]);
+            }
+            (stage, merged)
+        })
+        .collect();
+    let series: Vec<(String, &Distribution)> = merged_stages
+        .iter()
+        .map(|(stage, merged)| (format!("stage=\"{}\"", stage.label()), merged))
+        .collect();
+    render_family(
+        out,
+        "payd_stage_duration_seconds",
+        "Time spent in one stage of handling a payment: parse (a create's body), verify (a \
+         signature), acquirer (the final answer, retries included), persist (one wait for \
+         durability).",
+        &series,
+    );
 }
 
 fn render_wal(cores: &[CoreMetrics], out: &mut String) {
-    let mut fsync = LatencySummary::default();
-    let mut batch = LatencySummary::default();
+    let mut fsync = Distribution::default();
+    let mut batch = Distribution::new(&COUNT);
     for core in cores {
-        fsync.merge(&core.wal_fsync_latency);
+        fsync.merge(&core.wal_fsync_duration);
         batch.merge(&core.wal_records_per_batch);
     }
-    for (name, help, summary) in [
-        (
-            "payd_wal_fsync_latency_microseconds",
-            "Write-ahead log fdatasync latency.",
-            &fsync,
-        ),
-        (
-            "payd_wal_records_per_batch",
-            "Records made durable by each group commit.",
-            &batch,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
-        summary.render(out, name, "log=\"all\"");
-    }
+    render_family(
+        out,
+        "payd_wal_fsync_duration_seconds",
+        "Write-ahead log fdatasync latency, every shard.",
+        &[(String::new(), &fsync)],
+    );
+    render_family(
+        out,
+        "payd_wal_records_per_batch",
+        "Records made durable by each group commit, every shard.",
+        &[(String::new(), &batch)],
+    );
 }
 
 fn render_acquirer(cores: &[CoreMetrics], out: &mut String) {
@@ -637,16 +818,16 @@ fn render_acquirer(cores: &[CoreMetrics], out: &mut String) {
         let total: u64 = cores.iter().map(|core| core.acquirer.calls(outcome)).sum();
         let _ = writeln!(out, "{name}{{outcome=\"{}\"}} {total}", outcome.label());
     }
-    let mut latency = LatencySummary::default();
+    let mut duration = Distribution::default();
     for core in cores {
-        latency.merge(&core.acquirer.attempt_latency);
+        duration.merge(&core.acquirer.attempt_duration);
     }
-    let name = "payd_acquirer_attempt_latency_microseconds";
-    let _ = writeln!(
+    render_family(
         out,
-        "# HELP {name} Latency of one attempt to authorise with the acquirer.\n# TYPE {name} summary"
+        "payd_acquirer_attempt_duration_seconds",
+        "Duration of one attempt to authorise with the acquirer.",
+        &[(String::new(), &duration)],
     );
-    latency.render(out, name, "acquirer=\"all\"");
     let name = "payd_acquirer_retries_total";
     let retries: u64 = cores.iter().map(|core| core.acquirer.retries).sum();
     let _ = writeln!(
@@ -706,16 +887,16 @@ fn render_webhooks(cores: &[CoreMetrics], out: &mut String) {
         out,
         "# HELP {name} Webhook events dead-lettered after the last retry.\n# TYPE {name} counter\n{name} {dead}"
     );
-    let mut latency = LatencySummary::default();
+    let mut duration = Distribution::default();
     for core in cores {
-        latency.merge(&core.webhooks.attempt_latency);
+        duration.merge(&core.webhooks.attempt_duration);
     }
-    let name = "payd_webhook_attempt_latency_microseconds";
-    let _ = writeln!(
+    render_family(
         out,
-        "# HELP {name} Latency of one webhook delivery attempt.\n# TYPE {name} summary"
+        "payd_webhook_attempt_duration_seconds",
+        "Duration of one webhook delivery attempt.",
+        &[(String::new(), &duration)],
     );
-    latency.render(out, name, "webhook=\"all\"");
     type Read = fn(&WebhookGauges) -> u64;
     let per_core: [(&str, &str, &str, Read); 7] = [
         (
@@ -766,7 +947,7 @@ fn render_webhooks(cores: &[CoreMetrics], out: &mut String) {
         for core in cores {
             let _ = writeln!(
                 out,
-                "{name}{{cpu=\"{}\"}} {}",
+                "{name}{{core=\"{}\"}} {}",
                 core.cpu,
                 read(&core.webhooks.gauges)
             );
@@ -831,52 +1012,102 @@ fn render_per_core(cores: &[CoreMetrics], metrics: &[PerCoreMetric], out: &mut S
     }
 }
 
-/// Resident set size of this process, from /proc/self/statm (0 if unavailable).
-pub fn resident_memory_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page_bytes).unwrap_or(4096)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn view() -> ProcessView {
+        ProcessView {
+            figures: ProcessFigures {
+                resident_memory_bytes: 4096,
+                ..ProcessFigures::default()
+            },
+            shard_count: 2,
+            started: true,
+        }
+    }
+
     #[test]
-    fn merges_cores_and_renders_summaries() {
+    fn merges_cores_into_histograms_and_recent_summaries() {
         let mut first = CoreMetrics::new(0);
         let mut second = CoreMetrics::new(1);
-        first.record_request(Route::Healthz, 200, 10);
-        second.record_request(Route::Healthz, 200, 1000);
-        second.record_request(Route::NotFound, 404, 5);
+        first.record_request(Route::Healthz, 200, 10_000);
+        second.record_request(Route::Healthz, 200, 1_000_000);
+        second.record_request(Route::NotFound, 404, 5_000);
         second.connections_accepted = 3;
+        first.record_stage(Stage::Verify, 1_500);
         let mut text = String::new();
-        render(&[first, second], 4096, &mut text);
+        render(&[first, second], &view(), &mut text);
         assert!(text.contains("payd_requests_total{route=\"healthz\",status=\"200\"} 2\n"));
         assert!(text.contains("payd_requests_total{route=\"not_found\",status=\"404\"} 1\n"));
+        assert!(text.contains("# TYPE payd_request_duration_seconds histogram\n"));
         assert!(text.contains(
-            "payd_request_latency_microseconds{route=\"healthz\",quantile=\"0.5\"} 10\n"
+            "payd_request_duration_seconds_bucket{route=\"healthz\",le=\"0.00001\"} 1\n"
         ));
+        assert!(text
+            .contains("payd_request_duration_seconds_bucket{route=\"healthz\",le=\"0.001\"} 2\n"));
+        assert!(text.contains("payd_request_duration_seconds_count{route=\"healthz\"} 2\n"));
+        assert!(text.contains("# TYPE payd_request_duration_recent_seconds summary\n"));
         let max_line = text
             .lines()
             .find(|line| {
                 line.starts_with(
-                    "payd_request_latency_microseconds{route=\"healthz\",quantile=\"1\"}",
+                    "payd_request_duration_recent_seconds{route=\"healthz\",quantile=\"1\"}",
                 )
             })
             .expect("max quantile line");
-        let max: u64 = max_line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!((995..=1005).contains(&max), "max {max}");
-        assert!(text.contains("payd_request_latency_microseconds_count{route=\"healthz\"} 2\n"));
+        let max: f64 = max_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((0.000995..=0.001005).contains(&max), "max {max}");
+        assert!(text
+            .contains("payd_stage_duration_seconds_bucket{stage=\"verify\",le=\"0.0000025\"} 1\n"));
+        assert!(text.contains("payd_stage_duration_seconds_count{stage=\"persist\"} 0\n"));
         assert!(text.contains("payd_connections_accepted_total{core=\"1\"} 3\n"));
         assert!(text.contains("process_resident_memory_bytes 4096\n"));
+        assert!(text.contains("payd_build_info{version=\""));
         assert!(!text.contains("route=\"get_payment\""));
+    }
+
+    #[test]
+    fn shards_say_whether_they_can_persist() {
+        let first = CoreMetrics::new(0).scrape_copy(&WalTotals::default(), vec![(0, true)]);
+        let second = CoreMetrics::new(1).scrape_copy(&WalTotals::default(), vec![(1, false)]);
+        let mut text = String::new();
+        render(&[second, first], &view(), &mut text);
+        assert!(text.contains(
+            "payd_shard_can_persist{shard=\"0\"} 1\npayd_shard_can_persist{shard=\"1\"} 0\n"
+        ));
+        assert!(text.contains("payd_shards 2\n"));
+        assert!(text.contains("payd_ready 0\n"), "a shard cannot persist");
+    }
+
+    #[test]
+    fn the_logs_recent_window_is_the_totals_less_the_oldest_snapshot() {
+        let mut metrics = CoreMetrics::new(0);
+        let mut totals = WalTotals::default();
+        let fsync = |values: &[u64]| {
+            let mut histogram = Histogram::<u64>::new(2).unwrap();
+            for &value in values {
+                histogram.record(value).unwrap();
+            }
+            histogram
+        };
+        let batches = Histogram::<u64>::new(2).unwrap();
+        totals.add(&fsync(&[9_000]), &batches);
+        for _ in 0..distribution::RECENT_SLICES {
+            metrics.rotate(totals.clone());
+        }
+        // A minute later, two faster syncs: only they are recent.
+        totals.add(&fsync(&[100, 200]), &batches);
+        let copy = metrics.scrape_copy(&totals, Vec::new());
+        let mut text = String::new();
+        render(&[copy], &view(), &mut text);
+        assert!(
+            text.contains("payd_wal_fsync_duration_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("payd_wal_fsync_duration_seconds_bucket{le=\"0.01\"} 3\n"));
+        assert!(text.contains("payd_wal_fsync_duration_recent_seconds_count 2\n"));
+        assert!(text.contains("payd_wal_fsync_duration_recent_seconds{quantile=\"1\"} 0.0002"));
     }
 
     #[test]
@@ -897,13 +1128,11 @@ mod tests {
         first.acquirer.pool_connections_in_use_max = 7;
         second.acquirer.breaker_state = BreakerGauge::Open;
         let mut text = String::new();
-        render(&[first, second], 0, &mut text);
+        render(&[first, second], &view(), &mut text);
         assert!(text.contains("payd_acquirer_calls_total{outcome=\"approved\"} 2\n"));
         assert!(text.contains("payd_acquirer_calls_total{outcome=\"timeout\"} 1\n"));
         assert!(text.contains("payd_acquirer_calls_total{outcome=\"breaker_open\"} 0\n"));
-        assert!(
-            text.contains("payd_acquirer_attempt_latency_microseconds_count{acquirer=\"all\"} 3\n")
-        );
+        assert!(text.contains("payd_acquirer_attempt_duration_seconds_count 3\n"));
         assert!(text.contains("payd_acquirer_retries_total 1\n"));
         assert!(text.contains("payd_acquirer_pool_size{core=\"0\"} 64\n"));
         assert!(text.contains("payd_acquirer_pool_connections_in_use_max{core=\"0\"} 7\n"));
@@ -929,7 +1158,7 @@ mod tests {
         first.set_retention(shard(0, 3, 30));
         assert_eq!(first.retention.len(), 2);
         let mut text = String::new();
-        render(&[first, second], 0, &mut text);
+        render(&[first, second], &view(), &mut text);
         assert!(text.contains("payd_retention_payments_expired_total 15\n"));
         assert!(text.contains("payd_retention_segments_deleted_total 0\n"));
         assert!(text.contains(

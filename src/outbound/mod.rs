@@ -1,5 +1,7 @@
-//! Outbound HTTP/1.1: the client payd uses to call other services (the acquirer now,
-//! merchants' webhook receivers later), on the core's own glommio executor.
+//! Outbound HTTP/1.1: the client payd uses to call other services (the acquirer and
+//! merchants' webhook receivers), on the core's own glommio executor, over plain TCP or
+//! TLS as the URL's scheme says (`tls`: the server's certificate is verified against
+//! the URL's host in the handshake; a failure is `OutboundError::Tls`).
 //!
 //! One `Client` talks to one origin through a bounded pool of keep-alive connections.
 //! A request takes a slot of the pool (waiting in a bounded queue when every slot is
@@ -46,6 +48,9 @@ pub enum OutboundError {
     Resolve,
     /// No connection: refused, unreachable or timed out.
     Connect,
+    /// The TLS handshake failed: above all a certificate that does not verify for the
+    /// URL's host (unknown issuer, wrong name, expired), or no protocol in common.
+    Tls,
     /// The connection broke before a whole response arrived.
     Broken,
     /// The bytes were not an HTTP/1.1 response we can frame.
@@ -61,6 +66,7 @@ impl fmt::Display for OutboundError {
         f.write_str(match self {
             OutboundError::Resolve => "the host name did not resolve",
             OutboundError::Connect => "could not connect",
+            OutboundError::Tls => "the TLS handshake failed (certificate or protocol)",
             OutboundError::Broken => "the connection broke before a whole response",
             OutboundError::Malformed => "the response was not valid HTTP/1.1",
             OutboundError::TooLarge => "the response was over the size limit",

@@ -8,9 +8,11 @@
 
 use super::response::{parse_response, Progress, Response};
 use super::{HttpUrl, OutboundError, Request};
+use crate::tls::{Stream, TlsConnector};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::{Permit, Semaphore};
+use rustls::pki_types::ServerName;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -27,6 +29,9 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 8192;
 pub const POOL_SIZE_MAX: usize = 4096;
 /// Addresses kept from one name resolution.
 const RESOLVED_ADDRESSES_MAX: usize = 16;
+/// A client logs a failed TLS handshake at most this often; the others are counted
+/// into the next line. Every failure is also counted in the caller's metrics.
+const TLS_FAILURE_LOG_INTERVAL_MS: u64 = 1_000;
 
 /// The limits of one client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +66,9 @@ pub struct Client {
     url: HttpUrl,
     host_header: String,
     settings: ClientSettings,
+    /// For `https://` URLs: the core's connector and the identity the server must prove.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls_failure_log: RefCell<FailureLog>,
     /// Resolved once, lazily; forgotten after a failed connect so a name can move.
     addresses: RefCell<Option<Vec<SocketAddr>>>,
     next_address: Cell<usize>,
@@ -75,14 +83,22 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: HttpUrl, settings: ClientSettings) -> Client {
+    /// `connector` is the core's TLS connector, used when the URL is `https://`.
+    pub fn new(url: HttpUrl, settings: ClientSettings, connector: &TlsConnector) -> Client {
         assert!((1..=POOL_SIZE_MAX).contains(&settings.pool_size));
         assert!(settings.connect_timeout_ms > 0);
         assert!(settings.response_bytes_max > 0);
+        let tls = url.tls.then(|| {
+            // Invariant: `HttpUrl::parse` refuses an https host that is not a valid name.
+            let name = ServerName::try_from(url.host.clone()).expect("a valid TLS server name");
+            (connector.clone(), name)
+        });
         Client {
             host_header: url.host_header(),
             url,
             settings,
+            tls,
+            tls_failure_log: RefCell::new(FailureLog::default()),
             addresses: RefCell::new(None),
             next_address: Cell::new(0),
             slots: Semaphore::new(settings.pool_size as u64),
@@ -214,6 +230,10 @@ impl Client {
         };
         // Requests are written whole in one write; waiting to coalesce only adds latency.
         let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(stream),
+            Some((connector, name)) => self.handshake(connector, name, stream).await?,
+        };
         self.connects_total.set(self.connects_total.get() + 1);
         self.open.set(self.open.get() + 1);
         // Invariant: this request holds a slot and found no idle connection.
@@ -225,6 +245,31 @@ impl Client {
             idle_since: Instant::now(),
             open: Rc::clone(&self.open),
         })
+    }
+
+    /// The TLS handshake, bounded like the connect. The server's certificate is verified
+    /// inside it, so a server that fails never sees a byte of the request.
+    async fn handshake(
+        &self,
+        connector: &TlsConnector,
+        name: &ServerName<'static>,
+        stream: TcpStream,
+    ) -> Result<Stream, OutboundError> {
+        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+        let handshake = connector.connect(name.clone(), stream);
+        let result = glommio::timer::timeout(timeout, async { Ok(handshake.await) }).await;
+        match result {
+            Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
+            // A handshake that fails on TLS grounds (a certificate that does not verify, no
+            // common version or cipher) is the server's identity or setup at fault.
+            Ok(Err(error)) if is_tls_error(&error) => {
+                self.tls_failure_log
+                    .borrow_mut()
+                    .log(&self.host_header, &error);
+                Err(OutboundError::Tls)
+            }
+            Ok(Err(_)) | Err(_) => Err(OutboundError::Connect),
+        }
     }
 
     /// The address to connect to: resolved on first use, then each in turn.
@@ -291,9 +336,56 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Whether a failed handshake's error came from TLS itself (rustls' error inside), not
+/// from the socket.
+fn is_tls_error(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+/// Logs failed handshakes of one client, at most one line per
+/// `TLS_FAILURE_LOG_INTERVAL_MS`, with the count of those not logged in between.
+#[derive(Default)]
+struct FailureLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl FailureLog {
+    fn log(&mut self, host: &str, error: &std::io::Error) {
+        if let Some(line) = self.line(Instant::now(), host, error) {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The line to log for a failure at `now`, or `None` within the interval.
+    fn line(&mut self, now: Instant, host: &str, error: &dyn std::fmt::Display) -> Option<String> {
+        let interval = Duration::from_millis(TLS_FAILURE_LOG_INTERVAL_MS);
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < interval)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        let unlogged = match self.unlogged {
+            0 => String::new(),
+            count => format!(" ({count} more since the last line)"),
+        };
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+        // rustls' message names the failure (an unknown issuer, a name that does not
+        // match); it carries nothing secret.
+        Some(format!(
+            "payd: TLS handshake with {host} failed, the attempt counts as failed: {error}{unlogged}"
+        ))
+    }
+}
+
 /// One connection with its buffers. Dropping it closes it and counts it out.
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     input: Vec<u8>,
     output: Vec<u8>,
     idle_since: Instant,
@@ -311,7 +403,11 @@ impl Connection {
     /// connection may carry another request: kept alive, and nothing after the response.
     async fn exchange(&mut self, response_bytes_max: usize) -> Result<(Response, bool), Failure> {
         self.input.clear();
-        if self.stream.write_all(&self.output).await.is_err() {
+        let written = match self.stream.write_all(&self.output).await {
+            Ok(()) => self.stream.flush().await,
+            Err(error) => Err(error),
+        };
+        if written.is_err() {
             return Err(Failure {
                 error: OutboundError::Broken,
                 before_response: true,
@@ -358,14 +454,17 @@ impl Connection {
 
     /// True when nothing is waiting to be read: no close, no unsolicited bytes (some
     /// servers send a 408 before closing an idle connection; it must not be taken for
-    /// the answer to the next request).
+    /// the answer to the next request), neither in the socket nor already decrypted.
     fn is_quiet(&self) -> bool {
+        if self.stream.holds_input() {
+            return false;
+        }
         let mut byte = 0u8;
         // SAFETY: a valid open descriptor and a one-byte buffer that outlives the call;
         // MSG_PEEK leaves the socket's data as it was and MSG_DONTWAIT never blocks.
         let peeked = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.stream.tcp().as_raw_fd(),
                 (&mut byte as *mut u8).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -443,6 +542,33 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn tls_failures_are_logged_at_most_once_an_interval_with_a_count() {
+        let mut log = FailureLog::default();
+        let start = Instant::now();
+        let interval = Duration::from_millis(TLS_FAILURE_LOG_INTERVAL_MS);
+        let first = log.line(start, "h:443", &"UnknownIssuer").unwrap();
+        assert_eq!(
+            first,
+            "payd: TLS handshake with h:443 failed, the attempt counts as failed: UnknownIssuer"
+        );
+        assert_eq!(
+            log.line(start + interval / 2, "h:443", &"UnknownIssuer"),
+            None
+        );
+        assert_eq!(
+            log.line(start + interval / 2, "h:443", &"UnknownIssuer"),
+            None
+        );
+        let next = log
+            .line(start + interval, "h:443", &"UnknownIssuer")
+            .unwrap();
+        assert!(
+            next.ends_with("UnknownIssuer (2 more since the last line)"),
+            "{next}"
+        );
     }
 
     #[test]

@@ -101,7 +101,12 @@ fn settings(pool_size: usize) -> ClientSettings {
 
 fn client(address: SocketAddr, settings: ClientSettings) -> Client {
     let url = HttpUrl::parse(&format!("http://{address}")).unwrap();
-    Client::new(url, settings)
+    Client::new(url, settings, &no_roots())
+}
+
+/// A connector that trusts nothing: these tests call `http://` URLs only.
+fn no_roots() -> crate::tls::TlsConnector {
+    crate::tls::ClientTls::without_roots().core_connector()
 }
 
 const GET: Request<'static> = Request {
@@ -295,7 +300,7 @@ fn names_resolve_off_the_executor() {
     let (address, _) = canned_server(|_, _| Act::Reply(ok("named")));
     let body = on_executor(move || async move {
         let url = HttpUrl::parse(&format!("http://localhost:{}", address.port())).unwrap();
-        let client = Client::new(url, settings(1));
+        let client = Client::new(url, settings(1), &no_roots());
         // localhost may resolve to ::1 first; a failed connect moves on to the next
         // address, and the canned server listens on 127.0.0.1.
         let mut last = Err(OutboundError::Resolve);

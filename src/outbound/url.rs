@@ -1,6 +1,6 @@
-//! `http://host[:port][/path]` URLs of the services payd calls (the acquirer, webhook
-//! receivers): parsed once, strictly, so the client never builds a request line from
-//! text it did not check.
+//! `http://` and `https://host[:port][/path]` URLs of the services payd calls (the
+//! acquirer, webhook receivers): parsed once, strictly, so the client never builds a
+//! request line from text it did not check.
 
 use std::fmt;
 
@@ -9,9 +9,12 @@ pub const URL_LENGTH_MAX: usize = 2048;
 /// RFC 1035: a host name is at most 253 characters.
 pub const HOST_LENGTH_MAX: usize = 253;
 
-/// An `http://` URL: the origin to connect to and the path prefix of every request.
+/// An `http://` or `https://` URL: the origin to connect to and the path prefix of
+/// every request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https://`: the connection speaks TLS, verified against the host.
+    pub tls: bool,
     /// A name, an IPv4 address, or an IPv6 address without its brackets.
     pub host: String,
     pub port: u16,
@@ -34,16 +37,24 @@ impl HttpUrl {
         if text.len() > URL_LENGTH_MAX {
             return Err(UrlError("is longer than 2048 characters"));
         }
-        let rest = text
-            .strip_prefix("http://")
-            .ok_or(UrlError("must be an http:// URL"))?;
+        let (tls, rest) = match (text.strip_prefix("https://"), text.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err(UrlError("must be an http:// or https:// URL")),
+        };
         let authority_end = rest.find('/').unwrap_or(rest.len());
         let (authority, path) = rest.split_at(authority_end);
         if authority.contains('@') {
             // Credentials in a URL end up in logs and process listings; refuse them.
             return Err(UrlError("must not carry user information (user@host)"));
         }
-        let (host, port) = split_host_port(authority)?;
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = split_host_port(authority, default_port)?;
+        if tls && rustls::pki_types::ServerName::try_from(host).is_err() {
+            return Err(UrlError(
+                "has a host that is not a valid DNS name or IP address",
+            ));
+        }
         if path.contains(['?', '#']) {
             return Err(UrlError("must not carry a query or a fragment"));
         }
@@ -51,28 +62,37 @@ impl HttpUrl {
             return Err(UrlError("has a character not allowed in a path"));
         }
         Ok(HttpUrl {
+            tls,
             host: host.to_string(),
             port,
             base_path: path.trim_end_matches('/').to_string(),
         })
     }
 
-    /// The `Host` header value: the port only when it is not the default.
+    /// The `Host` header value: the port only when it is not the scheme's default.
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == self.default_port() {
             host
         } else {
             format!("{host}:{}", self.port)
         }
     }
+
+    fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
+    }
 }
 
-fn split_host_port(authority: &str) -> Result<(&str, u16), UrlError> {
+fn split_host_port(authority: &str, default_port: u16) -> Result<(&str, u16), UrlError> {
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         let (host, after) = bracketed
             .split_once(']')
@@ -108,7 +128,7 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), UrlError> {
         }
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(digits) => parse_port(digits)?,
     };
     Ok((host, port))
@@ -135,6 +155,7 @@ mod tests {
 
     fn url(host: &str, port: u16, base_path: &str) -> HttpUrl {
         HttpUrl {
+            tls: false,
             host: host.to_string(),
             port,
             base_path: base_path.to_string(),
@@ -160,6 +181,27 @@ mod tests {
     }
 
     #[test]
+    fn https_urls_speak_tls_on_port_443_by_default() {
+        let tls = |host: &str, port: u16, base_path: &str| HttpUrl {
+            tls: true,
+            ..url(host, port, base_path)
+        };
+        assert_eq!(
+            HttpUrl::parse("https://acquirer.example/api"),
+            Ok(tls("acquirer.example", 443, "/api"))
+        );
+        assert_eq!(
+            HttpUrl::parse("https://127.0.0.1:9443"),
+            Ok(tls("127.0.0.1", 9443, ""))
+        );
+        assert_eq!(tls("h", 443, "").host_header(), "h");
+        assert_eq!(tls("h", 80, "").host_header(), "h:80");
+        assert!(HttpUrl::parse("https://").is_err());
+        assert!(HttpUrl::parse("https://user@h").is_err());
+        assert!(HttpUrl::parse("https://-h-.example").is_err());
+    }
+
+    #[test]
     fn host_header_brackets_ipv6_and_omits_port_80() {
         assert_eq!(url("h", 80, "").host_header(), "h");
         assert_eq!(url("h", 9100, "").host_header(), "h:9100");
@@ -169,8 +211,8 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_call_safely() {
         for bad in [
-            "https://h",
             "ftp://h",
+            "HTTPS://h",
             "http://",
             "http://:80",
             "http://h:0",

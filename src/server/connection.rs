@@ -16,6 +16,7 @@ use crate::http::{
 };
 use crate::metrics::Route;
 use crate::server::access_log::AccessRecord;
+use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::io;
@@ -67,7 +68,8 @@ enum ReadOutcome {
 
 pub struct Connection {
     core: Rc<Core>,
-    stream: TcpStream,
+    /// Plain TCP, or TLS once the handshake is done.
+    stream: Stream,
     /// `input[start..filled]` holds bytes not yet consumed by a request.
     input: Vec<u8>,
     start: usize,
@@ -82,7 +84,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(core: Rc<Core>, stream: TcpStream) -> Connection {
+    pub fn new(core: Rc<Core>, stream: Stream) -> Connection {
         Connection {
             core,
             stream,
@@ -116,6 +118,7 @@ impl Connection {
             let progress = self.answer_buffered().await?;
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
+                self.stream.flush().await?;
                 self.output.clear();
                 if self.output.capacity() > BUFFER_BYTES_KEPT_MAX {
                     self.output = Vec::with_capacity(INPUT_BYTES_INITIAL);
@@ -135,6 +138,7 @@ impl Connection {
                 ReadOutcome::RequestTimeout => {
                     self.answer_error(&ApiError::new(ErrorKind::RequestTimeout));
                     self.stream.write_all(&self.output).await?;
+                    self.stream.flush().await?;
                     return Ok(true);
                 }
             }
@@ -369,7 +373,7 @@ impl Connection {
     /// what the client still sends for a short while, so the kernel does not answer its
     /// unread bytes with a reset that could destroy the response in flight.
     async fn linger_close(self) {
-        linger_close(self.stream).await;
+        linger_close(self.stream.into_tcp().await).await;
     }
 }
 

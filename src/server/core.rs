@@ -18,9 +18,10 @@ use crate::metrics::{CoreMetrics, Route};
 use crate::shard::mesh::{Mesh, Peers};
 use crate::shard::recovery::rebuild;
 use crate::shard::retention;
-use crate::shard::runtime::Shard;
+use crate::shard::runtime::{Shard, ShardEdges};
 use crate::shard::store::Store;
 use crate::shard::webhooks::{self, Dispatcher, Endpoints};
+use crate::tls::{ClientTls, CoreAcceptor, ServerTls, Stream, TlsConnector};
 use crate::wal::{DataDir, ShardLog};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -38,6 +39,8 @@ pub struct Core {
     pub stamps: Stamps,
     /// Connections refused at the limit that are still being closed gracefully.
     rejected_lingering: Cell<usize>,
+    /// With `[server.tls]`: every accepted connection is a TLS handshake first.
+    tls: Option<CoreAcceptor>,
 }
 
 /// What the start-up thread hands each core.
@@ -51,6 +54,10 @@ pub struct CoreStart {
     pub mesh: Option<Mesh>,
     pub process_id: u32,
     pub started: std::sync::mpsc::Sender<Started>,
+    /// The listener's TLS, when `[server.tls]` is set.
+    pub server_tls: Option<&'static ServerTls>,
+    /// The roots of outbound `https://` calls.
+    pub client_tls: ClientTls,
 }
 
 /// Runs one core until shutdown has drained it.
@@ -65,6 +72,8 @@ pub async fn run(start: CoreStart) {
         mesh,
         process_id,
         started,
+        server_tls,
+        client_tls,
     } = start;
     let listener = match TcpListener::bind(listen) {
         Ok(listener) => listener,
@@ -92,6 +101,7 @@ pub async fn run(start: CoreStart) {
     let _ = started.send(Started::Listening(address));
     // Joining waits for every core: the mesh is complete only once all have started.
     let peers = Peers::join(mesh, index, Rc::clone(&metrics)).await;
+    glommio::spawn_local(Rc::clone(&peers).rotate_metrics()).detach();
     let core = Rc::new(Core {
         index,
         api: api::Context {
@@ -105,14 +115,22 @@ pub async fn run(start: CoreStart) {
         stop,
         stamps: Stamps::new(process_id, cpu),
         rejected_lingering: Cell::new(0),
+        tls: server_tls.map(ServerTls::core_acceptor),
     });
     let accepting = glommio::spawn_local(accept_loop(Rc::clone(&core), listener));
-    let acquirer = Rc::new(Acquirer::new(config, Rc::clone(&core.api.metrics)));
+    // One connector per core: its TLS session cache serves every client of this core.
+    let connector = client_tls.core_connector();
+    let acquirer = Rc::new(Acquirer::new(
+        config,
+        Rc::clone(&core.api.metrics),
+        &connector,
+    ));
     let edges = ShardEdges {
         acquirer,
         metrics: Rc::clone(&core.api.metrics),
     };
-    match open_shards(config, keys, data_dir, index, peers.count(), edges).await {
+    let cores = peers.count();
+    match open_shards(config, keys, data_dir, index, cores, edges, &connector).await {
         Ok(shards) => {
             peers.set_local_shards(shards);
             let _ = started.send(Started::Recovered);
@@ -126,12 +144,6 @@ pub async fn run(start: CoreStart) {
     drain(&core).await;
 }
 
-/// What this core's shards share: the acquirer client and the core's metrics.
-struct ShardEdges {
-    acquirer: Rc<Acquirer>,
-    metrics: Rc<RefCell<CoreMetrics>>,
-}
-
 /// Recovers this core's shards from their logs, indexed by shard id: shard `s` lives on
 /// core `s % cores`. Log replay runs on glommio's blocking pool, so this core keeps
 /// answering `/healthz` and `/readyz` (503) meanwhile.
@@ -142,8 +154,9 @@ async fn open_shards(
     index: usize,
     cores: usize,
     edges: ShardEdges,
+    connector: &TlsConnector,
 ) -> Result<Vec<Option<Rc<Shard>>>, String> {
-    let endpoints = Rc::new(Endpoints::from_config(config, keys)?);
+    let endpoints = Rc::new(Endpoints::from_config(config, keys, connector)?);
     let mut shards: Vec<Option<Rc<Shard>>> = vec![None; usize::from(data_dir.shard_count())];
     for id in (0..data_dir.shard_count()).filter(|&id| usize::from(id) % cores == index) {
         let dir = data_dir.shard_dir(id);
@@ -179,8 +192,8 @@ async fn open_shards(
             keys,
             rebuilt.state,
             store,
-            Rc::clone(&edges.acquirer),
             dispatcher,
+            edges.clone(),
         ));
         webhooks::spawn(&shard);
         let pending = shard.resume_pending();
@@ -251,16 +264,54 @@ fn admit(core: &Rc<Core>, stream: TcpStream) {
     drop(metrics);
     let core = Rc::clone(core);
     glommio::spawn_local(async move {
-        Connection::new(Rc::clone(&core), stream).run().await;
+        let stream = match &core.tls {
+            None => Some(Stream::Plain(stream)),
+            Some(tls) => handshake(&core, tls, stream).await,
+        };
+        if let Some(stream) = stream {
+            Connection::new(Rc::clone(&core), stream).run().await;
+        }
         core.api.metrics.borrow_mut().connections_open -= 1;
     })
     .detach();
 }
 
+/// The server side of a TLS handshake, on the core that accepted the connection and
+/// within `limits.request_timeout_ms` (a client that stalls it is a slow client like
+/// any other). `None`, counted, when it fails: the connection is then simply closed.
+/// Shutdown ends a handshake still running, as it ends an idle connection.
+async fn handshake(core: &Core, tls: &CoreAcceptor, stream: TcpStream) -> Option<Stream> {
+    let timeout = Duration::from_millis(core.api.config.limits.request_timeout_ms);
+    let _ = stream.set_nodelay(true);
+    let accepting = tls.acceptor().accept(stream);
+    let bounded = async {
+        let accepted = glommio::timer::timeout(timeout, async { Ok(accepting.await) }).await;
+        accepted.ok().and_then(Result::ok)
+    };
+    let stopped = async {
+        core.stop.wait().await;
+        None
+    };
+    let accepted = futures_lite::future::or(bounded, stopped).await;
+    let mut metrics = core.api.metrics.borrow_mut();
+    match accepted {
+        Some(stream) => {
+            metrics.tls_handshakes += 1;
+            Some(Stream::Tls(Box::new(stream.into())))
+        }
+        None => {
+            metrics.tls_handshake_failures += 1;
+            None
+        }
+    }
+}
+
 /// Answers 503 `overloaded` to a connection over the limit, then closes it. These closes
-/// are bounded too: past `REJECTED_LINGERING_MAX` the connection is simply dropped.
+/// are bounded too: past `REJECTED_LINGERING_MAX` the connection is simply dropped. A TLS
+/// listener drops it at once: a plain-text answer would mean nothing to a TLS client,
+/// and a handshake is work an overloaded core should not take on.
 fn reject(core: &Rc<Core>, stream: TcpStream) {
-    if core.rejected_lingering.get() >= REJECTED_LINGERING_MAX {
+    if core.rejected_lingering.get() >= REJECTED_LINGERING_MAX || core.tls.is_some() {
         return;
     }
     core.rejected_lingering

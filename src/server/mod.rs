@@ -5,8 +5,9 @@
 //! port 0 resolves to one port that every core then shares), and executors are created
 //! in core order, which makes mesh peer `i` core `i`. Once every core listens, the
 //! process is ready and says so on stderr. The main thread then only waits for SIGTERM
-//! or SIGINT, flips the stopping flag, and waits for the cores to drain; SIGHUP asks
-//! every core to reopen its access log. A panic anywhere ends the process (`fail_stop`).
+//! or SIGINT, flips the stopping flag, and waits for the cores to drain. SIGHUP reloads
+//! the listener's TLS certificate and key (`reload_tls`) and asks every core to reopen
+//! its access log. A panic anywhere ends the process (`fail_stop`).
 
 mod access_log;
 mod connection;
@@ -20,6 +21,7 @@ use crate::auth::MerchantKeys;
 use crate::config::Config;
 use crate::lifecycle;
 use crate::shard::mesh;
+use crate::tls::{ClientTls, ServerTls};
 use crate::wal::DataDir;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ pub fn serve(
 ) -> Result<(), String> {
     let signals = block_shutdown_signals();
     refuse_if_in_use(config.server.listen)?;
+    ignore_file_size_signal();
+    let (server_tls, client_tls) = load_tls(config)?;
     let io_memory = io_memory_bytes(cpus.len());
     let mesh = (cpus.len() > 1).then(|| mesh::new_mesh(cpus.len()));
     let process_id = random_u32();
@@ -80,6 +84,8 @@ pub fn serve(
             mesh: mesh.clone(),
             process_id,
             started: started_sender.clone(),
+            server_tls,
+            client_tls: client_tls.clone(),
         };
         let exited_sender = exited_sender.clone();
         LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -110,7 +116,70 @@ pub fn serve(
     }
     lifecycle::set_ready();
     eprintln!("payd: ready, listening on {listen}");
-    wait_for_shutdown(config, &signals, &exited, cpus.len())
+    wait_for_shutdown(config, &signals, &exited, cpus.len(), server_tls)
+}
+
+/// The listener's certificate and key (the config checked them; they are read again
+/// here, as they will be on every reload) and the roots of outbound calls: the system's
+/// store is read only when some URL is `https://`.
+fn load_tls(config: &Config) -> Result<(Option<&'static ServerTls>, ClientTls), String> {
+    let server_tls = match &config.server.tls {
+        None => None,
+        Some(tls) => {
+            let loaded = ServerTls::load(&tls.cert_file, &tls.key_file)
+                .map_err(|e| format!("server.tls: {e}"))?;
+            // Lives as long as the process: every core's acceptor borrows it.
+            Some(&*Box::leak(Box::new(loaded)))
+        }
+    };
+    let extra = config.tls.extra_ca_file.as_deref();
+    if !config.calls_https() {
+        return Ok((server_tls, ClientTls::without_roots()));
+    }
+    let (client_tls, counts) =
+        ClientTls::load(extra).map_err(|e| format!("tls.extra_ca_file: {e}"))?;
+    eprintln!(
+        "payd: outbound TLS trusts {} system root certificates ({} unusable skipped) and {} from tls.extra_ca_file",
+        counts.system, counts.system_unusable, counts.extra
+    );
+    if counts.system + counts.extra == 0 {
+        eprintln!(
+            "payd: warning: no root certificate at all: every https:// call will fail verification"
+        );
+    }
+    Ok((server_tls, client_tls))
+}
+
+/// SIGHUP: reads the listener's certificate and key again. New connections get the new
+/// ones; open connections keep theirs. On an error the old ones stay, and it is logged.
+/// SIGHUP: every core reopens its access log (after a rotation), and the listener's TLS
+/// certificate and key are read again when there are some.
+fn reload(server_tls: Option<&ServerTls>) {
+    eprintln!("payd: SIGHUP: reopening the access logs");
+    lifecycle::request_log_reopen();
+    if server_tls.is_some() {
+        reload_tls(server_tls);
+    }
+}
+
+pub fn reload_tls(server_tls: Option<&ServerTls>) {
+    match server_tls.map(ServerTls::reload) {
+        None => eprintln!("payd: SIGHUP: no [server.tls] to reload"),
+        Some(Ok(())) => eprintln!("payd: SIGHUP: TLS certificate and key reloaded"),
+        Some(Err(error)) => {
+            eprintln!("payd: SIGHUP: TLS not reloaded, the old certificate stays: {error}")
+        }
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`) then fails with EFBIG, which fails
+/// that shard's log (it stops acknowledging and `/readyz` names it), instead of SIGXFSZ
+/// killing the whole process, as PostgreSQL does too.
+fn ignore_file_size_signal() {
+    // SAFETY: signal(2) with SIG_IGN only sets this signal's disposition.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Reports a core's exit to the main thread, even when the core panicked.
@@ -130,6 +199,7 @@ fn wait_for_shutdown(
     signals: &libc::sigset_t,
     exited: &mpsc::Receiver<usize>,
     cores: usize,
+    server_tls: Option<&ServerTls>,
 ) -> Result<(), String> {
     loop {
         match wait_signal(signals, Duration::from_millis(100)) {
@@ -137,10 +207,7 @@ fn wait_for_shutdown(
                 eprintln!("payd: {signal}: stopping; draining in-flight requests");
                 break;
             }
-            Some(Signal::ReopenLogs) => {
-                eprintln!("payd: SIGHUP: reopening the access logs");
-                lifecycle::request_log_reopen();
-            }
+            Some(Signal::Reload) => reload(server_tls),
             None => {}
         }
         if let Ok(index) = exited.try_recv() {
@@ -153,9 +220,13 @@ fn wait_for_shutdown(
     let deadline = Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms + 1000);
     let mut remaining = cores;
     while remaining > 0 {
-        if let Some(Signal::Stop(_)) = wait_signal(signals, Duration::ZERO) {
-            eprintln!("payd: second signal: exiting at once");
-            return Ok(());
+        match wait_signal(signals, Duration::ZERO) {
+            Some(Signal::Reload) => reload(server_tls),
+            Some(Signal::Stop(_)) => {
+                eprintln!("payd: second signal: exiting at once");
+                return Ok(());
+            }
+            None => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -194,8 +265,9 @@ fn refuse_if_in_use(listen: SocketAddr) -> Result<(), String> {
 enum Signal {
     /// SIGTERM or SIGINT: shut down.
     Stop(&'static str),
-    /// SIGHUP: reopen the access logs (after a rotation); never a reason to stop.
-    ReopenLogs,
+    /// SIGHUP: reload the TLS certificate and reopen the access logs (after a
+    /// rotation); never a reason to stop.
+    Reload,
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any executor thread exists,
@@ -224,7 +296,7 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<Signal> {
     match signal {
         libc::SIGTERM => Some(Signal::Stop("SIGTERM")),
         libc::SIGINT => Some(Signal::Stop("SIGINT")),
-        libc::SIGHUP => Some(Signal::ReopenLogs),
+        libc::SIGHUP => Some(Signal::Reload),
         _ => None,
     }
 }

@@ -17,8 +17,8 @@ use super::stamps::Clock;
 use crate::api::{self, Request};
 use crate::http::{BodyDecoder, ConnectionHeader, Method, RequestHead, Response};
 use crate::metrics::Route;
+use crate::tls::Stream;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use std::future::Future;
 use std::io;
 use std::ops::Range;
@@ -113,7 +113,7 @@ pub async fn answer_batch(
     batch: &mut Batch,
     clock: &Clock,
     output: &mut Vec<u8>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> io::Result<bool> {
     let Batch {
         framed,
@@ -196,7 +196,7 @@ async fn answer_together(
     bodies_left: &mut &mut [u8],
     responses: &mut [Response],
     output: &mut Vec<u8>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> io::Result<bool> {
     let GroupContext { core, input, clock } = *context;
     let mut slots = Vec::with_capacity(group.len());
@@ -239,12 +239,16 @@ async fn answer_together(
 /// slow to read must not stall creates between their decision and their answer (an
 /// authorisation, a response timeout, the shard's in-flight count), only its own answers.
 async fn write_while_running<'r, F: Future<Output = Answered<'r>>>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     output: &[u8],
     slots: &mut [Slot<'r, F>],
     written: usize,
 ) -> io::Result<()> {
-    let mut write = std::pin::pin!(stream.write_all(output));
+    // Flushed too: TLS holds what it encrypted until asked to write it all out.
+    let mut write = std::pin::pin!(async {
+        stream.write_all(output).await?;
+        stream.flush().await
+    });
     std::future::poll_fn(|cx| {
         for index in written..slots.len() {
             poll_slot(slots, index, cx);
@@ -355,13 +359,12 @@ fn write_answer(
         response.body = Vec::new();
     }
     // Every request of a batch is timed from the read that completed the batch.
-    let latency_us = finished
-        .saturating_duration_since(clock.instant)
-        .as_micros() as u64;
+    let latency = finished.saturating_duration_since(clock.instant);
+    let latency_us = latency.as_micros() as u64;
     core.api
         .metrics
         .borrow_mut()
-        .record_request(route, response.status, latency_us);
+        .record_request(route, response.status, latency.as_nanos() as u64);
     core.access_log.record(&AccessRecord {
         unix_ms: clock.unix_ms,
         method: head.method,

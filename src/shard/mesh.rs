@@ -12,7 +12,7 @@
 
 use super::runtime::{Command, Reply, Shard};
 use super::webhooks::FailedEvent;
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, WalTotals, RECENT_SLICE_MS};
 use crate::payment::{EventId, MerchantIndex};
 use crate::webhooks::dead_letters::DeadLetterKey;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -65,6 +65,14 @@ pub enum Message {
     EventsReply {
         token: u64,
         answer: EventsAnswer,
+    },
+    /// `/readyz`: which of your shards cannot persist?
+    PersistRequest {
+        token: u64,
+    },
+    PersistReply {
+        token: u64,
+        unable: Vec<u16>,
     },
 }
 
@@ -142,6 +150,22 @@ enum Awaited {
     Metrics(Rc<Scrape>),
     Shard(Rc<ReplySlot>),
     Events(Rc<EventsGather>),
+    Persist(Rc<PersistGather>),
+}
+
+/// One readiness question in progress over the other cores.
+struct PersistGather {
+    unable: RefCell<Vec<u16>>,
+    arrived: Semaphore,
+}
+
+/// Whether every shard can persist, as `/readyz` asks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistState {
+    /// Shards whose write-ahead log failed (disk full, a failed fsync), ascending.
+    pub unable: Vec<u16>,
+    /// Cores that did not answer within `SCRAPE_TIMEOUT_MS`: their shards are unknown.
+    pub cores_silent: usize,
 }
 
 /// One events query in progress over several cores.
@@ -321,6 +345,21 @@ impl Peers {
                 })
                 .detach();
             }
+            Message::PersistRequest { token } => {
+                let unable = self.local_unable_to_persist();
+                glommio::spawn_local(async move {
+                    let reply = Message::PersistReply { token, unable };
+                    self.send_within(origin(token), reply, SCRAPE_TIMEOUT_MS)
+                        .await;
+                })
+                .detach();
+            }
+            Message::PersistReply { token, unable } => {
+                if let Some(Awaited::Persist(gather)) = self.awaiting.borrow_mut().remove(&token) {
+                    gather.unable.borrow_mut().extend(unable);
+                    gather.arrived.signal(1);
+                }
+            }
             Message::EventsReply { token, answer } => {
                 if let Some(Awaited::Events(gather)) = self.awaiting.borrow_mut().remove(&token) {
                     gather.answers.borrow_mut().push(answer);
@@ -356,19 +395,92 @@ impl Peers {
         }
     }
 
-    /// This core's metrics, with its shards' log statistics folded in.
+    /// This core's metrics, with its shards' logs and webhook gauges folded in.
     fn metrics_copy(&self) -> CoreMetrics {
-        let mut copy = self.metrics.borrow().clone();
-        for shard in self.local_shards() {
-            let stats = shard.log().stats();
-            copy.wal_fsync_latency
-                .add_histogram(&stats.fsync_latency_us);
-            copy.wal_records_per_batch
-                .add_histogram(&stats.records_per_batch);
-            drop(stats);
+        let shards = self.local_shards();
+        let can_persist = shards
+            .iter()
+            .map(|shard| (shard.id(), shard.log().failure().is_none()))
+            .collect();
+        let mut copy = self
+            .metrics
+            .borrow()
+            .scrape_copy(&self.wal_totals(), can_persist);
+        for shard in &shards {
             copy.webhooks.gauges.add(&shard.webhooks().gauges());
         }
         copy
+    }
+
+    /// This core's shards whose log failed.
+    fn local_unable_to_persist(&self) -> Vec<u16> {
+        self.local_shards()
+            .iter()
+            .filter(|shard| shard.log().failure().is_some())
+            .map(|shard| shard.id())
+            .collect()
+    }
+
+    /// Asks every core which of its shards cannot persist; a core that does not answer
+    /// within `SCRAPE_TIMEOUT_MS` is counted as silent.
+    pub async fn persist_state(&self) -> PersistState {
+        let gather = Rc::new(PersistGather {
+            unable: RefCell::new(self.local_unable_to_persist()),
+            arrived: Semaphore::new(0),
+        });
+        let mut tokens = Vec::with_capacity(self.count);
+        if let Some(senders) = &self.senders {
+            for peer in (0..self.count).filter(|&peer| peer != self.index) {
+                let token = self.token();
+                self.awaiting
+                    .borrow_mut()
+                    .insert(token, Awaited::Persist(Rc::clone(&gather)));
+                // A full ring is a core that cannot answer now: it counts as silent.
+                if senders
+                    .try_send_to(peer, Message::PersistRequest { token })
+                    .is_ok()
+                {
+                    tokens.push(token);
+                } else {
+                    self.awaiting.borrow_mut().remove(&token);
+                }
+            }
+        }
+        let deadline = Duration::from_millis(SCRAPE_TIMEOUT_MS);
+        let asked = tokens.len() as u64;
+        let all_arrived = glommio::timer::timeout(deadline, gather.arrived.acquire(asked)).await;
+        self.forget(&tokens);
+        // After a timeout the permits nobody took are the replies that did arrive.
+        let answered = match all_arrived {
+            Ok(()) => asked,
+            Err(_) => asked.min(gather.arrived.available()),
+        };
+        let mut unable = std::mem::take(&mut *gather.unable.borrow_mut());
+        unable.sort_unstable();
+        PersistState {
+            unable,
+            cores_silent: self.count - 1 - answered as usize,
+        }
+    }
+
+    /// The write-ahead log histograms of this core's shards, added up.
+    fn wal_totals(&self) -> WalTotals {
+        let mut totals = WalTotals::default();
+        for shard in self.local_shards() {
+            let stats = shard.log().stats();
+            totals.add(&stats.fsync_latency_us, &stats.records_per_batch);
+        }
+        totals
+    }
+
+    /// Starts a new slice of this core's recent metric windows every `RECENT_SLICE_MS`,
+    /// for as long as the core runs.
+    pub async fn rotate_metrics(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(RECENT_SLICE_MS)).await;
+            let totals = self.wal_totals();
+            self.metrics.borrow_mut().rotate(totals);
+        }
     }
 
     fn token(&self) -> u64 {

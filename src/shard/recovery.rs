@@ -65,12 +65,20 @@ pub fn rebuild(shard: u16, shard_dir: &Path, keys: &MerchantKeys) -> Result<Rebu
     let recovery =
         wal::recover(shard_dir, &mut |record| replay.apply(record)).map_err(|e| e.to_string())?;
     replay.check_waiting()?;
-    if let Some(truncation) = &recovery.truncation {
+    // Zeros after the last frame are padding and preallocation, there after every clean
+    // stop: cut without a word. Anything else cut was a torn, never acknowledged write.
+    if let Some(truncation) = recovery.truncation.as_ref().filter(|t| t.torn) {
         eprintln!(
-            "payd: shard {shard}: cut {} bytes of padding or unacknowledged tail at offset {} of {}",
+            "payd: shard {shard}: cut a torn write that was never acknowledged: {} bytes at offset {} of {}",
             truncation.bytes_removed,
             truncation.offset,
             truncation.path.display()
+        );
+    }
+    if recovery.legacy_segments > 0 {
+        eprintln!(
+            "payd: shard {shard}: {} log segment(s) in format 1 are read as they are; new records are written in format 2 (batch frames), and retention removes the old segments in time",
+            recovery.legacy_segments
         );
     }
     let append_marks = AppendMarks::seeded(&recovery.segments);

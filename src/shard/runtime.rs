@@ -14,6 +14,7 @@ use super::webhooks::Dispatcher;
 use crate::acquirer::{Acquirer, AuthorizeRequest};
 use crate::auth::MerchantKeys;
 use crate::config::Config;
+use crate::metrics::{CoreMetrics, Stage};
 use crate::payment::{Authorization, MerchantIndex, PaymentId, PaymentTerms};
 use crate::payment_object::PaymentSnapshot;
 use crate::wal::{encode_created, encode_finalized, Checkpoint, RecordKind, WebhookEvent};
@@ -21,7 +22,7 @@ use crate::webhooks::event::final_status_event;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a shard can be asked to do. Sent over the mesh, so it owns its data.
 pub enum Command {
@@ -69,6 +70,13 @@ pub const RESUMED_AUTHORIZATIONS_CONCURRENT_MAX: usize = 64;
 const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
 const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
 
+/// What a core's shards share: the acquirer client and the core's metrics.
+#[derive(Clone)]
+pub struct ShardEdges {
+    pub acquirer: Rc<Acquirer>,
+    pub metrics: Rc<RefCell<CoreMetrics>>,
+}
+
 pub struct Shard {
     id: u16,
     config: &'static Config,
@@ -81,6 +89,8 @@ pub struct Shard {
     /// `server.shard_inbox_capacity` bounds all of them, not only those awaited.
     creates_in_flight: Cell<usize>,
     webhooks: Dispatcher,
+    /// The core's metrics: this shard's acquirer and persist stages are timed into them.
+    metrics: Rc<RefCell<CoreMetrics>>,
 }
 
 impl Shard {
@@ -90,8 +100,8 @@ impl Shard {
         merchants: &'static MerchantKeys,
         state: ShardState,
         store: Store,
-        acquirer: Rc<Acquirer>,
         webhooks: Dispatcher,
+        edges: ShardEdges,
     ) -> Shard {
         Shard {
             id,
@@ -99,9 +109,10 @@ impl Shard {
             merchants,
             state: RefCell::new(state),
             store,
-            acquirer,
+            acquirer: edges.acquirer,
             creates_in_flight: Cell::new(0),
             webhooks,
+            metrics: edges.metrics,
         }
     }
 
@@ -309,8 +320,14 @@ impl Shard {
         in_flight: InFlight,
         take: impl FnOnce(&Payment) -> P,
     ) -> Reply<P> {
-        if let Err(error) = self.store.append(RecordKind::Created, created).await {
-            eprintln!("payd: shard {}: {}", self.id, error.0);
+        if let Some(authorization) = self.answer_at_once(id) {
+            return self.create_decided(id, created, authorization, take).await;
+        }
+        let persisting = Instant::now();
+        let appended = self.store.append(RecordKind::Created, created).await;
+        self.record_stage(Stage::Persist, persisting);
+        if let Err(error) = appended {
+            self.report_store_error(&error.0);
             // Never acknowledged, so forgetting it is safe; a retry creates it afresh.
             self.state.borrow_mut().abandon(id);
             return Reply::Unavailable;
@@ -368,12 +385,14 @@ impl Shard {
 
     /// The acquirer's final answer for a pending payment, retries included.
     async fn ask_acquirer(self: Rc<Self>, id: PaymentId) -> Authorization {
+        let asking = Instant::now();
         let request = {
             let state = self.state.borrow();
             let payment = state
                 .get_by_id(id)
                 .expect("a payment being authorised exists");
             if let Some(authorization) = self.acquirer.answer_at_once(payment.payment_method()) {
+                self.record_stage(Stage::Acquirer, asking);
                 return authorization;
             }
             AuthorizeRequest {
@@ -384,14 +403,82 @@ impl Shard {
                 payment_method: payment.payment_method().to_string(),
             }
         };
-        self.acquirer.authorize(&request).await
+        let authorization = self.acquirer.authorize(&request).await;
+        self.record_stage(Stage::Acquirer, asking);
+        authorization
+    }
+
+    /// Logs why a record could not be made durable, unless the log failed: it said so
+    /// itself, once, and every create in flight would repeat it.
+    fn report_store_error(&self, error: &str) {
+        if self.store.failure().is_none() {
+            eprintln!("payd: shard {}: {error}", self.id);
+        }
+    }
+
+    fn record_stage(&self, stage: Stage, started: Instant) {
+        let duration_ns = started.elapsed().as_nanos() as u64;
+        self.metrics.borrow_mut().record_stage(stage, duration_ns);
     }
 
     /// Makes the acquirer's answer durable (with its webhook event), then applies it.
+    /// The acquirer's answer if it is known without asking anyone: the in-process
+    /// simulation without latency.
+    fn answer_at_once(&self, id: PaymentId) -> Option<Authorization> {
+        let asking = Instant::now();
+        let state = self.state.borrow();
+        let payment = state.get_by_id(id).expect("a payment being created exists");
+        let answer = self.acquirer.answer_at_once(payment.payment_method());
+        if answer.is_some() {
+            self.record_stage(Stage::Acquirer, asking);
+        }
+        answer
+    }
+
+    /// A create whose final answer was known at once: the intent, the final status and
+    /// its webhook event are made durable together, in one group, with one sync. The
+    /// rule that the intent is durable before the acquirer is asked protects against an
+    /// authorisation that payd does not know about; an in-process answer leaves none.
+    async fn create_decided<P>(
+        self: &Rc<Self>,
+        id: PaymentId,
+        created: &[u8],
+        authorization: Authorization,
+        take: impl FnOnce(&Payment) -> P,
+    ) -> Reply<P> {
+        let outcome = Rc::clone(self)
+            .make_final(id, authorization, Some(created))
+            .await;
+        let reply = match outcome {
+            Ok(()) => Reply::Created {
+                payment: self.snapshot(id, take),
+                r#final: true,
+            },
+            Err(()) => {
+                // Nothing of it was acknowledged: a retry creates it afresh.
+                self.state.borrow_mut().abandon(id);
+                return Reply::Unavailable;
+            }
+        };
+        self.state.borrow_mut().mark_answered(id);
+        reply
+    }
+
     async fn finalize(
         self: Rc<Self>,
         id: PaymentId,
         authorization: Authorization,
+    ) -> Result<(), ()> {
+        self.make_final(id, authorization, None).await
+    }
+
+    /// Makes the acquirer's answer durable with its webhook event (and the payment's
+    /// `Created` record, when `created` is given), in one group, then applies it.
+    async fn make_final(
+        self: Rc<Self>,
+        id: PaymentId,
+        authorization: Authorization,
+        created: Option<&[u8]>,
     ) -> Result<(), ()> {
         let updated_at_ms = now_ms();
         let mut finalized = Vec::with_capacity(FINALIZED_PAYLOAD_BYTES_TYPICAL);
@@ -407,24 +494,36 @@ impl Shard {
         if let Some((_, event)) = &event {
             event.encode(&mut event_payload);
         }
-        // Both records go into the same batch: no await between the two appends, so the
-        // final status is never durable without the event that tells it.
+        // One group: the final status is never durable without the event that tells it.
         let log = self.store.log();
-        let finalized_append = log.append(RecordKind::Finalized.as_u8(), &finalized);
-        let event_append = event
-            .is_some()
-            .then(|| log.append(RecordKind::WebhookEvent.as_u8(), &event_payload));
+        let mut group: [(u8, &[u8]); 3] = [(0, &[]); 3];
+        let mut records = 0;
+        for (kind, payload) in [
+            created.map(|created| (RecordKind::Created, created)),
+            Some((RecordKind::Finalized, finalized.as_slice())),
+            event
+                .as_ref()
+                .map(|_| (RecordKind::WebhookEvent, event_payload.as_slice())),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            group[records] = (kind.as_u8(), payload);
+            records += 1;
+        }
+        let records = &group[..records];
+        let has_event = event.is_some();
         let durable = async {
-            finalized_append.await?;
-            match event_append {
-                Some(append) => append.await.map(Some),
-                None => Ok(None),
-            }
+            let last = log.append_group(records).await?;
+            Ok::<_, crate::wal::LogError>(has_event.then_some(last))
         };
-        let position = match durable.await {
+        let persisting = Instant::now();
+        let durable = durable.await;
+        self.record_stage(Stage::Persist, persisting);
+        let position = match durable {
             Ok(position) => position,
             Err(error) => {
-                eprintln!("payd: shard {}: {error}", self.id);
+                self.report_store_error(&error.to_string());
                 return Err(());
             }
         };

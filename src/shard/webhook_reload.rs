@@ -19,8 +19,8 @@
 use crate::auth::MerchantKeys;
 use crate::payment::{EventId, MerchantIndex};
 use crate::wal::{
-    decode_record, list_segments, DecodeOutcome, RecordKind, SegmentFile, WebhookAttempted,
-    WebhookDeadLetter, WebhookDelivered, WebhookEvent, SEGMENT_BYTES_CEILING,
+    list_segments, read_records, RecordKind, SegmentFile, WebhookAttempted, WebhookDeadLetter,
+    WebhookDelivered, WebhookEvent, SEGMENT_BYTES_CEILING,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -111,25 +111,23 @@ fn read_segment(
         Err(error) => return Err(format!("cannot read {}: {error}", segment.path.display())),
     };
     assert!(data.len() as u64 <= SEGMENT_BYTES_CEILING);
-    let mut offset = 0;
-    let mut expected = segment.first_sequence;
-    // Bounded: every record moves the offset forward by at least its framing.
-    while offset < data.len() && expected < records_end {
-        let record = match decode_record(&data[offset..]) {
-            DecodeOutcome::Record(record) if record.sequence == expected => record,
-            // The writer's tail: padding, or a write not finished yet.
-            _ if is_last => break,
-            _ => return Err(format!("unreadable record in {}", where_(offset))),
-        };
-        if record.sequence >= state.request.from {
-            state
-                .owed
-                .visit(record.kind, record.sequence, record.payload)
-                .map_err(|e| format!("{e} in {}", where_(offset)))?;
+    let from = state.request.from;
+    let owed = &mut state.owed;
+    let mut visit = |record: crate::wal::Record<'_>| -> Result<(), String> {
+        if record.sequence < from {
+            return Ok(());
         }
-        offset += record.length_total;
-        expected += 1;
+        owed.visit(record.kind, record.sequence, record.payload)
+            .map_err(|e| format!("{e} in {}", segment.path.display()))
+    };
+    let read = read_records(&data, segment.first_sequence, records_end, &mut visit)?;
+    if let Some(offset) = read.unreadable_at {
+        // The writer's tail in the last segment: padding, or a write not finished yet.
+        if !is_last {
+            return Err(format!("unreadable record in {}", where_(offset)));
+        }
     }
+    let expected = read.next_sequence;
     if !is_last && expected < records_end {
         let file = segment.path.display();
         return Err(format!(

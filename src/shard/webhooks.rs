@@ -19,6 +19,7 @@ use crate::metrics::{CoreMetrics, WebhookAttemptOutcome, WebhookFate, WebhookGau
 use crate::outbound::{Client, ClientSettings, HttpUrl};
 use crate::payment::{EventId, MerchantIndex};
 use crate::payment_object::PaymentSnapshot;
+use crate::tls::TlsConnector;
 use crate::wal::{
     RecordKind, WebhookAttempted, WebhookDeadLetter, WebhookDelivered, WebhookEvent, WebhookOutcome,
 };
@@ -68,9 +69,14 @@ pub struct Endpoints(Vec<Option<Endpoint>>);
 
 impl Endpoints {
     /// Resolves every merchant's URL and key (the config checked both at load).
-    pub fn from_config(config: &Config, keys: &MerchantKeys) -> Result<Endpoints, String> {
+    /// `tls` is the core's connector, for `https://` URLs.
+    pub fn from_config(
+        config: &Config,
+        keys: &MerchantKeys,
+        tls: &TlsConnector,
+    ) -> Result<Endpoints, String> {
         assert_eq!(config.merchants.len(), keys.len());
-        let mut clients: HashMap<(String, u16), Rc<Client>> = HashMap::new();
+        let mut clients: HashMap<(bool, String, u16), Rc<Client>> = HashMap::new();
         let mut endpoints = Vec::with_capacity(config.merchants.len());
         for merchant in &config.merchants {
             let (Some(url), Some(secret)) = (&merchant.webhook_url, &merchant.webhook_secret)
@@ -82,10 +88,10 @@ impl Endpoints {
             let secret = resolve_secret(secret).map_err(|e| format!("{what} secret: {e}"))?;
             let key = WebhookKey::parse(&secret).map_err(|e| format!("{what} secret: {e}"))?;
             let parsed = HttpUrl::parse(url).map_err(|e| format!("{what} url: {e}"))?;
-            let origin = (parsed.host.clone(), parsed.port);
+            let origin = (parsed.tls, parsed.host.clone(), parsed.port);
             let client = clients
                 .entry(origin)
-                .or_insert_with(|| Rc::new(origin_client(parsed, config.webhooks.timeout_ms)));
+                .or_insert_with(|| Rc::new(origin_client(parsed, config.webhooks.timeout_ms, tls)));
             endpoints.push(Some(Endpoint {
                 url: url.clone(),
                 key,
@@ -108,7 +114,7 @@ impl Endpoints {
     }
 }
 
-fn origin_client(mut url: HttpUrl, timeout_ms: u64) -> Client {
+fn origin_client(mut url: HttpUrl, timeout_ms: u64, tls: &TlsConnector) -> Client {
     // Requests carry the merchant's whole path, so merchants of one origin share it.
     url.base_path.clear();
     Client::new(
@@ -120,6 +126,7 @@ fn origin_client(mut url: HttpUrl, timeout_ms: u64) -> Client {
             response_bytes_max: RESPONSE_BYTES_MAX,
             idle_ms_max: IDLE_CONNECTION_MS_MAX,
         },
+        tls,
     )
 }
 
@@ -723,7 +730,7 @@ fn answered_status(outcome: &DeliveryOutcome) -> Option<u16> {
         DeliveryOutcome::Answered { status, .. } => {
             Some(*status).filter(|status| (100..=999).contains(status))
         }
-        DeliveryOutcome::TimedOut | DeliveryOutcome::Failed => None,
+        DeliveryOutcome::TimedOut | DeliveryOutcome::Failed | DeliveryOutcome::TlsFailed => None,
     }
 }
 
@@ -735,6 +742,7 @@ fn attempt_outcome(outcome: &DeliveryOutcome) -> WebhookAttemptOutcome {
         DeliveryOutcome::Answered { .. } => WebhookAttemptOutcome::Rejected,
         DeliveryOutcome::TimedOut => WebhookAttemptOutcome::Timeout,
         DeliveryOutcome::Failed => WebhookAttemptOutcome::ConnectionError,
+        DeliveryOutcome::TlsFailed => WebhookAttemptOutcome::TlsError,
     }
 }
 

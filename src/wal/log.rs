@@ -6,6 +6,10 @@
 //! sync runs, new appends fill the next batch, so under load every sync covers many
 //! records and the log's throughput follows the load, not the disk's latency.
 //!
+//! Each commit is one frame on disk (`frame`): recovery keeps or cuts it whole. Records that
+//! must live or die together (a final status and the webhook event it owes) are appended
+//! as one group (`append_group`): a group always goes into one batch, so into one frame.
+//!
 //! With `Durability::Fsync` an append resolves only once the fdatasync that covers its
 //! record returned. With `Durability::None` it resolves at once and the commit task writes
 //! without syncing (for benchmarks only: a crash loses what the kernel had not written).
@@ -15,9 +19,11 @@
 //! `LogError::Failed` with the reason. Nothing is retried as if it were safe.
 
 use crate::config::Durability;
-use crate::wal::record::{encode_record, RECORD_OVERHEAD_BYTES, RECORD_PAYLOAD_BYTES_MAX};
-use crate::wal::segment::{list_segments, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN};
-use crate::wal::writer::{IoMode, SegmentWriter, BATCH_BYTES_MAX};
+use crate::wal::disk::Disk;
+use crate::wal::frame::{encode_entry, ENTRY_HEADER_BYTES, FRAME_HEADER_BYTES};
+use crate::wal::record::RECORD_PAYLOAD_BYTES_MAX;
+use crate::wal::segment::{SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN};
+use crate::wal::writer::{FrameToWrite, IoMode, SegmentWriter, BATCH_BYTES_MAX};
 use hdrhistogram::Histogram;
 use std::cell::{Cell, Ref, RefCell};
 use std::fmt;
@@ -32,14 +38,24 @@ const BATCH_BYTES_INITIAL: usize = 64 * 1024;
 /// The fsync latency histogram tracks up to a minute; slower syncs count as a minute.
 pub const FSYNC_LATENCY_US_MAX: u64 = 60_000_000;
 /// The most records a batch can hold: every one at least the framing.
-pub const BATCH_RECORDS_MAX: u64 = (BATCH_BYTES_MAX / RECORD_OVERHEAD_BYTES) as u64;
+pub const BATCH_RECORDS_MAX: u64 = (BATCH_BYTES_MAX / ENTRY_HEADER_BYTES) as u64;
+/// The most records in one group: a payment's `Created`, `Finalized` and webhook event.
+pub const GROUP_RECORDS_MAX: usize = 3;
+
+// A group of the largest records fits in the batch of the smallest segment, so a group
+// never waits for room that cannot come.
+const _: () = assert!(
+    GROUP_RECORDS_MAX * (ENTRY_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX) + FRAME_HEADER_BYTES
+        <= SEGMENT_BYTES_MIN as usize
+);
 const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogError {
     /// The log failed for good; the reason says what failed and where.
     Failed(Rc<str>),
-    /// The payload is above `RECORD_PAYLOAD_BYTES_MAX`.
+    /// The payload is above `RECORD_PAYLOAD_BYTES_MAX`, or a group has more than
+    /// `GROUP_RECORDS_MAX` records.
     PayloadTooLarge { bytes: usize },
     /// The log is closing or closed.
     Closed,
@@ -100,30 +116,41 @@ impl LogStats {
     }
 }
 
-/// Encoded records waiting for (or in) one write.
+/// Encoded entries waiting for (or in) one write: one frame on disk.
 struct Batch {
-    bytes: Vec<u8>,
+    entries: Vec<u8>,
     records: u64,
+    first_sequence: u64,
     last_sequence: u64,
 }
 
 impl Batch {
     fn new() -> Batch {
         Batch {
-            bytes: Vec::with_capacity(BATCH_BYTES_INITIAL),
+            entries: Vec::with_capacity(BATCH_BYTES_INITIAL),
             records: 0,
+            first_sequence: 0,
             last_sequence: 0,
         }
     }
 
-    fn has_room_for(&self, payload_bytes: usize) -> bool {
-        self.bytes.is_empty()
-            || self.bytes.len() + RECORD_OVERHEAD_BYTES + payload_bytes <= BATCH_BYTES_MAX
+    /// Whether `bytes` more entry bytes fit under `capacity`. An empty batch takes
+    /// anything a group can be: the capacity is at least that.
+    fn has_room_for(&self, bytes: usize, capacity: usize) -> bool {
+        self.entries.is_empty() || self.entries.len() + bytes <= capacity
     }
 
     fn clear(&mut self) {
-        self.bytes.clear();
+        self.entries.clear();
         self.records = 0;
+    }
+
+    fn frame(&self) -> FrameToWrite<'_> {
+        FrameToWrite {
+            entries: &self.entries,
+            first_sequence: self.first_sequence,
+            entry_count: u32::try_from(self.records).expect("a batch's records fit a u32"),
+        }
     }
 }
 
@@ -179,6 +206,8 @@ impl WaitList {
 /// What the appends and the commit task share, on one executor.
 struct Shared {
     durability: Durability,
+    /// Entry bytes a batch holds at most: one frame must fit an empty segment.
+    batch_bytes_max: usize,
     filling: Batch,
     next_sequence: u64,
     /// Every record up to this one is durable (written, with `Durability::None`).
@@ -191,19 +220,30 @@ struct Shared {
     stats: LogStats,
     #[cfg(test)]
     injected_failure: Option<&'static str>,
+    /// A deliberately broken log for the simulation to catch: appends resolve once
+    /// written, before the sync.
+    #[cfg(test)]
+    acknowledge_before_sync: bool,
 }
 
 impl Shared {
-    fn push(&mut self, kind: u8, payload: &[u8]) -> u64 {
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        encode_record(&mut self.filling.bytes, kind, sequence, payload);
-        self.filling.records += 1;
-        self.filling.last_sequence = sequence;
+    /// Puts a group's records into the filling batch, in order; returns the last one's
+    /// sequence number. The caller checked the room.
+    fn push(&mut self, records: Records<'_>) -> u64 {
+        if self.filling.records == 0 {
+            self.filling.first_sequence = self.next_sequence;
+        }
+        for (kind, payload) in records.iter() {
+            encode_entry(&mut self.filling.entries, kind, payload);
+            self.filling.records += 1;
+            self.filling.last_sequence = self.next_sequence;
+            self.next_sequence += 1;
+        }
+        assert!(self.filling.entries.len() <= self.batch_bytes_max.max(records.bytes()));
         if let Some(waker) = self.commit_waker.take() {
             waker.wake();
         }
-        sequence
+        self.next_sequence - 1
     }
 
     fn fail(&mut self, reason: String, shard_dir: &Path) {
@@ -248,8 +288,19 @@ impl ShardLog {
         options: LogOptions,
         next_sequence: u64,
     ) -> Result<ShardLog, LogError> {
-        check_open_arguments(shard_dir, &options, next_sequence)?;
+        ShardLog::open_on(&Disk::Os, shard_dir, options, next_sequence).await
+    }
+
+    /// `open_with` on a given disk (the simulated one, in tests).
+    pub(crate) async fn open_on(
+        disk: &Disk,
+        shard_dir: &Path,
+        options: LogOptions,
+        next_sequence: u64,
+    ) -> Result<ShardLog, LogError> {
+        check_open_arguments(disk, shard_dir, &options, next_sequence)?;
         let writer = SegmentWriter::open(
+            disk,
             shard_dir,
             next_sequence,
             options.segment_bytes_max,
@@ -258,8 +309,11 @@ impl ShardLog {
         .await
         .map_err(LogError::Open)?;
         let mode = writer.mode();
+        let batch_bytes_max =
+            BATCH_BYTES_MAX.min(options.segment_bytes_max as usize - FRAME_HEADER_BYTES);
         let shared = Rc::new(RefCell::new(Shared {
             durability: options.durability,
+            batch_bytes_max,
             filling: Batch::new(),
             next_sequence,
             durable_sequence: next_sequence - 1,
@@ -271,6 +325,8 @@ impl ShardLog {
             stats: LogStats::new(),
             #[cfg(test)]
             injected_failure: None,
+            #[cfg(test)]
+            acknowledge_before_sync: false,
         }));
         let task = commit_loop(shared.clone(), writer, shard_dir.to_path_buf());
         Ok(ShardLog {
@@ -284,9 +340,20 @@ impl ShardLog {
     /// filling batch has room; the future resolves once the record is durable (at once
     /// with `Durability::None`).
     pub fn append<'a>(&self, kind: u8, payload: &'a [u8]) -> Append<'a> {
+        self.append_records(Records::One(kind, payload))
+    }
+
+    /// Appends records that live or die together: all of them go into one batch, so one
+    /// frame on disk, with consecutive sequence numbers. Resolves to the last one's
+    /// sequence number once all are durable. At most `GROUP_RECORDS_MAX` records.
+    pub fn append_group<'a>(&self, records: &'a [(u8, &'a [u8])]) -> Append<'a> {
+        self.append_records(Records::Group(records))
+    }
+
+    fn append_records<'a>(&self, records: Records<'a>) -> Append<'a> {
         let mut append = Append {
             shared: self.shared.clone(),
-            state: AppendState::Queued { kind, payload },
+            state: AppendState::Queued(records),
             slot: None,
         };
         append.try_push();
@@ -340,6 +407,23 @@ impl ShardLog {
         self.shared.borrow_mut().injected_failure = Some(reason);
     }
 
+    /// A power cut or SIGKILL, as far as this log knows: the commit task stops where it
+    /// is, nothing more is written, pending appends never resolve.
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        drop(self.commit_task.take());
+        let mut shared = self.shared.borrow_mut();
+        shared.closing = true;
+        shared.failure = Some("crashed".into());
+    }
+
+    /// Breaks the log on purpose: appends resolve once written, before their sync. The
+    /// simulation must catch this.
+    #[cfg(test)]
+    pub(crate) fn acknowledge_before_sync(&self) {
+        self.shared.borrow_mut().acknowledge_before_sync = true;
+    }
+
     fn begin_closing(&self) {
         let mut shared = self.shared.borrow_mut();
         shared.closing = true;
@@ -361,20 +445,29 @@ impl Drop for ShardLog {
 }
 
 fn check_open_arguments(
+    disk: &Disk,
     shard_dir: &Path,
     options: &LogOptions,
     next_sequence: u64,
 ) -> Result<(), LogError> {
     let bytes_max = options.segment_bytes_max;
-    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_CEILING).contains(&bytes_max) {
+    // The simulated disk takes small segments, so that its short runs roll over often;
+    // its records are small.
+    let bytes_min = match disk {
+        Disk::Os => SEGMENT_BYTES_MIN,
+        #[cfg(test)]
+        Disk::Simulated(_) => SIMULATED_SEGMENT_BYTES_MIN,
+    };
+    if !(bytes_min..=SEGMENT_BYTES_CEILING).contains(&bytes_max) {
         return Err(LogError::Open(format!(
-            "segment size {bytes_max} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_CEILING}"
+            "segment size {bytes_max} is outside {bytes_min}..={SEGMENT_BYTES_CEILING}"
         )));
     }
     if next_sequence == 0 {
         return Err(LogError::Open("sequence numbers start at 1".to_string()));
     }
-    let segments = list_segments(shard_dir)
+    let segments = disk
+        .list_segments(shard_dir)
         .map_err(|e| LogError::Open(format!("cannot list {}: {e}", shard_dir.display())))?;
     if let Some(later) = segments.iter().find(|s| s.first_sequence > next_sequence) {
         return Err(LogError::Open(format!(
@@ -385,9 +478,55 @@ fn check_open_arguments(
     Ok(())
 }
 
+/// The smallest segment the simulated disk takes.
+#[cfg(test)]
+pub(crate) const SIMULATED_SEGMENT_BYTES_MIN: u64 = 4096;
+
+/// The records of one append: one, or a group that lives or dies together.
+#[derive(Clone, Copy)]
+enum Records<'a> {
+    One(u8, &'a [u8]),
+    Group(&'a [(u8, &'a [u8])]),
+}
+
+impl<'a> Records<'a> {
+    fn iter(self) -> impl Iterator<Item = (u8, &'a [u8])> {
+        let (one, group) = match self {
+            Records::One(kind, payload) => (Some((kind, payload)), &[][..]),
+            Records::Group(records) => (None, records),
+        };
+        one.into_iter().chain(group.iter().copied())
+    }
+
+    fn count(self) -> usize {
+        match self {
+            Records::One(..) => 1,
+            Records::Group(records) => records.len(),
+        }
+    }
+
+    /// Entry bytes the records take in a batch.
+    fn bytes(self) -> usize {
+        self.iter()
+            .map(|(_, payload)| ENTRY_HEADER_BYTES + payload.len())
+            .sum()
+    }
+
+    /// Why the log can never take these records, if it cannot.
+    fn refusal(self) -> Option<LogError> {
+        let largest = self.iter().map(|(_, payload)| payload.len()).max()?;
+        if largest > RECORD_PAYLOAD_BYTES_MAX {
+            return Some(LogError::PayloadTooLarge { bytes: largest });
+        }
+        (self.count() > GROUP_RECORDS_MAX).then_some(LogError::PayloadTooLarge {
+            bytes: self.bytes(),
+        })
+    }
+}
+
 enum AppendState<'a> {
     /// Waiting for room in the filling batch.
-    Queued { kind: u8, payload: &'a [u8] },
+    Queued(Records<'a>),
     /// In a batch, waiting for the sync that covers it.
     Waiting { sequence: u64 },
     /// The outcome, until the first poll after it takes it.
@@ -403,10 +542,10 @@ pub struct Append<'a> {
 }
 
 impl Append<'_> {
-    /// Puts a queued record in the filling batch if there is room, or resolves the
-    /// append if it cannot be written at all.
+    /// Puts queued records in the filling batch if there is room for all of them, or
+    /// resolves the append if they cannot be written at all.
     fn try_push(&mut self) {
-        let AppendState::Queued { kind, payload } = self.state else {
+        let AppendState::Queued(records) = self.state else {
             return;
         };
         let mut shared = self.shared.borrow_mut();
@@ -414,21 +553,22 @@ impl Append<'_> {
             Some(LogError::Failed(reason.clone()))
         } else if shared.closing {
             Some(LogError::Closed)
-        } else if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
-            Some(LogError::PayloadTooLarge {
-                bytes: payload.len(),
-            })
+        } else if records.count() == 0 {
+            Some(LogError::PayloadTooLarge { bytes: 0 })
         } else {
-            None
+            records.refusal()
         };
         if let Some(error) = refusal {
             self.state = AppendState::Resolved(Some(Err(error)));
             return;
         }
-        if !shared.filling.has_room_for(payload.len()) {
+        if !shared
+            .filling
+            .has_room_for(records.bytes(), shared.batch_bytes_max)
+        {
             return;
         }
-        let sequence = shared.push(kind, payload);
+        let sequence = shared.push(records);
         self.state = if shared.durability == Durability::None {
             AppendState::Resolved(Some(Ok(sequence)))
         } else {
@@ -447,7 +587,7 @@ impl Future for Append<'_> {
         this.try_push();
         let mut shared = this.shared.borrow_mut();
         match &mut this.state {
-            AppendState::Queued { .. } => {
+            AppendState::Queued(_) => {
                 shared.room_waiters.register(&mut this.slot, cx.waker());
                 Poll::Pending
             }
@@ -480,7 +620,7 @@ async fn commit_loop(shared: Rc<RefCell<Shared>>, mut writer: SegmentWriter, sha
         take_filling(&shared, &mut in_flight);
         let outcome = match take_injected_failure(&shared) {
             Some(reason) => Err(reason),
-            None => writer.commit(&in_flight.bytes, sync).await,
+            None => commit(&shared, &mut writer, &in_flight, sync).await,
         };
         let mut state = shared.borrow_mut();
         if let Err(reason) = outcome {
@@ -496,11 +636,32 @@ async fn commit_loop(shared: Rc<RefCell<Shared>>, mut writer: SegmentWriter, sha
     }
 }
 
+/// Writes one batch as one frame and syncs it (when `sync`).
+async fn commit(
+    shared: &RefCell<Shared>,
+    writer: &mut SegmentWriter,
+    batch: &Batch,
+    sync: bool,
+) -> Result<(), String> {
+    #[cfg(test)]
+    if sync && shared.borrow().acknowledge_before_sync {
+        writer.commit(batch.frame(), false).await?;
+        {
+            let mut state = shared.borrow_mut();
+            state.durable_sequence = batch.last_sequence;
+            state.durable_waiters.wake_all();
+        }
+        return writer.commit_sync().await;
+    }
+    let _ = shared;
+    writer.commit(batch.frame(), sync).await
+}
+
 /// Resolves to true when there is a batch to commit, false when closing with none.
 async fn next_batch(shared: &RefCell<Shared>) -> bool {
     std::future::poll_fn(|cx| {
         let mut state = shared.borrow_mut();
-        if !state.filling.bytes.is_empty() {
+        if !state.filling.entries.is_empty() {
             Poll::Ready(true)
         } else if state.closing {
             Poll::Ready(false)
@@ -515,7 +676,7 @@ async fn next_batch(shared: &RefCell<Shared>) -> bool {
 /// Swaps the filling batch for the empty one, so appends fill it during the write.
 fn take_filling(shared: &RefCell<Shared>, in_flight: &mut Batch) {
     let mut state = shared.borrow_mut();
-    assert!(in_flight.bytes.is_empty());
+    assert!(in_flight.entries.is_empty());
     std::mem::swap(&mut state.filling, in_flight);
     state.room_waiters.wake_all();
 }
@@ -534,12 +695,12 @@ fn take_injected_failure(shared: &RefCell<Shared>) -> Option<String> {
 }
 
 fn record_commit(state: &mut Shared, batch: &Batch, sync_latencies_us: &[u64]) {
-    assert!(batch.last_sequence > state.durable_sequence);
+    assert!(batch.last_sequence >= state.durable_sequence);
     state.durable_sequence = batch.last_sequence;
     let stats = &mut state.stats;
     stats.batches += 1;
     stats.records += batch.records;
-    stats.bytes += batch.bytes.len() as u64;
+    stats.bytes += (FRAME_HEADER_BYTES + batch.entries.len()) as u64;
     stats.records_per_batch.saturating_record(batch.records);
     for &latency_us in sync_latencies_us {
         stats.fsync_latency_us.saturating_record(latency_us.max(1));
@@ -552,6 +713,7 @@ mod tests {
     use super::*;
     use crate::testing::run_here as run;
     use crate::wal::recovery::recover;
+    use crate::wal::segment::list_segments;
     use crate::wal::segment::{segment_file_name, SEQUENCE_FIRST};
     use crate::wal::writer::is_tmpfs;
 
@@ -684,7 +846,7 @@ mod tests {
                 .unwrap();
             let first = log.append(1, b"first");
             // Let the commit task take the batch and start its write.
-            while !log.shared.borrow().filling.bytes.is_empty() {
+            while !log.shared.borrow().filling.entries.is_empty() {
                 futures_lite::future::yield_now().await;
             }
             let second = log.append(1, b"second");
@@ -737,16 +899,19 @@ mod tests {
         });
         let segments = list_segments(dir.path()).unwrap();
         assert_eq!(segments.len(), 3, "{segments:?}");
+        // A frame holds at most one record per task (20 of 1005 bytes), and never
+        // straddles two segments: a full one lacks less than a frame.
+        let frame_bytes_max = (FRAME_HEADER_BYTES + 20 * (ENTRY_HEADER_BYTES + 1000)) as u64;
         for segment in &segments[..2] {
             let bytes = std::fs::metadata(&segment.path).unwrap().len();
-            // Records up to the limit, then at most a block of padding.
+            // Frames up to the limit, then at most a block of padding.
             assert!(bytes <= segment_bytes_max + 4096, "{bytes}");
-            assert!(bytes > segment_bytes_max - 1017, "{bytes}");
+            assert!(bytes > segment_bytes_max - frame_bytes_max, "{bytes}");
         }
         let (next_sequence, records) = recovered(dir.path());
         assert_eq!(next_sequence, 601);
         assert_eq!(records.len(), 600);
-        assert_eq!(segments[1].first_sequence, records[257].0);
+        assert!((200..300).contains(&segments[1].first_sequence));
 
         let path = dir.path().to_path_buf();
         run(async move {
@@ -765,7 +930,7 @@ mod tests {
     }
 
     #[test]
-    fn one_large_batch_rolls_over_several_segments_in_one_commit() {
+    fn a_batch_never_outgrows_a_segment_so_a_frame_is_never_split() {
         let dir = disk_dir();
         let path = dir.path().to_path_buf();
         let log_options = LogOptions {
@@ -776,20 +941,80 @@ mod tests {
         run(async move {
             let log = ShardLog::open_with(&path, log_options, 1).await.unwrap();
             let payload = vec![3u8; RECORD_PAYLOAD_BYTES_MAX];
-            // Appended without a yield: all in one batch just under BATCH_BYTES_MAX.
+            // Four of the largest records fill a minimum segment's batch: the rest wait.
             let appends: Vec<_> = (0..15).map(|_| log.append(1, &payload)).collect();
             for append in appends {
                 append.await.unwrap();
             }
             let stats = log.stats();
-            assert_eq!(stats.batches, 1);
-            // Four largest records fill a minimum segment: 4 + 4 + 4 + 3 records, so
-            // one sync before each of the three roll-overs and a last one.
-            assert_eq!(stats.fsync_latency_us.len(), 4);
+            assert!(stats.batches >= 4, "{} batches", stats.batches);
+            assert_eq!(stats.records_per_batch.max(), 4);
         });
-        assert_eq!(list_segments(dir.path()).unwrap().len(), 4);
+        // Each frame went whole into one segment: recovery reads every record back, and
+        // no segment holds more than its limit.
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() >= 4, "{segments:?}");
+        for segment in &segments {
+            let bytes = std::fs::metadata(&segment.path).unwrap().len();
+            assert!(bytes <= SEGMENT_BYTES_MIN + 4096, "{bytes}");
+        }
         let (next_sequence, records) = recovered(dir.path());
         assert_eq!((next_sequence, records.len()), (16, 15));
+    }
+
+    #[test]
+    fn a_group_goes_into_one_frame_even_when_the_filling_batch_is_nearly_full() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        let log_options = LogOptions {
+            durability: Durability::Fsync,
+            segment_bytes_max: SEGMENT_BYTES_MIN,
+            buffered_io: false,
+        };
+        run(async move {
+            let log = ShardLog::open_with(&path, log_options, 1).await.unwrap();
+            let large = vec![1u8; RECORD_PAYLOAD_BYTES_MAX];
+            // Three largest records leave room for one more in the batch, not for two:
+            // appended one by one, the group's first record would go in with them.
+            let fillers: Vec<_> = (0..3).map(|_| log.append(1, &large)).collect();
+            let group = [(2u8, &large[..]), (3u8, &large[..])];
+            let grouped = log.append_group(&group);
+            for filler in fillers {
+                filler.await.unwrap();
+            }
+            assert_eq!(grouped.await, Ok(5));
+            log.close().await.unwrap();
+        });
+        let segments = list_segments(dir.path()).unwrap();
+        // The group went whole into the next frame, which did not fit the first segment.
+        let firsts: Vec<u64> = segments.iter().map(|s| s.first_sequence).collect();
+        assert_eq!(firsts, [1, 4]);
+        let (_, records) = recovered(dir.path());
+        let sequences: Vec<u64> = records.iter().map(|(sequence, _)| *sequence).collect();
+        assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_group_larger_than_allowed_is_refused() {
+        let dir = disk_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let log = ShardLog::open_with(&path, options(Durability::Fsync, false), 1)
+                .await
+                .unwrap();
+            let record = (1u8, &b"x"[..]);
+            let too_many = [record; GROUP_RECORDS_MAX + 1];
+            assert!(matches!(
+                log.append_group(&too_many).await,
+                Err(LogError::PayloadTooLarge { .. })
+            ));
+            assert!(matches!(
+                log.append_group(&[]).await,
+                Err(LogError::PayloadTooLarge { .. })
+            ));
+            assert_eq!(log.append_group(&[record, record]).await, Ok(2));
+            log.close().await.unwrap();
+        });
     }
 
     #[test]
@@ -803,7 +1028,7 @@ mod tests {
             let payload = vec![7u8; RECORD_PAYLOAD_BYTES_MAX];
             // 40 largest records are 2.6 MB: more than two batches.
             let appends: Vec<_> = (0..40).map(|_| log.append(1, &payload)).collect();
-            let filling = log.shared.borrow().filling.bytes.len();
+            let filling = log.shared.borrow().filling.entries.len();
             assert!(filling <= BATCH_BYTES_MAX, "{filling}");
             let queued = appends
                 .iter()

@@ -5,14 +5,15 @@
 //! Each shard has its own log, written only by the executor that owns the shard, so no
 //! lock is ever taken. A log is a directory of *segment* files (`<data_dir>/shard-NNNN/`),
 //! each named by the sequence number of its first record and rolled over at a size
-//! limit. A *record* is framed as length, CRC32C, kind and sequence number, followed by a
-//! compact binary payload (`Created`, `Finalized`, `Checkpoint`, and the webhook outbox's
-//! `WebhookEvent`, `WebhookAttempted`, `WebhookDelivered`, `WebhookDeadLetter`).
+//! limit. A *record* is a kind and a compact binary payload (`Created`, `Finalized`,
+//! `Checkpoint`, and the webhook outbox's `WebhookEvent`, `WebhookAttempted`,
+//! `WebhookDelivered`, `WebhookDeadLetter`), numbered by its sequence in the log.
 //!
 //! Writes use *group commit*. `ShardLog::append` encodes the record into the batch that
-//! is filling and returns a future; one commit task per shard writes the whole batch with
-//! one write and one fdatasync, then resolves every future that sync covered. While it
-//! syncs, the next batch fills. With `durability = "fsync"` (the default) an append
+//! is filling and returns a future; one commit task per shard writes the whole batch as
+//! one checksummed *frame* (`frame`) with one write and one fdatasync, then resolves
+//! every future that sync covered. While it syncs, the next batch fills. Records that must
+//! live or die together go in with `ShardLog::append_group`: never split across frames. With `durability = "fsync"` (the default) an append
 //! resolves only after its sync: the caller answers the client after that, never before.
 //! `durability = "none"` resolves at once and never syncs: for benchmarks only.
 //!
@@ -39,11 +40,15 @@
 //!
 //! # Files
 //!
-//! `record` frames records; `payload` encodes what they say; `segment` names files;
-//! `recovery` reads a log back; `manifest` owns the data directory; `writer` does the
-//! segment I/O (direct I/O, or buffered where the filesystem refuses `O_DIRECT`); `log`
-//! is the group commit; `retention` frees old segments.
+//! `frame` lays batches out on disk (format 2); `record` reads the bare records of logs
+//! written before frames (format 1); `payload` encodes what records say; `segment` names
+//! files; `recovery` reads a log back; `manifest` owns the data directory; `disk` is the
+//! storage seam (the filesystem, or a simulated disk in tests); `writer` does the segment
+//! I/O (direct I/O, or buffered where the filesystem refuses `O_DIRECT`); `log` is the
+//! group commit; `retention` frees old segments.
 
+mod disk;
+mod frame;
 mod log;
 mod manifest;
 mod payload;
@@ -56,8 +61,15 @@ mod writer;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod simulation;
 
-pub use log::{Append, LogError, LogOptions, LogStats, ShardLog};
+pub use disk::Disk;
+pub use frame::{
+    decode_frame, encode_frame, Frame, FrameCorruption, FrameOutcome, FRAME_HEADER_BYTES,
+    FRAME_MAGIC,
+};
+pub use log::{Append, LogError, LogOptions, LogStats, ShardLog, GROUP_RECORDS_MAX};
 pub use manifest::{DataDir, DataDirError, MANIFEST_FORMAT_VERSION};
 pub use payload::{
     encode_created, encode_finalized, Checkpoint, Created, Finalized, PayloadError, RecordKind,
@@ -68,8 +80,8 @@ pub use record::{
     RECORD_PAYLOAD_BYTES_MAX,
 };
 pub use recovery::{
-    recover, replay_closed_segment, scan, RecordVisitor, Recovery, RecoveryError, RecoveryProblem,
-    SegmentSummary, Truncation,
+    read_records, recover, recover_on, replay_closed_segment, scan, RecordVisitor, RecordsRead,
+    Recovery, RecoveryError, RecoveryProblem, SegmentSummary, Truncation,
 };
 pub use retention::{dead_segment_prefix, delete_segments};
 pub use segment::{

@@ -1,6 +1,8 @@
-//! Record framing: how one log entry is laid out in a segment file, and how it is read back.
+//! Log format 1: records framed one by one, as logs were written before batch frames
+//! (`frame`, format 2). payd still reads such segments, and never writes them; `Record` is
+//! what both formats decode to.
 //!
-//! A record is
+//! A format-1 record is
 //!
 //! ```text
 //! length   u32 LE   bytes of kind + sequence + payload (so never below 9)
@@ -136,12 +138,6 @@ pub(crate) fn peek_sequence(buf: &[u8]) -> Option<u64> {
     (buf.len() >= RECORD_OVERHEAD_BYTES).then(|| read_u64(buf, RECORD_HEADER_BYTES + 1))
 }
 
-/// The total bytes of the record that starts `buf`, from its length field alone: lets
-/// the writer split a batch of records it encoded itself at a record boundary.
-pub(crate) fn peek_length_total(buf: &[u8]) -> Option<usize> {
-    (buf.len() >= 4).then(|| RECORD_HEADER_BYTES + read_u32(buf, 0) as usize)
-}
-
 fn read_u32(buf: &[u8], at: usize) -> u32 {
     let mut bytes = [0u8; 4];
     bytes.copy_from_slice(&buf[at..at + 4]);
@@ -264,8 +260,6 @@ mod tests {
         let bytes = encoded(1, 77, b"abc");
         assert_eq!(peek_sequence(&bytes), Some(77));
         assert_eq!(peek_sequence(&bytes[..RECORD_OVERHEAD_BYTES - 1]), None);
-        assert_eq!(peek_length_total(&bytes), Some(bytes.len()));
-        assert_eq!(peek_length_total(&bytes[..3]), None);
     }
 
     #[test]

@@ -1,27 +1,38 @@
 //! Recovery: reads one shard's segments in log order, hands every record to the shard, and
 //! decides where the log really ends, before the shard serves anything.
 //!
+//! Segments hold batch frames (format 2, `frame`), or, in logs written before frames
+//! existed, bare records (format 1, `record`); the first bytes of a segment tell which.
+//! Format-1 segments are read as they are and never written again: a log upgrades as
+//! retention deletes its old segments.
+//!
 //! The rules, from DESIGN.md "Durability":
 //!
-//! - A bad record at the very tail of the last segment is a torn write: it was never
-//!   acknowledged, so it is cut off. So is a zeroed tail (direct I/O pads every write).
-//! - Any other bad record is corruption and recovery fails, naming the file and offset:
-//!   a bad record in a segment that is not the last (a segment is synced before the next
-//!   one is created), a sequence number out of order, a gap between segments (a missing
-//!   file), or damage in the last segment with a valid later record behind it.
+//! - Damage in the last segment after which no later frame says the damaged records had
+//!   been synced is a torn write, whatever its shape (a cut, a hole of zeros, garbage, a
+//!   later block of the same write that did persist): it was never acknowledged, so it is
+//!   cut off, with everything after it. So is a zeroed tail (direct I/O pads every write).
+//! - Any other damage is corruption and recovery fails, naming the file and offset: damage
+//!   in a segment that is not the last (a segment is synced before the next one is
+//!   created), a frame out of sequence, a gap between segments (a missing file), or damage
+//!   followed by a frame written after the damaged records were synced.
+//! - What recovery keeps becomes durable before the shard serves: the last segment is
+//!   synced (after a SIGKILL the page cache may hold records no fdatasync covered yet,
+//!   and new frames would claim them as synced).
 //!
-//! A bad record in the last segment counts as a torn tail only when no record with a
-//! valid checksum and a later sequence number follows it. A power loss that persisted the
-//! blocks of the last, unacknowledged write out of order could look like corruption by
-//! that rule: recovery then refuses to start rather than guess, because skipping
-//! acknowledged records silently is the one outcome that must never happen.
+//! A format-1 segment has no `synced_through` to go by: damage in its last segment counts
+//! as a torn tail only when no record with a valid checksum and a later sequence follows.
 //!
-//! Recovery uses blocking `std::fs` calls: it runs at start-up, before the shard serves.
+//! Recovery uses blocking calls: it runs at start-up, before the shard serves.
 
+use crate::wal::disk::Disk;
+use crate::wal::frame::{
+    decode_frame, next_valid_frame, FrameCorruption, FrameOutcome, FRAME_MAGIC,
+};
 use crate::wal::record::{
     decode_record, peek_sequence, CorruptReason, DecodeOutcome, Record, RECORD_OVERHEAD_BYTES,
 };
-use crate::wal::segment::{list_segments, SegmentFile, SEGMENT_BYTES_CEILING, SEQUENCE_FIRST};
+use crate::wal::segment::{SegmentFile, SEGMENT_BYTES_CEILING, SEQUENCE_FIRST};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -47,6 +58,9 @@ pub struct Truncation {
     /// The file's length after the cut: the end of the last valid record.
     pub offset: u64,
     pub bytes_removed: u64,
+    /// Some byte cut was not zero: a torn write, not only the zeros that direct I/O
+    /// pads writes with and preallocation grows segments with.
+    pub torn: bool,
 }
 
 /// The outcome of a successful recovery.
@@ -59,6 +73,8 @@ pub struct Recovery {
     pub next_sequence: u64,
     /// The torn or zeroed tail of the last segment, if there was one.
     pub truncation: Option<Truncation>,
+    /// Segments written in log format 1 (before batch frames), read as they are.
+    pub legacy_segments: usize,
 }
 
 /// Why recovery refuses to start the shard.
@@ -85,6 +101,14 @@ pub enum RecoveryProblem {
         found: u64,
     },
     Corrupt(CorruptReason),
+    /// A batch frame that does not check out.
+    FrameCorrupt(FrameCorruption),
+    /// Damage in the last segment, followed at `frame_at` by a frame written after the
+    /// damaged records had been synced, so they may have been acknowledged.
+    DamageBeforeLaterFrame {
+        frame_at: u64,
+        synced_through: u64,
+    },
     /// A segment that is not the last ends inside a record.
     CutShort,
     /// Non-zero bytes after zero padding in a segment that is not the last.
@@ -115,6 +139,15 @@ impl fmt::Display for RecoveryProblem {
                 "record has sequence {found} where {expected} was expected"
             ),
             RecoveryProblem::Corrupt(reason) => write!(f, "{reason}"),
+            RecoveryProblem::FrameCorrupt(reason) => write!(f, "{reason}"),
+            RecoveryProblem::DamageBeforeLaterFrame {
+                frame_at,
+                synced_through,
+            } => write!(
+                f,
+                "damaged batch frame followed at offset {frame_at} by one written after \
+                 sequence {synced_through} was synced: acknowledged records are damaged"
+            ),
             RecoveryProblem::CutShort => write!(f, "segment ends inside a record"),
             RecoveryProblem::BytesAfterPadding => {
                 write!(f, "non-zero bytes after the zero padding")
@@ -153,24 +186,50 @@ pub type RecordVisitor<'v> = dyn FnMut(Record<'_>) -> Result<(), String> + 'v;
 /// Records of the last segment reach `visit` before recovery knows whether damage
 /// follows them: on an error, the caller throws away what it rebuilt.
 pub fn recover(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery, RecoveryError> {
-    let recovery = scan(shard_dir, visit)?;
+    recover_on(&Disk::Os, shard_dir, visit)
+}
+
+/// `recover` on a given disk.
+pub fn recover_on(
+    disk: &Disk,
+    shard_dir: &Path,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<Recovery, RecoveryError> {
+    let recovery = scan_on(disk, shard_dir, visit)?;
+    let io_error = |path: &Path, offset, error| RecoveryError {
+        path: path.to_path_buf(),
+        offset,
+        problem: RecoveryProblem::Io(error),
+    };
     if let Some(truncation) = &recovery.truncation {
-        cut(truncation).map_err(|error| RecoveryError {
-            path: truncation.path.clone(),
-            offset: truncation.offset,
-            problem: RecoveryProblem::Io(error),
-        })?;
+        disk.cut(&truncation.path, truncation.offset)
+            .map_err(|error| io_error(&truncation.path, truncation.offset, error))?;
+    } else if let Some(last) = recovery.segments.last() {
+        // Keeps what was read: records a SIGKILL left unsynced in the page cache become
+        // durable before new frames are written behind them.
+        disk.cut(&last.path, last.records_end)
+            .map_err(|error| io_error(&last.path, last.records_end, error))?;
     }
     Ok(recovery)
 }
 
 /// Like `recover`, but changes nothing on disk: `truncation` is what `recover` would cut.
 pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery, RecoveryError> {
-    let segments = list_segments(shard_dir).map_err(|error| RecoveryError {
-        path: shard_dir.to_path_buf(),
-        offset: 0,
-        problem: RecoveryProblem::Io(error),
-    })?;
+    scan_on(&Disk::Os, shard_dir, visit)
+}
+
+fn scan_on(
+    disk: &Disk,
+    shard_dir: &Path,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<Recovery, RecoveryError> {
+    let segments = disk
+        .list_segments(shard_dir)
+        .map_err(|error| RecoveryError {
+            path: shard_dir.to_path_buf(),
+            offset: 0,
+            problem: RecoveryProblem::Io(error),
+        })?;
     let mut recovery = Recovery {
         segments: Vec::with_capacity(segments.len()),
         records: 0,
@@ -178,6 +237,7 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
             .first()
             .map_or(SEQUENCE_FIRST, |s| s.first_sequence),
         truncation: None,
+        legacy_segments: 0,
     };
     for (index, segment) in segments.iter().enumerate() {
         if segment.first_sequence != recovery.next_sequence {
@@ -190,17 +250,22 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
                 },
             });
         }
-        let (data, modified_ms) = read_segment(&segment.path)?;
+        let (data, modified_ms) = read_segment(disk, &segment.path)?;
         let is_last = index + 1 == segments.len();
+        if is_legacy(&data) {
+            recovery.legacy_segments += 1;
+        }
         let summary = SegmentSummary {
             modified_ms,
             ..scan_segment(segment, &data, is_last, visit)?
         };
         if is_last && summary.records_end < data.len() as u64 {
+            let cut = &data[summary.records_end as usize..];
             recovery.truncation = Some(Truncation {
                 path: segment.path.clone(),
                 offset: summary.records_end,
-                bytes_removed: data.len() as u64 - summary.records_end,
+                bytes_removed: cut.len() as u64,
+                torn: cut.iter().any(|&byte| byte != 0),
             });
         }
         recovery.records += summary.records;
@@ -217,7 +282,7 @@ pub fn replay_closed_segment(
     segment: &SegmentFile,
     visit: &mut RecordVisitor<'_>,
 ) -> Result<SegmentSummary, RecoveryError> {
-    let (data, modified_ms) = read_segment(&segment.path)?;
+    let (data, modified_ms) = read_segment(&Disk::Os, &segment.path)?;
     Ok(SegmentSummary {
         modified_ms,
         ..scan_segment(segment, &data, false, visit)?
@@ -227,28 +292,186 @@ pub fn replay_closed_segment(
 /// A segment's bytes, and when it was last written (ms since the Unix epoch). Nothing
 /// writes a log while it is read (the data directory is locked, the shard not open), so
 /// that time bounds every record read.
-fn read_segment(path: &Path) -> Result<(Vec<u8>, Option<u64>), RecoveryError> {
+fn read_segment(disk: &Disk, path: &Path) -> Result<(Vec<u8>, Option<u64>), RecoveryError> {
     let error = |offset, problem| RecoveryError {
         path: path.to_path_buf(),
         offset,
         problem,
     };
-    let metadata = std::fs::metadata(path).map_err(|e| error(0, RecoveryProblem::Io(e)))?;
-    let bytes = metadata.len();
+    let bytes = disk
+        .segment_bytes(path)
+        .map_err(|e| error(0, RecoveryProblem::Io(e)))?;
     if bytes > SEGMENT_BYTES_CEILING {
         return Err(error(0, RecoveryProblem::SegmentTooLarge { bytes }));
     }
-    let modified_ms = metadata
-        .modified()
-        .ok()
-        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-    let data = std::fs::read(path).map_err(|e| error(0, RecoveryProblem::Io(e)))?;
-    Ok((data, modified_ms))
+    disk.read_segment(path)
+        .map_err(|e| error(0, RecoveryProblem::Io(e)))
+}
+
+/// How far `read_records` got in a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordsRead {
+    /// The sequence after the last record handed over.
+    pub next_sequence: u64,
+    /// Where the first bytes that are not a valid record or frame start, if the walk
+    /// stopped at such bytes rather than at `end_sequence` or at padding.
+    pub unreadable_at: Option<usize>,
+}
+
+/// Hands the records of one segment's bytes below `end_sequence` to `visit`, in either
+/// format, and stops at the first bytes that are not a valid record or frame (a segment
+/// being written ends so) without judging them: the caller knows whether that is the
+/// writer's tail or damage. An `Err` from `visit` ends the walk with it.
+pub fn read_records(
+    data: &[u8],
+    first_sequence: u64,
+    end_sequence: u64,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<RecordsRead, String> {
+    let legacy = is_legacy(data);
+    let mut offset = 0;
+    let mut expected = first_sequence;
+    // Bounded: every frame or record moves the offset forward by at least its framing.
+    while offset < data.len() && expected < end_sequence {
+        let length_total = if legacy {
+            match decode_record(&data[offset..]) {
+                DecodeOutcome::Record(record) if record.sequence == expected => {
+                    visit(record)?;
+                    expected += 1;
+                    record.length_total
+                }
+                DecodeOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
+                _ => return Ok(unreadable(expected, offset)),
+            }
+        } else {
+            match decode_frame(&data[offset..]) {
+                FrameOutcome::Frame(frame) if frame.first_sequence == expected => {
+                    for record in frame.records() {
+                        let record = record.expect("entries of a checked frame parse");
+                        if record.sequence >= end_sequence {
+                            break;
+                        }
+                        visit(record)?;
+                        expected = record.sequence + 1;
+                    }
+                    frame.length_total
+                }
+                FrameOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
+                _ => return Ok(unreadable(expected, offset)),
+            }
+        };
+        offset += length_total;
+    }
+    Ok(RecordsRead {
+        next_sequence: expected,
+        unreadable_at: None,
+    })
+}
+
+fn unreadable(next_sequence: u64, offset: usize) -> RecordsRead {
+    RecordsRead {
+        next_sequence,
+        unreadable_at: Some(offset),
+    }
+}
+
+/// Whether a segment holds format-1 records: it starts with a valid one. Anything else
+/// (frames, zeros, nothing, damage) is read as format 2.
+pub(crate) fn is_legacy(data: &[u8]) -> bool {
+    let starts_with_magic = data.len() >= 4 && data[..4] == FRAME_MAGIC.to_le_bytes();
+    !starts_with_magic && matches!(decode_record(data), DecodeOutcome::Record(_))
 }
 
 /// Walks one segment's records; returns where the valid ones end.
 fn scan_segment(
+    segment: &SegmentFile,
+    data: &[u8],
+    is_last: bool,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<SegmentSummary, RecoveryError> {
+    if is_legacy(data) {
+        scan_legacy_segment(segment, data, is_last, visit)
+    } else {
+        scan_framed_segment(segment, data, is_last, visit)
+    }
+}
+
+/// Walks the frames of a format-2 segment.
+fn scan_framed_segment(
+    segment: &SegmentFile,
+    data: &[u8],
+    is_last: bool,
+    visit: &mut RecordVisitor<'_>,
+) -> Result<SegmentSummary, RecoveryError> {
+    let error = |offset: usize, problem| RecoveryError {
+        path: segment.path.clone(),
+        offset: offset as u64,
+        problem,
+    };
+    let mut offset = 0;
+    let mut expected = segment.first_sequence;
+    // Bounded: every frame moves the offset forward by at least its header.
+    while offset < data.len() {
+        let damage = match decode_frame(&data[offset..]) {
+            FrameOutcome::Frame(frame) => {
+                if frame.first_sequence != expected {
+                    let found = frame.first_sequence;
+                    let problem = RecoveryProblem::SequenceOutOfOrder { expected, found };
+                    return Err(error(offset, problem));
+                }
+                for record in frame.records() {
+                    // Invariant: decode_frame checked every entry.
+                    let record = record.expect("entries of a checked frame parse");
+                    visit(record)
+                        .map_err(|reason| error(offset, RecoveryProblem::Rejected(reason)))?;
+                }
+                offset += frame.length_total;
+                expected = frame.end_sequence();
+                continue;
+            }
+            FrameOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
+            FrameOutcome::ZeroTail => RecoveryProblem::BytesAfterPadding,
+            FrameOutcome::Incomplete => RecoveryProblem::CutShort,
+            FrameOutcome::Corrupt(reason) => RecoveryProblem::FrameCorrupt(reason),
+        };
+        if !is_last {
+            return Err(error(offset, damage));
+        }
+        if let Some(problem) = synced_frame_after(data, offset, expected) {
+            return Err(error(offset, problem));
+        }
+        break;
+    }
+    Ok(SegmentSummary {
+        path: segment.path.clone(),
+        first_sequence: segment.first_sequence,
+        records: expected - segment.first_sequence,
+        records_end: offset as u64,
+        modified_ms: None,
+    })
+}
+
+/// A valid frame after damaged bytes that was written once the damaged records (from
+/// sequence `expected` on) had been synced: proof that they may have been acknowledged.
+/// Frames written before that sync prove nothing: the damage and they were one torn
+/// stretch of unsynced writes.
+fn synced_frame_after(data: &[u8], damaged_at: usize, expected: u64) -> Option<RecoveryProblem> {
+    let mut from = damaged_at + 1;
+    // Bounded: `from` moves past each frame found.
+    while let Some((at, frame)) = next_valid_frame(data, from) {
+        if frame.first_sequence >= expected && frame.synced_through >= expected {
+            return Some(RecoveryProblem::DamageBeforeLaterFrame {
+                frame_at: at as u64,
+                synced_through: frame.synced_through,
+            });
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Walks the records of a format-1 segment.
+fn scan_legacy_segment(
     segment: &SegmentFile,
     data: &[u8],
     is_last: bool,
@@ -312,19 +535,12 @@ fn valid_record_after(data: &[u8], damaged_at: usize, expected: u64) -> Option<u
     })
 }
 
-fn cut(truncation: &Truncation) -> io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&truncation.path)?;
-    file.set_len(truncation.offset)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::frame::FRAME_HEADER_BYTES;
     use crate::wal::record::encode_record;
-    use crate::wal::segment::segment_file_name;
+    use crate::wal::segment::{list_segments, segment_file_name};
 
     /// Writes a segment holding records `first..first + count`, each with a payload that
     /// names its sequence; returns the offset where each record starts.
@@ -439,6 +655,7 @@ mod tests {
             truncation.bytes_removed,
             full_length - 5 - offsets[3] as u64
         );
+        assert!(truncation.torn, "a torn record is not padding");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[3] as u64);
         // A second recovery finds a clean log.
         let (again, _) = recover_sequences(dir.path()).unwrap();
@@ -466,6 +683,7 @@ mod tests {
         assert_eq!(seen, [1, 2, 3]);
         let truncation = recovery.truncation.unwrap();
         assert_eq!(truncation.offset, records_end);
+        assert!(!truncation.torn);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), records_end);
     }
 
@@ -677,5 +895,218 @@ mod tests {
         let recovery = scan(dir.path(), &mut |_| Ok(())).unwrap();
         assert_eq!(recovery.truncation.unwrap().offset, length - 100);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), length);
+    }
+
+    /// Writes a format-2 segment starting at `first`: one frame per `(records,
+    /// synced_through)`, records with payloads that name their sequence (padded to
+    /// `payload_bytes`). Returns where each frame starts.
+    fn write_framed_segment(
+        dir: &Path,
+        first: u64,
+        frames: &[(u64, u64)],
+        payload_bytes: usize,
+    ) -> Vec<usize> {
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::new();
+        let mut sequence = first;
+        for &(count, synced_through) in frames {
+            offsets.push(bytes.len());
+            let payloads: Vec<Vec<u8>> = (sequence..sequence + count)
+                .map(|s| padded_payload(s, payload_bytes))
+                .collect();
+            let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (1, p.as_slice())).collect();
+            crate::wal::frame::encode_frame(&mut bytes, sequence, synced_through, &records);
+            sequence += count;
+        }
+        std::fs::write(dir.join(segment_file_name(first)), bytes).unwrap();
+        offsets
+    }
+
+    fn padded_payload(sequence: u64, bytes: usize) -> Vec<u8> {
+        let mut payload = format!("record {sequence}").into_bytes();
+        payload.resize(bytes.max(payload.len()), b'.');
+        payload
+    }
+
+    /// Recovers and returns the sequences seen, checking each padded payload.
+    fn recover_framed(dir: &Path) -> Result<(Recovery, Vec<u64>), RecoveryError> {
+        let mut seen = Vec::new();
+        let recovery = recover(dir, &mut |record| {
+            let name = format!("record {}", record.sequence);
+            assert!(record.payload.starts_with(name.as_bytes()));
+            seen.push(record.sequence);
+            Ok(())
+        })?;
+        Ok((recovery, seen))
+    }
+
+    fn zero_range(path: &Path, range: std::ops::Range<usize>) {
+        let mut data = std::fs::read(path).unwrap();
+        data[range].fill(0);
+        std::fs::write(path, data).unwrap();
+    }
+
+    #[test]
+    fn framed_segments_are_replayed_in_order_after_legacy_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        write_framed_segment(dir.path(), 4, &[(2, 3), (5, 5)], 10);
+        let (recovery, seen) = recover_framed(dir.path()).unwrap();
+        assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
+        assert_eq!((recovery.next_sequence, recovery.legacy_segments), (11, 1));
+        assert_eq!(recovery.truncation, None);
+    }
+
+    #[test]
+    fn a_torn_write_whose_later_block_persisted_is_cut_and_the_shard_starts() {
+        // The last write held two frames of several blocks each, neither synced; the
+        // power cut kept a later block and lost an earlier one.
+        // Blocks 0 to 2 of the write hold the second frame (9 062 bytes).
+        for hole_block in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let offsets = write_framed_segment(dir.path(), 1, &[(2, 0), (6, 2), (6, 2)], 1500);
+            let path = path_of(dir.path(), 1);
+            let hole = offsets[1] + hole_block * 4096;
+            zero_range(&path, hole..hole + 4096);
+            let (recovery, seen) = recover_framed(dir.path())
+                .unwrap_or_else(|e| panic!("hole at block {hole_block}: {e}"));
+            assert_eq!(seen, [1, 2], "hole at block {hole_block}");
+            let truncation = recovery.truncation.unwrap();
+            assert_eq!(truncation.offset, offsets[1] as u64);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[1] as u64);
+        }
+    }
+
+    #[test]
+    fn every_shape_of_damage_in_the_unsynced_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_framed_segment(dir.path(), 1, &[(3, 0), (4, 3)], 700);
+        let path = path_of(dir.path(), 1);
+        let pristine = std::fs::read(&path).unwrap();
+        let tail = offsets[1];
+        let shapes: Vec<(&str, Vec<u8>)> = vec![
+            ("cut short", pristine[..tail + 100].to_vec()),
+            (
+                "header only",
+                pristine[..tail + FRAME_HEADER_BYTES].to_vec(),
+            ),
+            ("zeros", {
+                let mut bytes = pristine.clone();
+                bytes[tail + 40..].fill(0);
+                bytes
+            }),
+            ("garbage", {
+                let mut bytes = pristine.clone();
+                bytes[tail + 200] ^= 0xff;
+                bytes
+            }),
+            ("hole then data", {
+                let mut bytes = pristine.clone();
+                bytes[tail..tail + 64].fill(0);
+                bytes
+            }),
+        ];
+        for (shape, bytes) in shapes {
+            std::fs::write(&path, &bytes).unwrap();
+            let (recovery, seen) =
+                recover_framed(dir.path()).unwrap_or_else(|e| panic!("{shape}: {e}"));
+            assert_eq!(seen, [1, 2, 3], "{shape}");
+            assert_eq!(recovery.next_sequence, 4, "{shape}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                tail as u64,
+                "{shape}"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_followed_by_a_frame_written_after_its_sync_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // The third frame was written once the second was synced (synced_through 6).
+        let offsets = write_framed_segment(dir.path(), 1, &[(3, 0), (3, 3), (2, 6)], 50);
+        let path = path_of(dir.path(), 1);
+        damage_byte(&path, offsets[1] + FRAME_HEADER_BYTES + 7);
+        let error = recover_framed(dir.path()).unwrap_err();
+        assert_eq!(
+            (error.path.as_path(), error.offset),
+            (path.as_path(), offsets[1] as u64)
+        );
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::DamageBeforeLaterFrame { frame_at, synced_through: 6 }
+                if frame_at == offsets[2] as u64
+        ));
+        assert!(error.to_string().contains("acknowledged"), "{error}");
+        // Nothing was cut.
+        let length = std::fs::metadata(&path).unwrap().len();
+        assert!(length > offsets[2] as u64);
+    }
+
+    #[test]
+    fn damage_in_a_framed_segment_that_is_not_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_framed_segment(dir.path(), 1, &[(3, 0), (3, 3)], 50);
+        write_framed_segment(dir.path(), 7, &[(1, 6)], 50);
+        let first = path_of(dir.path(), 1);
+        damage_byte(&first, offsets[1] + FRAME_HEADER_BYTES + 1);
+        let error = recover_framed(dir.path()).unwrap_err();
+        assert_eq!(
+            (error.path.as_path(), error.offset),
+            (first.as_path(), offsets[1] as u64)
+        );
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::FrameCorrupt(FrameCorruption::ChecksumMismatch)
+        ));
+    }
+
+    #[test]
+    fn a_frame_out_of_sequence_is_refused_even_at_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_framed_segment(dir.path(), 1, &[(2, 0)], 10);
+        let path = path_of(dir.path(), 1);
+        let mut stray = Vec::new();
+        crate::wal::frame::encode_frame(&mut stray, 9, 2, &[(1, b"record 9")]);
+        append_bytes(&path, &stray);
+        let error = recover_framed(dir.path()).unwrap_err();
+        assert_eq!(error.offset, offsets[0] as u64 + 32 + 2 * 15);
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::SequenceOutOfOrder {
+                expected: 3,
+                found: 9
+            }
+        ));
+    }
+
+    #[test]
+    fn read_records_stops_at_the_writers_tail_without_judging_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write_framed_segment(dir.path(), 5, &[(2, 4), (3, 6)], 10);
+        let path = path_of(dir.path(), 5);
+        let mut data = std::fs::read(&path).unwrap();
+        data.truncate(offsets[1] + 10);
+        let mut seen = Vec::new();
+        let read = read_records(&data, 5, u64::MAX, &mut |record| {
+            seen.push(record.sequence);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [5, 6]);
+        assert_eq!(read.next_sequence, 7);
+        assert_eq!(read.unreadable_at, Some(offsets[1]));
+        // Stopping at a sequence inside a frame hands over only what comes before it.
+        let data = std::fs::read(&path).unwrap();
+        seen.clear();
+        let read = read_records(&data, 5, 9, &mut |record| {
+            seen.push(record.sequence);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            (seen, read.next_sequence, read.unreadable_at),
+            (vec![5, 6, 7, 8], 9, None)
+        );
     }
 }

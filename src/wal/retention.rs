@@ -11,8 +11,8 @@
 //! durable, and only then asks which segments are dead: replay must therefore let a later
 //! record of the same thing win.
 
+use crate::wal::disk::Disk;
 use crate::wal::segment::SegmentFile;
-use glommio::io::Directory;
 use std::ops::Range;
 use std::path::Path;
 
@@ -35,23 +35,13 @@ pub fn dead_segment_prefix(
     &segments[..dead]
 }
 
-/// Deletes dead segments oldest first, then syncs the directory. A crash part way
-/// leaves a shorter prefix deleted, which recovery accepts.
+/// Deletes dead segments oldest first, syncing the directory after each. A crash part
+/// way leaves a shorter prefix deleted, which recovery accepts.
 pub async fn delete_segments(shard_dir: &Path, dead: &[SegmentFile]) -> Result<(), String> {
     for pair in dead.windows(2) {
         assert!(pair[0].first_sequence < pair[1].first_sequence);
     }
-    for segment in dead {
-        glommio::io::remove(&segment.path)
-            .await
-            .map_err(|e| format!("cannot delete {}: {e}", segment.path.display()))?;
-    }
-    let directory = Directory::open(shard_dir)
-        .await
-        .map_err(|e| format!("cannot open {}: {e}", shard_dir.display()))?;
-    let synced = directory.sync().await;
-    let _ = directory.close().await;
-    synced.map_err(|e| format!("fsync of directory {} failed: {e}", shard_dir.display()))
+    Disk::Os.delete_segments(shard_dir, dead).await
 }
 
 #[cfg(test)]

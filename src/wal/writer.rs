@@ -13,9 +13,10 @@
 //! fsync create throughput. `O_DSYNC` writes instead of write + fdatasync measured
 //! slower there, so each batch stays a write and then a sync.)
 
-use crate::wal::record::{peek_length_total, peek_sequence, RECORD_BYTES_MAX};
-use crate::wal::segment::{segment_file_name, SEGMENT_BYTES_MIN};
-use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
+use crate::wal::disk::Disk;
+use crate::wal::frame::{frame_header, FRAME_HEADER_BYTES};
+use crate::wal::segment::segment_file_name;
+use glommio::io::{BufferedFile, Directory, DmaBuffer, DmaFile, OpenOptions};
 use glommio::GlommioError;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -30,13 +31,14 @@ pub const WRITE_ALIGNMENT_BYTES: u64 = 4096;
 /// issue the write at once instead of handing it to a kernel worker, as it must for a
 /// write that extends the file. One extra write and sync per this many bytes of log.
 pub const PREALLOCATION_BYTES: u64 = 1 << 20;
+/// The simulated disk grows segments in smaller steps: its files live in memory.
+#[cfg(test)]
+const SIMULATED_PREALLOCATION_BYTES: u64 = 16 << 10;
 /// Records gathered into one write. An append that would overflow a full batch waits
 /// until the commit task takes it: a bounded buffer, not an error.
-pub const BATCH_BYTES_MAX: usize = 1 << 20;
-/// At most this many fdatasyncs per commit: one per roll-over and a last one. A segment
-/// filled by a batch takes at least its size less one record of that batch.
-const SYNCS_PER_COMMIT_MAX: usize =
-    BATCH_BYTES_MAX / (SEGMENT_BYTES_MIN as usize - RECORD_BYTES_MAX) + 2;
+pub const BATCH_BYTES_MAX: usize = crate::wal::frame::FRAME_ENTRIES_BYTES_MAX;
+/// At most this many fdatasyncs per commit: one before a roll-over and a last one.
+const SYNCS_PER_COMMIT_MAX: usize = 2;
 
 /// How segment files are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,66 +49,249 @@ pub enum IoMode {
     Buffered,
 }
 
+/// One commit's records, ready to be framed: entries encoded by `frame::encode_entry`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrameToWrite<'a> {
+    pub entries: &'a [u8],
+    pub first_sequence: u64,
+    pub entry_count: u32,
+}
+
+impl FrameToWrite<'_> {
+    fn bytes(&self) -> u64 {
+        (FRAME_HEADER_BYTES + self.entries.len()) as u64
+    }
+
+    fn last_sequence(&self) -> u64 {
+        self.first_sequence + u64::from(self.entry_count) - 1
+    }
+}
+
+/// An open segment file, on whichever disk the log lives.
 enum SegmentFile {
     Direct(DmaFile),
     Buffered(BufferedFile),
+    #[cfg(test)]
+    Simulated(SimulatedFile),
+}
+
+/// A file of the simulated disk, valid until its next power cut.
+#[cfg(test)]
+struct SimulatedFile {
+    disk: std::rc::Rc<crate::wal::disk::SimDisk>,
+    path: PathBuf,
+    epoch: u64,
+}
+
+/// A buffer for one aligned write.
+enum WriteBuffer {
+    Dma(DmaBuffer),
+    #[cfg(test)]
+    Plain(Vec<u8>),
+}
+
+impl WriteBuffer {
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            WriteBuffer::Dma(buffer) => buffer.as_bytes_mut(),
+            #[cfg(test)]
+            WriteBuffer::Plain(buffer) => buffer,
+        }
+    }
+}
+
+/// The shard directory, for the syncs that make file creations durable.
+enum LogDirectory {
+    Os(Directory),
+    #[cfg(test)]
+    Simulated(std::rc::Rc<crate::wal::disk::SimDisk>),
+}
+
+impl SegmentFile {
+    fn alloc(&self, bytes: usize) -> WriteBuffer {
+        match self {
+            SegmentFile::Direct(file) => WriteBuffer::Dma(file.alloc_dma_buffer(bytes)),
+            SegmentFile::Buffered(_) => unreachable!("buffered files take no aligned buffers"),
+            #[cfg(test)]
+            SegmentFile::Simulated(_) => WriteBuffer::Plain(vec![0; bytes]),
+        }
+    }
+
+    /// Writes a whole aligned buffer at `offset`.
+    async fn write_aligned(&self, buffer: WriteBuffer, offset: u64) -> Result<(), String> {
+        let bytes = match &buffer {
+            WriteBuffer::Dma(buffer) => buffer.len(),
+            #[cfg(test)]
+            WriteBuffer::Plain(buffer) => buffer.len(),
+        };
+        let written = match (self, buffer) {
+            (SegmentFile::Direct(file), WriteBuffer::Dma(buffer)) => file
+                .write_at(buffer, offset)
+                .await
+                .map_err(|e| e.to_string())?,
+            #[cfg(test)]
+            (SegmentFile::Simulated(file), WriteBuffer::Plain(buffer)) => {
+                file.disk.pause().await;
+                file.disk
+                    .check_epoch(file.epoch)
+                    .and_then(|()| file.disk.write_at(&file.path, offset, &buffer))
+                    .map_err(|e| e.to_string())?;
+                buffer.len()
+            }
+            _ => unreachable!("a buffer from another kind of file"),
+        };
+        if written != bytes {
+            return Err(format!("short write of {written} bytes out of {bytes}"));
+        }
+        Ok(())
+    }
+
+    async fn fdatasync(&self) -> Result<(), String> {
+        match self {
+            SegmentFile::Direct(file) => file.fdatasync().await.map_err(|e| e.to_string()),
+            SegmentFile::Buffered(file) => file.fdatasync().await.map_err(|e| e.to_string()),
+            #[cfg(test)]
+            SegmentFile::Simulated(file) => {
+                file.disk.pause().await;
+                file.disk
+                    .check_epoch(file.epoch)
+                    .and_then(|()| file.disk.sync_file(&file.path))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn truncate(&self, length: u64) -> Result<(), String> {
+        match self {
+            SegmentFile::Direct(file) => file.truncate(length).await.map_err(|e| e.to_string()),
+            SegmentFile::Buffered(_) => unreachable!("only direct segments are preallocated"),
+            #[cfg(test)]
+            SegmentFile::Simulated(file) => file
+                .disk
+                .check_epoch(file.epoch)
+                .and_then(|()| file.disk.truncate(&file.path, length))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn close(self, path: &Path) -> Result<(), String> {
+        match self {
+            SegmentFile::Direct(file) => file.close().await,
+            SegmentFile::Buffered(file) => file.close().await,
+            #[cfg(test)]
+            SegmentFile::Simulated(_) => Ok(()),
+        }
+        .map_err(|e| format!("cannot close {}: {e}", path.display()))
+    }
+}
+
+impl LogDirectory {
+    async fn sync(&self, path: &Path) -> Result<(), String> {
+        match self {
+            LogDirectory::Os(directory) => directory.sync().await.map_err(|e| e.to_string()),
+            #[cfg(test)]
+            LogDirectory::Simulated(disk) => {
+                disk.pause().await;
+                disk.sync_dir(path).map_err(|e| e.to_string())
+            }
+        }
+        .map_err(|e| format!("fsync of directory {} failed: {e}", path.display()))
+    }
+
+    async fn close(self, path: &Path) -> Result<(), String> {
+        match self {
+            LogDirectory::Os(directory) => directory
+                .close()
+                .await
+                .map_err(|e| format!("cannot close directory {}: {e}", path.display())),
+            #[cfg(test)]
+            LogDirectory::Simulated(_) => Ok(()),
+        }
+    }
 }
 
 /// The segment being appended to.
 struct OpenSegment {
     file: SegmentFile,
     path: PathBuf,
-    /// Bytes of records in the file; with direct I/O the file may be longer (padding).
+    /// Bytes of frames in the file; with direct I/O the file may be longer (padding).
     records_end: u64,
-    /// Direct I/O only: the bytes of the last, partial block, rewritten by the next write.
+    /// Aligned writes only: the bytes of the last, partial block, rewritten by the next
+    /// write.
     tail_block: Vec<u8>,
-    /// Direct I/O only: the file's synced size, zeros after the records (preallocated).
+    /// Aligned writes only: the file's synced size, zeros after the frames (preallocated).
     zeroed_end: u64,
 }
 
 pub(crate) struct SegmentWriter {
     shard_dir: PathBuf,
-    directory: Directory,
+    disk: Disk,
+    directory: LogDirectory,
     mode: IoMode,
     segment_bytes_max: u64,
+    preallocation_bytes: u64,
     segment: OpenSegment,
-    /// Bytes were written since the last fdatasync.
-    unsynced: bool,
+    /// Every record up to this sequence was written.
+    written_through: u64,
+    /// Every record up to this sequence is durable: an fdatasync covered it. Each frame
+    /// carries it, so recovery can tell a torn write from corruption.
+    synced_through: u64,
+    /// Buffered I/O only: a frame is assembled here before its write.
+    frame_scratch: Vec<u8>,
     /// Latencies of the fdatasyncs of the current commit, drained by the commit task.
     pub(crate) sync_latencies_us: Vec<u64>,
 }
 
 impl SegmentWriter {
     /// Opens the segment that starts at `first_sequence`: a new file, or an empty one left
-    /// by a crash right after it was created. Never a file that holds records.
+    /// by a crash right after it was created. Never a file that holds records. Recovery
+    /// made every record before `first_sequence` durable.
     pub(crate) async fn open(
+        disk: &Disk,
         shard_dir: &Path,
         first_sequence: u64,
         segment_bytes_max: u64,
         buffered_requested: bool,
     ) -> Result<SegmentWriter, String> {
-        let directory = Directory::open(shard_dir)
-            .await
-            .map_err(|e| format!("cannot open directory {}: {e}", shard_dir.display()))?;
-        let preferred = if buffered_requested || is_tmpfs(shard_dir) {
-            IoMode::Buffered
-        } else {
-            IoMode::Direct
+        let (directory, preferred, preallocation_bytes) = match disk {
+            Disk::Os => {
+                let directory = Directory::open(shard_dir)
+                    .await
+                    .map_err(|e| format!("cannot open directory {}: {e}", shard_dir.display()))?;
+                let preferred = if buffered_requested || is_tmpfs(shard_dir) {
+                    IoMode::Buffered
+                } else {
+                    IoMode::Direct
+                };
+                (LogDirectory::Os(directory), preferred, PREALLOCATION_BYTES)
+            }
+            #[cfg(test)]
+            Disk::Simulated(sim) => (
+                LogDirectory::Simulated(sim.clone()),
+                IoMode::Direct,
+                SIMULATED_PREALLOCATION_BYTES,
+            ),
         };
-        let segment = open_segment(shard_dir, preferred, first_sequence).await?;
+        let segment = open_segment(disk, shard_dir, preferred, first_sequence).await?;
         let mode = match segment.file {
-            SegmentFile::Direct(_) => IoMode::Direct,
             SegmentFile::Buffered(_) => IoMode::Buffered,
+            _ => IoMode::Direct,
         };
-        log_mode_once(mode, shard_dir, buffered_requested);
-        sync_directory(&directory, shard_dir).await?;
+        if matches!(disk, Disk::Os) {
+            log_mode_once(mode, shard_dir, buffered_requested);
+        }
+        directory.sync(shard_dir).await?;
         Ok(SegmentWriter {
             shard_dir: shard_dir.to_path_buf(),
+            disk: disk.clone(),
             directory,
             mode,
             segment_bytes_max,
+            preallocation_bytes,
             segment,
-            unsynced: false,
+            written_through: first_sequence - 1,
+            synced_through: first_sequence - 1,
+            frame_scratch: Vec::new(),
             sync_latencies_us: Vec::with_capacity(SYNCS_PER_COMMIT_MAX),
         })
     }
@@ -115,77 +300,95 @@ impl SegmentWriter {
         self.mode
     }
 
-    /// Writes a batch of whole records, rolling over to new segments as they fill, and
-    /// fdatasyncs at the end when `sync` is set.
-    pub(crate) async fn commit(&mut self, batch: &[u8], sync: bool) -> Result<(), String> {
+    /// The sequence every durable record is at or below.
+    #[cfg(test)]
+    pub(crate) fn synced_through(&self) -> u64 {
+        self.synced_through
+    }
+
+    /// Writes one commit's records as one frame, in the current segment if it fits there
+    /// and in a new one otherwise, and fdatasyncs when `sync` is set. A frame is never
+    /// split: what one commit holds lives or dies together.
+    pub(crate) async fn commit(
+        &mut self,
+        frame: FrameToWrite<'_>,
+        sync: bool,
+    ) -> Result<(), String> {
         self.sync_latencies_us.clear();
-        let mut rest = batch;
-        // Bounded: each pass writes at least one record, or rolls over to an empty
-        // segment where at least one record fits (SEGMENT_BYTES_MIN).
-        while !rest.is_empty() {
-            let room = self.segment_bytes_max - self.segment.records_end;
-            let fitting = records_fitting(rest, room);
-            if fitting == 0 {
-                assert!(
-                    self.segment.records_end > 0,
-                    "a record larger than a segment"
-                );
-                let next_first = peek_sequence(rest).expect("a whole record");
-                self.roll_over(next_first).await?;
-                continue;
-            }
-            self.write(&rest[..fitting]).await?;
-            rest = &rest[fitting..];
+        assert!(frame.entry_count > 0);
+        assert_eq!(frame.first_sequence, self.written_through + 1);
+        // The log caps its batches so that one frame fits an empty segment.
+        assert!(frame.bytes() <= self.segment_bytes_max);
+        if self.segment.records_end + frame.bytes() > self.segment_bytes_max {
+            self.roll_over(frame.first_sequence).await?;
         }
+        let header = frame_header(
+            frame.first_sequence,
+            self.synced_through,
+            frame.entry_count,
+            frame.entries,
+        );
+        self.write(&header, frame.entries).await?;
+        self.written_through = frame.last_sequence();
         if sync {
             self.sync().await?;
         }
         Ok(())
     }
 
+    /// Syncs what was written and not synced yet.
+    #[cfg(test)]
+    pub(crate) async fn commit_sync(&mut self) -> Result<(), String> {
+        self.sync_latencies_us.clear();
+        self.sync().await
+    }
+
     /// Syncs what is unsynced and closes the files.
     pub(crate) async fn close(mut self) -> Result<(), String> {
         self.sync().await?;
-        close_file(self.segment.file, &self.segment.path).await?;
-        self.directory
-            .close()
-            .await
-            .map_err(|e| format!("cannot close directory {}: {e}", self.shard_dir.display()))
+        self.segment.file.close(&self.segment.path).await?;
+        self.directory.close(&self.shard_dir).await
     }
 
-    async fn write(&mut self, records: &[u8]) -> Result<(), String> {
+    async fn write(&mut self, header: &[u8], entries: &[u8]) -> Result<(), String> {
         let segment = &mut self.segment;
-        match &segment.file {
-            SegmentFile::Direct(file) => {
-                let end = align_up(segment.records_end + records.len() as u64);
-                let limit = align_up(self.segment_bytes_max);
-                match preallocate(file, &mut segment.zeroed_end, end, limit).await {
-                    Ok(()) => {
-                        write_direct(file, &mut segment.tail_block, segment.records_end, records)
-                            .await
-                    }
-                    Err(error) => Err(error),
-                }
+        let outcome = if let SegmentFile::Buffered(file) = &segment.file {
+            self.frame_scratch.clear();
+            self.frame_scratch.extend_from_slice(header);
+            self.frame_scratch.extend_from_slice(entries);
+            write_buffered(file, segment.records_end, &self.frame_scratch).await
+        } else {
+            let end = align_up(segment.records_end + (header.len() + entries.len()) as u64);
+            let limit = align_up(self.segment_bytes_max);
+            let grown = preallocate(
+                &segment.file,
+                &mut segment.zeroed_end,
+                end,
+                limit,
+                self.preallocation_bytes,
+            )
+            .await;
+            match grown {
+                Ok(()) => write_aligned(segment, header, entries).await,
+                Err(error) => Err(error),
             }
-            SegmentFile::Buffered(file) => write_buffered(file, segment.records_end, records).await,
-        }
-        .map_err(|e| format!("write to {} failed: {e}", segment.path.display()))?;
-        segment.records_end += records.len() as u64;
-        self.unsynced = true;
+        };
+        outcome.map_err(|e| format!("write to {} failed: {e}", segment.path.display()))?;
+        segment.records_end += (header.len() + entries.len()) as u64;
         Ok(())
     }
 
     async fn sync(&mut self) -> Result<(), String> {
-        if !self.unsynced {
+        if self.synced_through == self.written_through {
             return Ok(());
         }
         let started = Instant::now();
-        match &self.segment.file {
-            SegmentFile::Direct(file) => file.fdatasync().await,
-            SegmentFile::Buffered(file) => file.fdatasync().await,
-        }
-        .map_err(|e| format!("fdatasync of {} failed: {e}", self.segment.path.display()))?;
-        self.unsynced = false;
+        self.segment
+            .file
+            .fdatasync()
+            .await
+            .map_err(|e| format!("fdatasync of {} failed: {e}", self.segment.path.display()))?;
+        self.synced_through = self.written_through;
         assert!(self.sync_latencies_us.len() < SYNCS_PER_COMMIT_MAX);
         self.sync_latencies_us
             .push(started.elapsed().as_micros() as u64);
@@ -197,28 +400,33 @@ impl SegmentWriter {
     async fn roll_over(&mut self, next_first_sequence: u64) -> Result<(), String> {
         self.sync().await?;
         self.trim_preallocation().await?;
-        let next = open_segment(&self.shard_dir, self.mode, next_first_sequence).await?;
-        sync_directory(&self.directory, &self.shard_dir).await?;
+        let next =
+            open_segment(&self.disk, &self.shard_dir, self.mode, next_first_sequence).await?;
+        self.directory.sync(&self.shard_dir).await?;
         let full = std::mem::replace(&mut self.segment, next);
-        close_file(full.file, &full.path).await
+        full.file.close(&full.path).await
     }
 
-    /// A full segment keeps no preallocated zeros: it ends after the block its records
+    /// A full segment keeps no preallocated zeros: it ends after the block its frames
     /// end in, as it would without preallocation, so listed sizes are the log's.
     async fn trim_preallocation(&mut self) -> Result<(), String> {
         let segment = &mut self.segment;
-        let SegmentFile::Direct(file) = &segment.file else {
+        if matches!(segment.file, SegmentFile::Buffered(_)) {
             return Ok(());
-        };
+        }
         let end = align_up(segment.records_end);
         if segment.zeroed_end <= end {
             return Ok(());
         }
         let path = segment.path.display();
-        file.truncate(end)
+        segment
+            .file
+            .truncate(end)
             .await
             .map_err(|e| format!("cannot trim {path}: {e}"))?;
-        file.fdatasync()
+        segment
+            .file
+            .fdatasync()
             .await
             .map_err(|e| format!("fdatasync of {path} failed: {e}"))?;
         segment.zeroed_end = end;
@@ -226,31 +434,25 @@ impl SegmentWriter {
     }
 }
 
-/// Grows the file with synced zeros until it covers `end`, by `PREALLOCATION_BYTES` but
-/// never past `limit` (the segment's padded size). Zeros past the records read as the
-/// end of the log at recovery.
+/// Grows the file with synced zeros until it covers `end`, by `step_bytes` but never
+/// past `limit` (the segment's padded size). Zeros past the frames read as the end of the
+/// log at recovery.
 async fn preallocate(
-    file: &DmaFile,
+    file: &SegmentFile,
     zeroed_end: &mut u64,
     end: u64,
     limit: u64,
+    step_bytes: u64,
 ) -> Result<(), String> {
     assert!(end <= limit);
     // Bounded: each pass grows the file by at least a block, up to `limit`.
     while *zeroed_end < end {
-        let grow_to = (*zeroed_end + PREALLOCATION_BYTES).min(limit);
-        let bytes = (grow_to - *zeroed_end) as usize;
-        let mut buffer = file.alloc_dma_buffer(bytes);
+        let grow_to = (*zeroed_end + step_bytes).min(limit);
+        let mut buffer = file.alloc((grow_to - *zeroed_end) as usize);
         buffer.as_bytes_mut().fill(0);
-        let written = file
-            .write_at(buffer, *zeroed_end)
+        file.write_aligned(buffer, *zeroed_end)
             .await
             .map_err(|e| format!("preallocation: {e}"))?;
-        if written != bytes {
-            return Err(format!(
-                "short preallocation of {written} bytes out of {bytes}"
-            ));
-        }
         // The new size must be durable on its own, or the next sync writes the inode.
         file.fdatasync()
             .await
@@ -260,44 +462,28 @@ async fn preallocate(
     Ok(())
 }
 
-/// The bytes of the longest run of whole records at the start of `records` that fits in
-/// `room` bytes.
-fn records_fitting(records: &[u8], room: u64) -> usize {
-    let mut end = 0;
-    while end < records.len() {
-        let length = peek_length_total(&records[end..]).expect("a whole record");
-        if (end + length) as u64 > room {
-            break;
-        }
-        end += length;
-    }
-    end
-}
-
 async fn open_segment(
+    disk: &Disk,
     shard_dir: &Path,
     preferred: IoMode,
     first_sequence: u64,
 ) -> Result<OpenSegment, String> {
     let path = shard_dir.join(segment_file_name(first_sequence));
-    let reuse_empty = match std::fs::metadata(&path) {
-        Ok(metadata) if metadata.len() == 0 => true,
-        Ok(_) => return Err(format!("segment {} already holds records", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
-        Err(error) => return Err(format!("cannot inspect {}: {error}", path.display())),
-    };
-    let file = if preferred == IoMode::Direct {
-        match options(reuse_empty).dma_open(&path).await {
-            Ok(file) => {
-                assert_eq!(WRITE_ALIGNMENT_BYTES % file.alignment(), 0);
-                SegmentFile::Direct(file)
+    let file = match disk {
+        Disk::Os => open_os_segment(&path, preferred).await?,
+        #[cfg(test)]
+        Disk::Simulated(sim) => {
+            sim.pause().await;
+            let empty = sim.length(&path).is_ok_and(|length| length == 0);
+            if !sim.create(&path) && !empty {
+                return Err(format!("segment {} already holds records", path.display()));
             }
-            // The filesystem refuses O_DIRECT; the open may have created the file.
-            Err(error) if is_invalid_argument(&error) => open_buffered(&path, true).await?,
-            Err(error) => return Err(format!("cannot create {}: {error}", path.display())),
+            SegmentFile::Simulated(SimulatedFile {
+                disk: sim.clone(),
+                path: path.clone(),
+                epoch: sim.epoch(),
+            })
         }
-    } else {
-        open_buffered(&path, reuse_empty).await?
     };
     Ok(OpenSegment {
         file,
@@ -306,6 +492,27 @@ async fn open_segment(
         tail_block: Vec::with_capacity(WRITE_ALIGNMENT_BYTES as usize),
         zeroed_end: 0,
     })
+}
+
+async fn open_os_segment(path: &Path, preferred: IoMode) -> Result<SegmentFile, String> {
+    let reuse_empty = match std::fs::metadata(path) {
+        Ok(metadata) if metadata.len() == 0 => true,
+        Ok(_) => return Err(format!("segment {} already holds records", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+        Err(error) => return Err(format!("cannot inspect {}: {error}", path.display())),
+    };
+    if preferred == IoMode::Buffered {
+        return open_buffered(path, reuse_empty).await;
+    }
+    match options(reuse_empty).dma_open(path).await {
+        Ok(file) => {
+            assert_eq!(WRITE_ALIGNMENT_BYTES % file.alignment(), 0);
+            Ok(SegmentFile::Direct(file))
+        }
+        // The filesystem refuses O_DIRECT; the open may have created the file.
+        Err(error) if is_invalid_argument(&error) => open_buffered(path, true).await,
+        Err(error) => Err(format!("cannot create {}: {error}", path.display())),
+    }
 }
 
 async fn open_buffered(path: &Path, reuse_empty: bool) -> Result<SegmentFile, String> {
@@ -337,61 +544,44 @@ fn is_invalid_argument(error: &GlommioError<()>) -> bool {
     }
 }
 
-async fn write_direct(
-    file: &DmaFile,
-    tail_block: &mut Vec<u8>,
-    records_end: u64,
-    records: &[u8],
+/// Writes a frame (its header, then its entries) at the segment's end, in whole aligned
+/// blocks: the partial block the frames end in is written again in front of it, and the
+/// last block is padded with zeros.
+async fn write_aligned(
+    segment: &mut OpenSegment,
+    header: &[u8],
+    entries: &[u8],
 ) -> Result<(), String> {
-    let start = align_down(records_end);
-    assert_eq!(tail_block.len() as u64, records_end - start);
-    let filled = tail_block.len() + records.len();
+    let start = align_down(segment.records_end);
+    let tail_block = &mut segment.tail_block;
+    assert_eq!(tail_block.len() as u64, segment.records_end - start);
+    let frame_end = tail_block.len() + header.len();
+    let filled = frame_end + entries.len();
     let padded = align_up(filled as u64) as usize;
-    let mut buffer = file.alloc_dma_buffer(padded);
+    let mut buffer = segment.file.alloc(padded);
     let bytes = buffer.as_bytes_mut();
     bytes[..tail_block.len()].copy_from_slice(tail_block);
-    bytes[tail_block.len()..filled].copy_from_slice(records);
+    bytes[tail_block.len()..frame_end].copy_from_slice(header);
+    bytes[frame_end..filled].copy_from_slice(entries);
     bytes[filled..].fill(0);
     let next_tail_start = align_down(filled as u64) as usize;
     tail_block.clear();
     tail_block.extend_from_slice(&bytes[next_tail_start..filled]);
-    let written = file
-        .write_at(buffer, start)
-        .await
-        .map_err(|e| e.to_string())?;
-    if written != padded {
-        return Err(format!("short write of {written} bytes out of {padded}"));
-    }
-    Ok(())
+    segment.file.write_aligned(buffer, start).await
 }
 
-async fn write_buffered(file: &BufferedFile, at: u64, records: &[u8]) -> Result<(), String> {
+async fn write_buffered(file: &BufferedFile, at: u64, frame: &[u8]) -> Result<(), String> {
     let written = file
-        .write_at(records.to_vec(), at)
+        .write_at(frame.to_vec(), at)
         .await
         .map_err(|e| e.to_string())?;
-    if written != records.len() {
+    if written != frame.len() {
         return Err(format!(
             "short write of {written} bytes out of {}",
-            records.len()
+            frame.len()
         ));
     }
     Ok(())
-}
-
-async fn close_file(file: SegmentFile, path: &Path) -> Result<(), String> {
-    match file {
-        SegmentFile::Direct(file) => file.close().await,
-        SegmentFile::Buffered(file) => file.close().await,
-    }
-    .map_err(|e| format!("cannot close {}: {e}", path.display()))
-}
-
-async fn sync_directory(directory: &Directory, path: &Path) -> Result<(), String> {
-    directory
-        .sync()
-        .await
-        .map_err(|e| format!("fsync of directory {} failed: {e}", path.display()))
 }
 
 fn align_down(offset: u64) -> u64 {
@@ -442,7 +632,7 @@ fn log_mode_once(mode: IoMode, shard_dir: &Path, buffered_requested: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::encode_record;
+    use crate::wal::frame::encode_entry;
 
     #[test]
     fn alignment_helpers_round_to_blocks() {
@@ -452,17 +642,13 @@ mod tests {
         assert_eq!((align_down(4097), align_up(4097)), (4096, 8192));
     }
 
-    #[test]
-    fn records_fitting_stops_at_a_record_boundary() {
-        let mut records = Vec::new();
-        for sequence in 1..=3 {
-            encode_record(&mut records, 1, sequence, &[0; 33]); // 50 bytes each
+    /// `count` entries of `payload_bytes` each, as one commit starting at `first`.
+    fn entries(count: u32, payload_bytes: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for index in 0..count {
+            encode_entry(&mut out, 1, &vec![index as u8; payload_bytes]);
         }
-        assert_eq!(records_fitting(&records, 0), 0);
-        assert_eq!(records_fitting(&records, 49), 0);
-        assert_eq!(records_fitting(&records, 50), 50);
-        assert_eq!(records_fitting(&records, 149), 100);
-        assert_eq!(records_fitting(&records, 1000), 150);
+        out
     }
 
     #[test]
@@ -472,45 +658,43 @@ mod tests {
         let dir = tempfile::tempdir_in(&base).unwrap();
         let path = dir.path().to_path_buf();
         let segment_bytes_max = 3 * PREALLOCATION_BYTES / 2;
-        let mut records = Vec::new();
-        for sequence in 1..=3 {
-            encode_record(&mut records, 1, sequence, &[7; 33]); // 50 bytes each
-        }
-        let record_bytes = records.len() as u64;
+        let first_sequence = 1;
+        let small = entries(3, 33);
+        let large = entries(10, 60_000);
         crate::testing::run_here(async move {
-            let mut writer = SegmentWriter::open(&path, 1, segment_bytes_max, false)
+            let mut writer = SegmentWriter::open(&Disk::Os, &path, 1, segment_bytes_max, false)
                 .await
                 .unwrap();
             if writer.mode() == IoMode::Buffered {
                 return; // No O_DIRECT here: nothing is preallocated.
             }
-            writer.commit(&records, true).await.unwrap();
+            let frame = |entries, first_sequence, entry_count| FrameToWrite {
+                entries,
+                first_sequence,
+                entry_count,
+            };
+            writer
+                .commit(frame(&small, first_sequence, 3), true)
+                .await
+                .unwrap();
             let first = path.join(segment_file_name(1));
             assert_eq!(
                 std::fs::metadata(&first).unwrap().len(),
                 PREALLOCATION_BYTES
             );
-            // Records past the first megabyte grow the file to the segment's limit.
-            let mut large = Vec::new();
-            let mut sequence = 4;
-            while (large.len() as u64) < PREALLOCATION_BYTES {
-                encode_record(&mut large, 1, sequence, &[9; 60_000]);
-                sequence += 1;
-            }
-            writer.commit(&large, true).await.unwrap();
+            // Frames past the first megabyte grow the file to the segment's limit.
+            writer.commit(frame(&large, 4, 10), true).await.unwrap();
+            writer.commit(frame(&large, 14, 10), true).await.unwrap();
             let grown = std::fs::metadata(&first).unwrap().len();
             assert_eq!(grown, align_up(segment_bytes_max));
-            // 18 records of 60 017 bytes took the first megabyte; 8 more fit below the
-            // limit, then the segment rolls over and is trimmed to its records.
-            let mut next = Vec::new();
-            while (next.len() as u64) < PREALLOCATION_BYTES / 2 {
-                encode_record(&mut next, 1, sequence, &[5; 60_000]);
-                sequence += 1;
-            }
-            writer.commit(&next, true).await.unwrap();
+            assert_eq!(writer.synced_through(), 23);
+            // The next frame does not fit: the segment rolls over, trimmed to its frames.
+            writer.commit(frame(&large, 24, 10), true).await.unwrap();
             let trimmed = std::fs::metadata(&first).unwrap().len();
             assert!(trimmed < grown && trimmed.is_multiple_of(WRITE_ALIGNMENT_BYTES));
-            assert!(trimmed >= record_bytes + PREALLOCATION_BYTES);
+            let frames_bytes = (3 * FRAME_HEADER_BYTES + small.len() + 2 * large.len()) as u64;
+            assert_eq!(trimmed, align_up(frames_bytes));
+            assert!(path.join(segment_file_name(24)).exists());
             writer.close().await.unwrap();
         });
         let mut sequences = Vec::new();
@@ -519,8 +703,9 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let expected: Vec<u64> = (1..=3 + 18 + 9).collect();
-        assert_eq!(sequences, expected);
+        if !sequences.is_empty() {
+            assert_eq!(sequences, (1..=33).collect::<Vec<u64>>());
+        }
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl Verdict {
             // Retry-After on any other status is not the contract's: ignore it.
             DeliveryOutcome::Answered { .. }
             | DeliveryOutcome::TimedOut
-            | DeliveryOutcome::Failed => Verdict::Retry {
+            | DeliveryOutcome::Failed
+            | DeliveryOutcome::TlsFailed => Verdict::Retry {
                 retry_after_secs: None,
             },
         }
@@ -135,6 +136,7 @@ mod tests {
         }
         assert_eq!(Verdict::of(&DeliveryOutcome::TimedOut), retry);
         assert_eq!(Verdict::of(&DeliveryOutcome::Failed), retry);
+        assert_eq!(Verdict::of(&DeliveryOutcome::TlsFailed), retry);
     }
 
     #[test]

@@ -26,12 +26,15 @@ pub enum DeliveryOutcome {
     TimedOut,
     /// No answer at all: the connection was refused, reset, or the answer was not HTTP.
     Failed,
+    /// The TLS handshake failed (the receiver's certificate did not verify, above all):
+    /// nothing was sent. Retried like `Failed`, counted apart.
+    TlsFailed,
 }
 
 /// One attempt's request: a POST of `body` to `url` with `headers`.
 #[derive(Clone, Copy, Debug)]
 pub struct WebhookRequest<'a> {
-    /// The merchant's `webhook_url` (an `http://` URL, checked by the config).
+    /// The merchant's `webhook_url` (an `http://` or `https://` URL, checked by the config).
     pub url: &'a str,
     pub headers: &'a WebhookHeaders,
     pub body: &'a [u8],
@@ -66,15 +69,19 @@ impl Sender for Client {
                     status: response.status,
                     retry_after_secs: response.retry_after_secs,
                 },
+                Err(crate::outbound::OutboundError::Tls) => DeliveryOutcome::TlsFailed,
                 Err(_) => DeliveryOutcome::Failed,
             }
         })
     }
 }
 
-/// The path of an `http://host[:port][/path]` URL: `/` when it has none.
+/// The path of an `http[s]://host[:port][/path]` URL: `/` when it has none.
 pub fn url_path(url: &str) -> &str {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
     match rest.find('/') {
         Some(start) => &rest[start..],
         None => "/",

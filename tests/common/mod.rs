@@ -1299,10 +1299,6 @@ pub mod durable {
     pub const MERCHANT_ID: &str = "m_crash";
     /// A test-only secret; nothing card-like, nothing real.
     pub const MERCHANT_SECRET: &str = "crash-test-secret-1-test-only-0123456789abcdef";
-    /// The framing of log records (src/wal/record.rs): length and CRC32C in front, then
-    /// kind and sequence, which the length covers.
-    pub const RECORD_HEADER_BYTES: usize = 8;
-    pub const RECORD_BODY_FIXED_BYTES: usize = 9;
     /// A clean SIGTERM stop of an idle server must not take longer than this.
     pub const CLEAN_STOP_TIMEOUT_MS: u64 = 10_000;
 
@@ -1467,32 +1463,35 @@ pub mod durable {
         paths
     }
 
-    /// One record found by walking the framing of a segment.
-    #[derive(Clone, Copy, Debug)]
-    pub struct RecordSpan {
+    /// One batch frame found by walking a segment (log format 2).
+    #[derive(Clone, Debug)]
+    pub struct FrameSpan {
         pub offset: usize,
         pub length_total: usize,
-        pub kind: u8,
+        pub first_sequence: u64,
+        pub synced_through: u64,
+        /// The kind of each record in the frame, in order.
+        pub kinds: Vec<u8>,
     }
 
-    /// Walks the records of a segment by their length fields alone, stopping at zero
-    /// padding, at a length that cannot be, or at a record the file does not hold whole.
-    /// No checksum is checked: these are files a cleanly stopped payd wrote.
-    pub fn record_spans(bytes: &[u8]) -> Vec<RecordSpan> {
+    /// Walks the frames of a segment with the library's decoder, stopping at padding or
+    /// at the first bytes that are not a whole, valid frame.
+    pub fn frame_spans(bytes: &[u8]) -> Vec<FrameSpan> {
         let mut spans = Vec::new();
         let mut offset = 0;
-        while offset + RECORD_HEADER_BYTES + RECORD_BODY_FIXED_BYTES <= bytes.len() {
-            let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
-            let length_total = RECORD_HEADER_BYTES + length;
-            if length < RECORD_BODY_FIXED_BYTES || offset + length_total > bytes.len() {
-                break;
-            }
-            spans.push(RecordSpan {
+        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(&bytes[offset..])
+        {
+            spans.push(FrameSpan {
                 offset,
-                length_total,
-                kind: bytes[offset + RECORD_HEADER_BYTES],
+                length_total: frame.length_total,
+                first_sequence: frame.first_sequence,
+                synced_through: frame.synced_through,
+                kinds: frame
+                    .records()
+                    .map(|r| r.expect("a checked frame").kind)
+                    .collect(),
             });
-            offset += length_total;
+            offset += frame.length_total;
         }
         spans
     }
@@ -1503,10 +1502,10 @@ pub mod durable {
             .iter()
             .map(|path| {
                 let bytes = std::fs::read(path).expect("read segment");
-                record_spans(&bytes)
+                frame_spans(&bytes)
                     .iter()
-                    .filter(|span| span.kind == kind)
-                    .count()
+                    .map(|span| span.kinds.iter().filter(|&&k| k == kind).count())
+                    .sum::<usize>()
             })
             .sum()
     }
