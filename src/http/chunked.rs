@@ -78,6 +78,10 @@ impl ChunkedProgress {
             let position = self.position;
             // A chunk's size line is parsed again until its data has arrived too.
             let (data_start, size) = match httparse::parse_chunk_size(&input[position..]) {
+                // A line over the bound is refused whole, as it is while it arrives.
+                Ok(httparse::Status::Complete((used, _))) if used > CHUNK_LINE_BYTES_MAX => {
+                    return Err(ChunkedError::Malformed)
+                }
                 Ok(httparse::Status::Complete((used, size))) => (position + used, size),
                 Ok(httparse::Status::Partial) if input.len() - position > CHUNK_LINE_BYTES_MAX => {
                     return Err(ChunkedError::Malformed)
@@ -228,6 +232,14 @@ mod tests {
         );
         assert_eq!(
             decode_chunked(b"zz\r\n", &mut body, 100),
+            Err(ChunkedError::Malformed)
+        );
+        // Found by fuzzing: a long chunk-size line was refused while partial but taken
+        // once complete, so the answer depended on how the bytes arrived.
+        let mut complete_long_line = format!("3;{}\r\nabc\r\n", "e".repeat(CHUNK_LINE_BYTES_MAX));
+        complete_long_line.push_str("0\r\n\r\n");
+        assert_eq!(
+            decode_chunked(complete_long_line.as_bytes(), &mut body, 100),
             Err(ChunkedError::Malformed)
         );
         let long_line = vec![b'1'; CHUNK_LINE_BYTES_MAX + 1];
