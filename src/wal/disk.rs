@@ -368,6 +368,24 @@ mod simulated {
             Ok(())
         }
 
+        /// Renames a file, replacing any file of the new name (which a power cut before
+        /// the directory's sync may bring back, as a removal).
+        pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            let mut guard = self.state.borrow_mut();
+            let state = &mut *guard;
+            let file = state.files.remove(from).ok_or_else(|| not_found(from))?;
+            if state.durable_names.contains(from) {
+                let durable = file.durable.clone();
+                state.removed.insert(from.to_path_buf(), durable);
+            }
+            if let Some(replaced) = state.files.insert(to.to_path_buf(), file) {
+                if state.durable_names.contains(to) {
+                    state.removed.insert(to.to_path_buf(), replaced.durable);
+                }
+            }
+            Ok(())
+        }
+
         /// fsync of a directory: creations and removals in it reach the disk.
         pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             let mut guard = self.state.borrow_mut();
