@@ -206,7 +206,12 @@ impl SegmentFile {
                 renamed.map_err(|e| e.to_string())
             }
         }
-        .map_err(|e| format!("cannot rename the prepared segment to {}: {e}", to.display()))
+        .map_err(|e| {
+            format!(
+                "cannot rename the prepared segment to {}: {e}",
+                to.display()
+            )
+        })
     }
 
     async fn close(self, path: &Path) -> Result<(), String> {
@@ -501,12 +506,10 @@ impl SegmentWriter {
             Some(Err(error)) => {
                 // The log itself is fine: its next segment grows in steps instead.
                 eprintln!("payd: preparing the next log segment failed: {error}");
-                open_segment(&self.disk, &self.shard_dir, self.mode, next_first_sequence)
-                    .await?
+                open_segment(&self.disk, &self.shard_dir, self.mode, next_first_sequence).await?
             }
             None => {
-                open_segment(&self.disk, &self.shard_dir, self.mode, next_first_sequence)
-                    .await?
+                open_segment(&self.disk, &self.shard_dir, self.mode, next_first_sequence).await?
             }
         };
         self.directory.sync(&self.shard_dir).await?;
@@ -884,7 +887,10 @@ mod tests {
             writer.commit(frame(&large, 47, 10), true).await.unwrap();
             let second_frames = (3 * FRAME_HEADER_BYTES + small.len() + 2 * large.len()) as u64;
             assert_eq!(size(&second), align_up(second_frames));
-            assert_eq!(size(&path.join(segment_file_name(47))), align_up(segment_bytes_max));
+            assert_eq!(
+                size(&path.join(segment_file_name(47))),
+                align_up(segment_bytes_max)
+            );
             writer.close().await.unwrap();
         });
         let mut sequences = Vec::new();
