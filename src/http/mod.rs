@@ -8,6 +8,9 @@
 pub mod chunked;
 pub mod request;
 pub mod response;
+pub mod websocket;
 
-pub use request::{parse_request, BodyFraming, Method, ParseOutcome, ProtocolError, RequestHead};
+pub use request::{
+    parse_request, BodyFraming, Method, ParseOutcome, ProtocolError, RequestHead, UpgradeHeaders,
+};
 pub use response::{ConnectionHeader, Response, ResponseHeader};

@@ -7,6 +7,7 @@
 
 use super::core::Core;
 use super::pipeline::{answer_batch, Batch, Framed, REQUEST_ID_BYTES_MAX};
+use super::websocket;
 use super::{LINGER_BYTES_MAX, LINGER_MS};
 use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
@@ -17,7 +18,8 @@ use crate::http::{
     Response,
 };
 use crate::metrics::Route;
-use crate::server::access_log::AccessRecord;
+use crate::payment::MerchantIndex;
+use crate::server::access_log::{AccessRecord, Transport};
 use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -42,6 +44,8 @@ enum Progress {
     MoreBuffered,
     /// Answer written (or to be written), then close.
     Close,
+    /// A WebSocket opening was answered 101: the session takes the stream over.
+    Upgraded,
 }
 
 /// Why framing a batch stopped.
@@ -55,6 +59,8 @@ enum BatchEnd {
     Closing,
     /// The request after the framed ones is malformed: answered after them, then closed.
     Error(ProtocolError),
+    /// The next request opens a WebSocket; everything before it is answered.
+    Opening(RequestHead),
 }
 
 enum ReadOutcome {
@@ -79,6 +85,8 @@ pub struct Connection {
     /// When the first byte of the request being received arrived.
     request_started: Option<Instant>,
     continue_sent: bool,
+    /// Set by a 101: the merchant whose WebSocket session takes the stream over.
+    websocket: Option<MerchantIndex>,
 }
 
 impl Connection {
@@ -94,6 +102,7 @@ impl Connection {
             response: Response::new(),
             request_started: None,
             continue_sent: false,
+            websocket: None,
         }
     }
 
@@ -104,6 +113,14 @@ impl Connection {
         let _ = self.stream.set_write_timeout(Some(write_timeout));
         let _ = self.stream.set_nodelay(true);
         let closing = self.serve().await.unwrap_or(false);
+        if let Some(merchant) = self.websocket {
+            // The session keeps time itself (pings, the idle rule); HTTP's timeouts
+            // would drop a client that pauses reading, which it may.
+            let _ = self.stream.set_read_timeout(None);
+            let _ = self.stream.set_write_timeout(None);
+            let leftover = self.input[self.start..self.filled].to_vec();
+            return websocket::serve(self.core, self.stream, merchant, leftover).await;
+        }
         if closing {
             self.linger_close().await;
         }
@@ -121,6 +138,7 @@ impl Connection {
             }
             match progress {
                 Progress::Close => return Ok(true),
+                Progress::Upgraded => return Ok(false),
                 Progress::MoreBuffered => continue,
                 Progress::NeedInput => {}
             }
@@ -183,7 +201,32 @@ impl Connection {
             BatchEnd::MoreBuffered => Progress::MoreBuffered,
             BatchEnd::Closing => Progress::Close,
             BatchEnd::Error(error) => self.answer_protocol_error(error),
+            BatchEnd::Opening(head) => self.answer_opening(&head),
         })
+    }
+
+    /// Answers a WebSocket opening, the first request in the buffer: a 101 hands the
+    /// connection to the WebSocket session, a refusal goes on as HTTP.
+    fn answer_opening(&mut self, head: &RequestHead) -> Progress {
+        let request = &self.input[self.start..self.filled];
+        let opened = websocket::open(
+            &self.core,
+            request,
+            head,
+            &mut self.response,
+            &mut self.output,
+        );
+        self.start += head.head_length;
+        self.request_started = None;
+        match opened {
+            Some(merchant) => {
+                self.websocket = Some(merchant);
+                Progress::Upgraded
+            }
+            None if !head.keep_alive => Progress::Close,
+            None if self.start < self.filled => Progress::MoreBuffered,
+            None => Progress::NeedInput,
+        }
     }
 
     /// Frames the complete requests in the buffer into `self.batch`, consuming them, up to
@@ -208,6 +251,13 @@ impl Connection {
                 }
                 Err(error) => return BatchEnd::Error(error),
             };
+            if websocket::is_opening(&head, buffered) {
+                // Answered alone, once everything before it is: a 101 ends HTTP here.
+                if self.batch.framed.is_empty() {
+                    return BatchEnd::Opening(head);
+                }
+                return BatchEnd::MoreBuffered;
+            }
             let body_start = self.batch.bodies.len();
             let consumed = match self.frame_body(&head) {
                 Ok(Some(consumed)) => consumed,
@@ -308,6 +358,7 @@ impl Connection {
             latency_us: 0,
             request_id,
             merchant: None,
+            transport: Transport::Http,
         });
     }
 

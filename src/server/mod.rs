@@ -14,6 +14,7 @@ mod core;
 mod pipeline;
 mod stamps;
 mod stop;
+pub mod websocket;
 
 use crate::auth::MerchantKeys;
 use crate::config::Config;
