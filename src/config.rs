@@ -43,6 +43,7 @@ pub struct Config {
     pub acquirer: AcquirerConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
+    pub websocket: WebSocketConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merchants: Vec<MerchantConfig>,
     /// Outbound TLS: the acquirer and webhook receivers.
@@ -194,6 +195,35 @@ pub struct LogConfig {
     pub access_log: bool,
     /// Where access logs go; empty means `<data_dir>/logs`.
     pub dir: PathBuf,
+}
+
+/// `GET /v1/ws`: requests as WebSocket messages.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// A message (after reassembly of its fragments) over this closes with 1009.
+    pub max_message_bytes: usize,
+    /// Requests of one connection whose answers are not yet written; the extra get 429.
+    pub max_in_flight_per_connection: usize,
+    /// payd pings this often, and drops a connection silent for two intervals.
+    pub ping_interval_ms: u64,
+}
+
+/// Bounds of the `[websocket]` keys.
+pub const WEBSOCKET_MESSAGE_BYTES_MIN: usize = 1024;
+pub const WEBSOCKET_MESSAGE_BYTES_CEILING: usize = 1024 * 1024;
+pub const WEBSOCKET_IN_FLIGHT_CEILING: usize = 4096;
+pub const WEBSOCKET_PING_INTERVAL_MS_MIN: u64 = 100;
+pub const WEBSOCKET_PING_INTERVAL_MS_MAX: u64 = 3_600_000;
+
+impl Default for WebSocketConfig {
+    fn default() -> WebSocketConfig {
+        WebSocketConfig {
+            max_message_bytes: 20_480,
+            max_in_flight_per_connection: 64,
+            ping_interval_ms: 30_000,
+        }
+    }
 }
 
 /// Serialized (by `check-config`) with literal secrets redacted; `env:` and `file:`
@@ -459,6 +489,7 @@ impl Config {
         self.validate_storage()?;
         self.validate_acquirer()?;
         self.validate_webhooks()?;
+        self.validate_websocket()?;
         self.validate_merchants()?;
         self.validate_tls()?;
         Ok(())
@@ -614,6 +645,32 @@ impl Config {
             return Err(error(
                 "webhooks.max_backlog_per_shard",
                 "must be 1..=1048576",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_websocket(&self) -> Result<(), ConfigError> {
+        let websocket = &self.websocket;
+        let bytes = WEBSOCKET_MESSAGE_BYTES_MIN..=WEBSOCKET_MESSAGE_BYTES_CEILING;
+        if !bytes.contains(&websocket.max_message_bytes) {
+            return Err(error(
+                "websocket.max_message_bytes",
+                format!("must be {}..={}", bytes.start(), bytes.end()),
+            ));
+        }
+        let in_flight = websocket.max_in_flight_per_connection;
+        if !(1..=WEBSOCKET_IN_FLIGHT_CEILING).contains(&in_flight) {
+            return Err(error(
+                "websocket.max_in_flight_per_connection",
+                format!("must be 1..={WEBSOCKET_IN_FLIGHT_CEILING}"),
+            ));
+        }
+        let ping = WEBSOCKET_PING_INTERVAL_MS_MIN..=WEBSOCKET_PING_INTERVAL_MS_MAX;
+        if !ping.contains(&websocket.ping_interval_ms) {
+            return Err(error(
+                "websocket.ping_interval_ms",
+                format!("must be {}..={}", ping.start(), ping.end()),
             ));
         }
         Ok(())
@@ -880,6 +937,27 @@ mod tests {
             Config::default().storage.retention_check_interval_ms,
             RETENTION_CHECK_INTERVAL_MS_DEFAULT
         );
+    }
+
+    #[test]
+    fn websocket_keys_have_the_contract_defaults_and_bounds() {
+        let default = Config::parse("").unwrap();
+        assert_eq!(default.websocket.max_message_bytes, 20_480);
+        assert_eq!(default.websocket.max_in_flight_per_connection, 64);
+        assert_eq!(default.websocket.ping_interval_ms, 30_000);
+        for (key, bad) in [
+            ("max_message_bytes", "1023"),
+            ("max_message_bytes", "1048577"),
+            ("max_in_flight_per_connection", "0"),
+            ("max_in_flight_per_connection", "4097"),
+            ("ping_interval_ms", "99"),
+            ("ping_interval_ms", "3600001"),
+        ] {
+            let error = Config::parse(&format!("[websocket]\n{key} = {bad}\n")).unwrap_err();
+            assert_eq!(error.key, format!("websocket.{key}"), "{bad}");
+        }
+        let error = Config::parse("[websocket]\nbogus = 1\n").unwrap_err();
+        assert_eq!(error.key, "websocket.bogus");
     }
 
     #[test]

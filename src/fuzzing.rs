@@ -492,6 +492,13 @@ fn parse_outbound_response(data: &[u8]) -> Option<crate::outbound::Response> {
     }
 }
 
+/// A client's side of a WebSocket connection: frames through the codec and messages
+/// through their envelope, as the session drives them (`http::websocket::fuzz`, which
+/// asserts what the codec promises).
+pub fn websocket_frames(data: &[u8]) {
+    let _ = crate::http::websocket::fuzz::websocket_input(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("acquirer_response", payd::fuzzing::acquirer_response),
     ("webhook_response", payd::fuzzing::webhook_response),
     ("request_target", payd::fuzzing::request_target),
+    ("websocket_frames", payd::fuzzing::websocket_frames),
 ];
 
 #[test]

@@ -1,7 +1,7 @@
 //! The command line: what to send (shared by `run` and `presign`) and how to run.
 
 use crate::signing::Secret;
-use crate::workload::{Scenario, WorkloadConfig};
+use crate::workload::{Scenario, Transport, WorkloadConfig};
 use clap::ValueEnum;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +13,14 @@ pub const DURATION_SECS_MAX: u64 = 24 * 60 * 60;
 /// Pre-signed requests in one file: signatures expire after payd's timestamp tolerance,
 /// so a file is for one run, not an archive.
 pub const PRESIGN_COUNT_MAX: u64 = 10_000_000;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportArgument {
+    /// HTTP/1.1 keep-alive requests (`--pipeline` of them written together).
+    Http,
+    /// WebSocket messages on `GET /v1/ws` (`--pipeline` of them in flight per connection).
+    Ws,
+}
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ScenarioArgument {
@@ -46,6 +54,9 @@ pub struct WorkloadArguments {
     /// The payment method token; the simulated acquirer answers by token (API.md section 4).
     #[arg(long, default_value = "tok_visa")]
     pub payment_method: String,
+    /// `ws` sends each request as a WebSocket message instead (payments scenario only).
+    #[arg(long, value_enum, default_value = "http")]
+    pub transport: TransportArgument,
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,6 +120,13 @@ impl WorkloadArguments {
         if self.reads_percent + self.replays_percent > 100 {
             return Err("--reads-percent and --replays-percent add up to more than 100".into());
         }
+        if self.transport == TransportArgument::Ws
+            && matches!(self.scenario, ScenarioArgument::Healthz)
+        {
+            return Err(
+                "--transport ws carries signed payment requests: use --scenario payments".into(),
+            );
+        }
         Ok(())
     }
 
@@ -136,6 +154,10 @@ impl WorkloadArguments {
             currency: self.currency.clone(),
             payment_method: self.payment_method.clone(),
             run_id: format!("lt{:x}{:x}", now.as_millis(), std::process::id()),
+            transport: match self.transport {
+                TransportArgument::Http => Transport::Http,
+                TransportArgument::Ws => Transport::WebSocket,
+            },
         })
     }
 }
@@ -165,6 +187,11 @@ impl RunArguments {
 impl PresignArguments {
     pub fn validate(&self) -> Result<(), String> {
         self.workload.validate()?;
+        if self.workload.transport != TransportArgument::Http {
+            return Err(
+                "presign writes HTTP requests for wrk: --transport ws does not apply".into(),
+            );
+        }
         if self.count == 0 || self.count > PRESIGN_COUNT_MAX {
             return Err(format!("--count must be 1..={PRESIGN_COUNT_MAX}"));
         }

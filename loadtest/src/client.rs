@@ -7,7 +7,7 @@
 //! wrk2 makes for coordinated omission). A broken connection is reopened until the end.
 
 use crate::stats::{Failure, Stats};
-use crate::workload::{Kind, Workload};
+use crate::workload::{Kind, Transport, Workload};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
@@ -56,8 +56,15 @@ pub async fn run_connection(
         reader: ResponseReader::new(),
         next_due: first_due,
     };
+    let transport = workload.config().transport;
     while Instant::now() < plan.end {
         match connect(plan).await {
+            Ok(Connected::Plain(stream)) if transport == Transport::WebSocket => {
+                exchange.run_websocket(stream, &mut workload).await
+            }
+            Ok(Connected::Tls(stream)) if transport == Transport::WebSocket => {
+                exchange.run_websocket(*stream, &mut workload).await
+            }
             Ok(Connected::Plain(stream)) => exchange.run(stream, &mut workload).await,
             Ok(Connected::Tls(stream)) => exchange.run(*stream, &mut workload).await,
             Err(failure) => {
@@ -96,11 +103,12 @@ async fn connect(plan: &Plan) -> Result<Connected, Failure> {
     }
 }
 
-struct Exchange {
-    plan: &'static Plan,
-    stats: Rc<RefCell<Stats>>,
-    output: Vec<u8>,
-    kinds: Vec<Kind>,
+/// One connection's batch state; `websocket` runs the same loop with messages.
+pub(crate) struct Exchange {
+    pub(crate) plan: &'static Plan,
+    pub(crate) stats: Rc<RefCell<Stats>>,
+    pub(crate) output: Vec<u8>,
+    pub(crate) kinds: Vec<Kind>,
     reader: ResponseReader,
     next_due: Instant,
 }
@@ -147,7 +155,7 @@ impl Exchange {
     }
 
     /// Returns when the next batch is due (now, in a closed loop), or `None` at the end.
-    async fn wait_until_due(&mut self) -> Option<Instant> {
+    pub(crate) async fn wait_until_due(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let Some(interval) = self.plan.batch_interval else {
             return (now < self.plan.end).then_some(now);
@@ -198,7 +206,7 @@ impl Exchange {
         true
     }
 
-    fn record_failure(&self, due: Instant, failure: Failure, requests: usize) {
+    pub(crate) fn record_failure(&self, due: Instant, failure: Failure, requests: usize) {
         if due >= self.plan.measure_from && Instant::now() < self.plan.end {
             let mut stats = self.stats.borrow_mut();
             for _ in 0..requests {
@@ -208,14 +216,14 @@ impl Exchange {
     }
 }
 
-fn failure_of(error: &io::Error) -> Failure {
+pub(crate) fn failure_of(error: &io::Error) -> Failure {
     match error.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::Timeout,
         _ => Failure::Io,
     }
 }
 
-fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")

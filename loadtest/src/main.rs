@@ -6,7 +6,8 @@
 //! parses the responses; `stats` keeps HDR latency histograms and outcome counts per
 //! thread; `run` pins the threads and merges their stats; `report` and `plot` print the
 //! summaries, the JSON and the SVG; `presign` writes requests for wrk to replay; `tls`
-//! sets up TLS for a run against an HTTPS listener.
+//! sets up TLS for a run against an HTTPS listener; `websocket` is a connection of
+//! `--transport ws` (requests as WebSocket messages).
 //!
 //! Each generator thread is pinned to one CPU with core_affinity and runs a glommio
 //! executor of its own, holding its share of the connections; threads share nothing until
@@ -21,6 +22,7 @@ mod run;
 mod signing;
 mod stats;
 mod tls;
+mod websocket;
 mod workload;
 
 use clap::{Parser, Subcommand};

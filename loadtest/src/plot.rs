@@ -194,6 +194,7 @@ mod tests {
         }
         let shape = RunShape {
             scenario: "payments",
+            transport: "http",
             address: "127.0.0.1:8080".to_string(),
             connections: 64,
             cpus: vec![1],

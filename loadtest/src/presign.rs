@@ -65,7 +65,7 @@ pub fn write_requests(
 mod tests {
     use super::*;
     use crate::signing::Secret;
-    use crate::workload::Scenario;
+    use crate::workload::{Scenario, Transport};
 
     #[test]
     fn writes_count_complete_requests_separated_by_nul() {
@@ -80,6 +80,7 @@ mod tests {
             currency: "CNY".to_string(),
             payment_method: "tok_visa".to_string(),
             run_id: "r".to_string(),
+            transport: Transport::Http,
         };
         let mut bytes = Vec::new();
         let counts = write_requests(&config, 200, 1763800000, &mut bytes).unwrap();

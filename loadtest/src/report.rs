@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct RunShape {
     pub scenario: &'static str,
+    /// `http`, or `ws` for requests as WebSocket messages.
+    pub transport: &'static str,
     pub address: String,
     pub connections: usize,
     pub cpus: Vec<usize>,
@@ -70,6 +72,7 @@ pub fn summary_json(stats: &Stats, shape: &RunShape) -> Value {
     }
     json!({
         "scenario": shape.scenario,
+        "transport": shape.transport,
         "address": shape.address,
         "mode": if shape.rate_per_s.is_some() { "open" } else { "closed" },
         "rate_per_s": shape.rate_per_s,
@@ -97,8 +100,9 @@ pub fn summary_text(stats: &Stats, shape: &RunShape) -> String {
     };
     let _ = writeln!(
         text,
-        "payd-loadtest: {} against {}, {mode}, {} connections on CPUs {:?}, pipeline {}, {:.1} s measured after {:.1} s warm-up",
+        "payd-loadtest: {} over {} against {}, {mode}, {} connections on CPUs {:?}, pipeline {}, {:.1} s measured after {:.1} s warm-up",
         shape.scenario,
+        shape.transport,
         shape.address,
         shape.connections,
         shape.cpus,
@@ -162,6 +166,7 @@ mod tests {
     fn shape() -> RunShape {
         RunShape {
             scenario: "payments",
+            transport: "http",
             address: "127.0.0.1:8080".to_string(),
             connections: 4,
             cpus: vec![1],

@@ -5,7 +5,7 @@ use crate::arguments::RunArguments;
 use crate::client::{self, Plan};
 use crate::report::{self, RunShape};
 use crate::stats::{self, Stats};
-use crate::workload::{Scenario, Workload, WorkloadConfig};
+use crate::workload::{Scenario, Transport, Workload, WorkloadConfig};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
 use std::process::ExitCode;
@@ -42,6 +42,10 @@ pub fn run(arguments: RunArguments) -> Result<ExitCode, String> {
         scenario: match config.scenario {
             Scenario::Healthz => "healthz",
             Scenario::Payments => "payments",
+        },
+        transport: match config.transport {
+            Transport::Http => "http",
+            Transport::WebSocket => "ws",
         },
         address: arguments.workload.address.to_string(),
         connections: arguments.connections,

@@ -20,6 +20,13 @@ pub enum Scenario {
     Payments,
 }
 
+/// How requests travel: HTTP/1.1 requests, or WebSocket messages on `GET /v1/ws`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    WebSocket,
+}
+
 /// What one request was, so latency and outcomes can be told apart in the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +68,7 @@ pub struct WorkloadConfig {
     pub payment_method: String,
     /// Makes order ids unique across runs against the same data directory.
     pub run_id: String,
+    pub transport: Transport,
 }
 
 pub struct Workload<'config> {
@@ -73,6 +81,8 @@ pub struct Workload<'config> {
     body: Vec<u8>,
     target: Vec<u8>,
     signature: Vec<u8>,
+    /// WebSocket: the `id` of the next message (one sequence per connection).
+    next_message_id: u64,
 }
 
 impl<'config> Workload<'config> {
@@ -90,7 +100,18 @@ impl<'config> Workload<'config> {
             body: Vec::with_capacity(512),
             target: Vec::with_capacity(128),
             signature: Vec::with_capacity(80),
+            next_message_id: 0,
         }
+    }
+
+    pub fn config(&self) -> &'config WorkloadConfig {
+        self.config
+    }
+
+    /// WebSocket: the `id` the next request's message will carry; each request takes the
+    /// next one, so a batch's answers map back to its requests by `id - first`.
+    pub fn next_message_id(&self) -> u64 {
+        self.next_message_id
     }
 
     /// Appends one complete request to `output` and says what it is.
@@ -199,6 +220,7 @@ impl<'config> Workload<'config> {
         let method_text = std::str::from_utf8(method).expect("methods are ASCII");
         let target_text = std::str::from_utf8(target).expect("targets are ASCII");
         self.signature.clear();
+        let transport = config.transport;
         sign_hex(
             &config.secret,
             now_secs,
@@ -207,6 +229,11 @@ impl<'config> Workload<'config> {
             body,
             &mut self.signature,
         );
+        if transport == Transport::WebSocket {
+            let id = self.next_message_id;
+            self.next_message_id += 1;
+            return write_message(id, method, target, now_secs, &self.signature, body, output);
+        }
         output.extend_from_slice(method);
         output.push(b' ');
         output.extend_from_slice(target);
@@ -230,6 +257,37 @@ impl<'config> Workload<'config> {
     }
 }
 
+/// A request as the JSON text of a WebSocket message (API.md section 9).
+fn write_message(
+    id: u64,
+    method: &[u8],
+    target: &[u8],
+    now_secs: u64,
+    signature: &[u8],
+    body: &[u8],
+    output: &mut Vec<u8>,
+) {
+    write!(output, "{{\"id\":{id},\"method\":\"").expect("writing to a Vec cannot fail");
+    output.extend_from_slice(method);
+    output.extend_from_slice(b"\",\"target\":\"");
+    output.extend_from_slice(target);
+    write!(
+        output,
+        "\",\"timestamp\":\"{now_secs}\",\"signature\":\"v1="
+    )
+    .expect("writing to a Vec cannot fail");
+    output.extend_from_slice(signature);
+    output.extend_from_slice(b"\",\"body\":\"");
+    // Bodies are ASCII JSON of the generator's own making: only quotes need escaping.
+    for &byte in body {
+        if byte == b'"' || byte == b'\\' {
+            output.push(b'\\');
+        }
+        output.push(byte);
+    }
+    output.extend_from_slice(b"\"}");
+}
+
 fn write_healthz(host: &str, output: &mut Vec<u8>) {
     write!(output, "GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n")
         .expect("writing to a Vec cannot fail");
@@ -251,6 +309,7 @@ mod tests {
             currency: "CNY".to_string(),
             payment_method: "tok_visa".to_string(),
             run_id: "r1".to_string(),
+            transport: Transport::Http,
         }
     }
 
@@ -383,5 +442,34 @@ mod tests {
             output,
             b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_websocket_message_carries_the_signed_request_with_a_sequence_id() {
+        let mut config = config(Scenario::Payments, 0, 0);
+        config.transport = Transport::WebSocket;
+        let mut workload = Workload::new(&config, 0, 3);
+        for expected_id in 0..3 {
+            assert_eq!(workload.next_message_id(), expected_id);
+            let mut text = Vec::new();
+            assert_eq!(workload.next_request(1763800000, &mut text), Kind::Create);
+            let message: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(message["id"], expected_id);
+            assert_eq!(message["method"], "POST");
+            assert_eq!(message["target"], "/v1/payments");
+            assert_eq!(message["timestamp"], "1763800000");
+            let body = message["body"].as_str().unwrap();
+            assert!(body.starts_with("{\"order_id\":\"r1-0-3-"), "{body}");
+            let mut signature = b"v1=".to_vec();
+            sign_hex(
+                &config.secret,
+                1763800000,
+                "POST",
+                "/v1/payments",
+                body.as_bytes(),
+                &mut signature,
+            );
+            assert_eq!(message["signature"].as_str().unwrap().as_bytes(), signature);
+        }
     }
 }

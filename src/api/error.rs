@@ -24,6 +24,9 @@ pub enum ErrorKind {
     HeadersTooLarge,
     NotImplemented,
     Overloaded,
+    /// A WebSocket connection's own excess over `websocket.max_in_flight_per_connection`:
+    /// the client's doing, hence 429 rather than the server's 503 (same code).
+    InFlightLimit,
     NotReady,
     InternalError,
 }
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::OrderConflict | ErrorKind::RequestInProgress => 409,
             ErrorKind::BodyTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::InFlightLimit => 429,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::InternalError => 500,
             ErrorKind::NotImplemented => 501,
@@ -70,7 +74,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::NotImplemented => "not_implemented",
-            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Overloaded | ErrorKind::InFlightLimit => "overloaded",
             ErrorKind::NotReady => "not_ready",
             ErrorKind::InternalError => "internal_error",
         }
@@ -105,6 +109,9 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "request headers too large",
             ErrorKind::NotImplemented => "unsupported Transfer-Encoding",
             ErrorKind::Overloaded => "server overloaded, retry later",
+            ErrorKind::InFlightLimit => {
+                "too many requests in flight on this connection; read the answers first"
+            }
             ErrorKind::NotReady => "server not ready",
             ErrorKind::InternalError => "internal error",
         }

@@ -4,6 +4,11 @@
 //! fields and body already framed by `http`) and gets a `Response` back, plus the route it
 //! was answered on for metrics and the access log. Handlers reach the stateful part of
 //! payd only through `shard`.
+//!
+//! Both transports come through here: an HTTP request through `handle`, a WebSocket
+//! message through `handle_message` (the payment routes of `handle`, nothing else), and
+//! the WebSocket opening through `open_websocket`. One signature check, one validation,
+//! one route to the shards and one error catalogue serve both.
 
 pub mod create_request;
 #[cfg(debug_assertions)]
@@ -17,8 +22,10 @@ mod payments;
 
 use crate::auth::MerchantKeys;
 use crate::config::Config;
-use crate::http::{Method, Response, ResponseHeader};
+use crate::http::websocket::is_valid_key;
+use crate::http::{Method, Response, ResponseHeader, UpgradeHeaders};
 use crate::metrics::{CoreMetrics, Route};
+use crate::payment::{MerchantIndex, PaymentId};
 use crate::shard::mesh::Peers;
 use error::{ApiError, ErrorKind};
 use std::cell::RefCell;
@@ -94,6 +101,16 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
             payments::create(context, request, response).await;
             Route::CreatePayment
         }
+        WEBSOCKET_PATH if request.method != Method::Get => {
+            method_not_allowed(response, "GET");
+            Route::WebSocket
+        }
+        WEBSOCKET_PATH => {
+            // An upgrade never gets here (the connection answers it through
+            // `open_websocket`); a GET with a body does.
+            write_error(response, &upgrade_required());
+            Route::WebSocket
+        }
         b"/v1/events" if !is_get => {
             method_not_allowed(response, "GET, HEAD");
             Route::ListEvents
@@ -123,6 +140,75 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
             }
         }
     }
+}
+
+/// The path of the WebSocket intake (API.md section 9).
+pub const WEBSOCKET_PATH: &[u8] = b"/v1/ws";
+
+/// Answers one request carried by a WebSocket message: the payment routes of API.md
+/// section 3, answered exactly as `handle` answers them over HTTP; any other target is
+/// `not_found`.
+pub async fn handle_message(
+    context: &Context,
+    request: Request<'_>,
+    response: &mut Response,
+) -> Route {
+    let path = request
+        .target
+        .split(|&b| b == b'?')
+        .next()
+        .unwrap_or_default();
+    let payment_route = path == b"/v1/payments"
+        || resource(path, b"/v1/payments/").is_some()
+        || resource(path, b"/v1/orders/").is_some();
+    if !payment_route {
+        write_error(response, &ApiError::new(ErrorKind::NotFound));
+        return Route::NotFound;
+    }
+    handle(context, request, response).await
+}
+
+/// Decides a WebSocket opening (`GET /v1/ws` with upgrade headers): the merchant the
+/// connection will belong to, or the HTTP error to answer instead. The signature is
+/// checked first, as for any `/v1` request: an unsigned opening learns nothing more.
+pub fn open_websocket(
+    context: &Context,
+    request: &Request<'_>,
+    upgrade: &UpgradeHeaders,
+    key: Option<&[u8]>,
+) -> Result<MerchantIndex, ApiError> {
+    let merchant = payments::authenticate(context, request)?;
+    if !crate::lifecycle::is_ready() {
+        return Err(ApiError::new(ErrorKind::NotReady));
+    }
+    if !upgrade.requested || !upgrade.version_13 || !key.is_some_and(is_valid_key) {
+        return Err(upgrade_required());
+    }
+    Ok(merchant)
+}
+
+fn upgrade_required() -> ApiError {
+    ApiError::with_message(
+        ErrorKind::InvalidRequest,
+        "GET /v1/ws opens a WebSocket: send Upgrade: websocket, Connection: Upgrade, \
+         Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key",
+    )
+}
+
+/// Waits until payment `id` of `merchant` is final and appends it to `out` as the
+/// payment object. Returns false if there is no such payment.
+pub async fn await_final(
+    context: &Context,
+    merchant: MerchantIndex,
+    id: PaymentId,
+    out: &mut Vec<u8>,
+) -> bool {
+    payments::await_final(context, merchant, id, out).await
+}
+
+/// The id of the payment a create answered with (its body is a payment object).
+pub fn answered_payment_id(body: &[u8]) -> Option<PaymentId> {
+    payment_json::id_of_written(body)
 }
 
 /// The single path segment after `prefix`, if the path is exactly `prefix` + segment.

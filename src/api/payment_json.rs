@@ -2,11 +2,19 @@
 //! the shared writer of `payment_object`, so answers and webhook events never differ.
 
 use crate::auth::MerchantKeys;
+use crate::payment::PaymentId;
 use crate::payment_object::PaymentView;
 use crate::shard::state::Payment;
 
 pub fn write_payment(out: &mut Vec<u8>, payment: &Payment, keys: &MerchantKeys) {
     view(payment, keys).write_json(out);
+}
+
+/// The id of a payment object written by `write_payment`, which always starts with it.
+pub fn id_of_written(body: &[u8]) -> Option<PaymentId> {
+    let rest = body.strip_prefix(b"{\"id\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    PaymentId::parse(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
 /// The payment's fields as the payment object shows them, borrowed from the shard's copy.
@@ -72,5 +80,7 @@ mod tests {
             std::str::from_utf8(&event).unwrap()
         );
         assert!(!answer.windows(8).any(|w| w == b"tok_visa"));
+        assert_eq!(id_of_written(&answer), Some(expected.id));
+        assert_eq!(id_of_written(b"{\"error\":{}}"), None);
     }
 }

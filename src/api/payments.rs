@@ -76,6 +76,33 @@ pub async fn get_by_order(
     run(context, shard, command, response).await;
 }
 
+/// Waits for a payment to be final (see `Command::AwaitFinal`) and appends it to `out`.
+pub async fn await_final(
+    context: &Context,
+    merchant: MerchantIndex,
+    id: PaymentId,
+    out: &mut Vec<u8>,
+) -> bool {
+    let keys = context.keys;
+    let command = Command::AwaitFinal { merchant, id };
+    let reply = match context.peers.local_shard(id.shard) {
+        Some(local) => {
+            let reply = local
+                .execute_with(command, |payment| write_payment(out, payment, keys))
+                .await;
+            return matches!(reply, Reply::Found(()));
+        }
+        None => context.peers.submit(id.shard, command).await,
+    };
+    match reply {
+        Reply::Found(payment) => {
+            write_payment(out, &payment, keys);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Checks the signature over the request as sent: its own method (a HEAD is signed as
 /// HEAD), target and body.
 pub(super) fn authenticate(

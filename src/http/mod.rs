@@ -9,7 +9,10 @@ pub mod chunked;
 pub mod framing;
 pub mod request;
 pub mod response;
+pub mod websocket;
 
 pub use framing::{frame_request, BodyDecoder, FrameOutcome, FramingLimits};
-pub use request::{parse_request, BodyFraming, Method, ParseOutcome, ProtocolError, RequestHead};
+pub use request::{
+    parse_request, BodyFraming, Method, ParseOutcome, ProtocolError, RequestHead, UpgradeHeaders,
+};
 pub use response::{ConnectionHeader, Response, ResponseHeader};

@@ -59,6 +59,18 @@ pub struct RequestHead {
     /// counts is then anyone's guess (a proxy may read the first, payd the last), so the
     /// request is not authenticated at all.
     pub auth_header_repeated: bool,
+    /// What the head says about a WebSocket upgrade (RFC 6455 section 4.2.1).
+    pub websocket: UpgradeHeaders,
+}
+
+/// The headers of a WebSocket opening handshake, as far as the request has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpgradeHeaders {
+    /// `Upgrade: websocket` and `Connection: Upgrade` were both sent.
+    pub requested: bool,
+    /// `Sec-WebSocket-Version` is exactly 13.
+    pub version_13: bool,
+    pub key: Option<Range<usize>>,
 }
 
 /// What the bytes so far amount to.
@@ -136,7 +148,10 @@ pub fn parse_request(
         timestamp: None,
         signature: None,
         auth_header_repeated: false,
+        websocket: UpgradeHeaders::default(),
     };
+    let mut upgrade_websocket = false;
+    let mut connection_upgrade = false;
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     let mut host_seen = false;
@@ -158,6 +173,13 @@ pub fn parse_request(
             chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
             apply_connection_header(&mut head, value);
+            connection_upgrade |= has_token(value, b"upgrade");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_websocket |= has_token(value, b"websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            head.websocket.key = Some(range_of(value.trim_ascii()));
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            head.websocket.version_13 = value.trim_ascii() == b"13";
         } else if name.eq_ignore_ascii_case("host") {
             host_seen = true;
         } else if name.eq_ignore_ascii_case("content-type") {
@@ -187,6 +209,7 @@ pub fn parse_request(
             );
         }
     }
+    head.websocket.requested = upgrade_websocket && connection_upgrade;
     // RFC 9112 section 3.2: a 1.1 request without Host is answered 400.
     if version_minor == 1 && !host_seen {
         return Err(ProtocolError::BadRequest);
@@ -230,6 +253,13 @@ fn apply_connection_header(head: &mut RequestHead, value: &[u8]) {
             head.keep_alive = true;
         }
     }
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// `application/json`, case-insensitive, with optional parameters such as `; charset=utf-8`.
@@ -292,6 +322,24 @@ mod tests {
             );
             assert!(complete(&twice).auth_header_repeated, "{name}");
         }
+    }
+
+    #[test]
+    fn websocket_upgrade_headers_are_read() {
+        let text = "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\
+                    Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let request = complete(text);
+        assert!(request.websocket.requested && request.websocket.version_13);
+        let key = request.websocket.key.clone().unwrap();
+        assert_eq!(&text.as_bytes()[key], b"dGhlIHNhbXBsZSBub25jZQ==");
+        let plain = complete("GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n");
+        assert!(
+            !plain.websocket.requested,
+            "Connection: Upgrade is required too"
+        );
+        let old = complete("GET /v1/ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Version: 8\r\n\r\n");
+        assert!(!old.websocket.version_13);
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn status_line(status: u16) -> &'static [u8] {
         409 => b"409 Conflict",
         413 => b"413 Content Too Large",
         415 => b"415 Unsupported Media Type",
+        429 => b"429 Too Many Requests",
         431 => b"431 Request Header Fields Too Large",
         501 => b"501 Not Implemented",
         503 => b"503 Service Unavailable",

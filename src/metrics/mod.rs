@@ -33,13 +33,15 @@ pub enum Route {
     GetPayment,
     GetOrder,
     ListEvents,
+    /// `/v1/ws` over HTTP: the WebSocket opening (101) or its refusal.
+    WebSocket,
     NotFound,
     /// A request refused before it could be routed (malformed, too large, timed out).
     Unrouted,
 }
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -47,6 +49,7 @@ impl Route {
         Route::GetPayment,
         Route::GetOrder,
         Route::ListEvents,
+        Route::WebSocket,
         Route::NotFound,
         Route::Unrouted,
     ];
@@ -60,6 +63,7 @@ impl Route {
             Route::GetPayment => "get_payment",
             Route::GetOrder => "get_order",
             Route::ListEvents => "list_events",
+            Route::WebSocket => "websocket",
             Route::NotFound => "not_found",
             Route::Unrouted => "unrouted",
         }
@@ -98,8 +102,8 @@ impl Stage {
 }
 
 /// Every status payd answers with; the counter table has one column per entry.
-const STATUSES: [u16; 17] = [
-    200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 415, 431, 500, 501, 503, 100, 0,
+const STATUSES: [u16; 19] = [
+    200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 415, 431, 500, 501, 503, 100, 101, 429, 0,
 ];
 
 fn status_slot(status: u16) -> usize {
@@ -337,6 +341,117 @@ impl WebhookMetrics {
     }
 }
 
+/// The close codes counted by `payd_websocket_closes_total`; anything else is "other",
+/// and a connection that ended without any close frame is "none".
+pub const WEBSOCKET_CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1003, 1007, 1009, 1011];
+const WEBSOCKET_CLOSE_SLOTS: usize = WEBSOCKET_CLOSE_CODES.len() + 2;
+/// The `method` label of a WebSocket message; `invalid` for one without a request.
+pub const WEBSOCKET_METHODS: [&str; 4] = ["GET", "POST", "OTHER", "invalid"];
+
+/// One core's WebSocket connections: opened and open, messages answered by method and
+/// status, and how connections ended.
+#[derive(Clone, Debug)]
+pub struct WebSocketMetrics {
+    pub connections_opened: u64,
+    pub connections_open: u64,
+    messages: [[u64; STATUSES.len()]; WEBSOCKET_METHODS.len()],
+    closes: [u64; WEBSOCKET_CLOSE_SLOTS],
+    /// Status pushes of payments that became final.
+    pub pushes: u64,
+}
+
+impl Default for WebSocketMetrics {
+    fn default() -> WebSocketMetrics {
+        WebSocketMetrics {
+            connections_opened: 0,
+            connections_open: 0,
+            messages: [[0; STATUSES.len()]; WEBSOCKET_METHODS.len()],
+            closes: [0; WEBSOCKET_CLOSE_SLOTS],
+            pushes: 0,
+        }
+    }
+}
+
+impl WebSocketMetrics {
+    /// `method` is an index into `WEBSOCKET_METHODS`.
+    pub fn record_message(&mut self, method: usize, status: u16) {
+        self.messages[method][status_slot(status)] += 1;
+    }
+
+    /// `code` is the close code sent or received; `None` when the connection simply ended.
+    pub fn record_close(&mut self, code: Option<u16>) {
+        let slot = match code {
+            None => WEBSOCKET_CLOSE_SLOTS - 1,
+            Some(code) => WEBSOCKET_CLOSE_CODES
+                .iter()
+                .position(|&known| known == code)
+                .unwrap_or(WEBSOCKET_CLOSE_CODES.len()),
+        };
+        self.closes[slot] += 1;
+    }
+
+    fn close_label(slot: usize) -> String {
+        match WEBSOCKET_CLOSE_CODES.get(slot) {
+            Some(code) => code.to_string(),
+            None if slot == WEBSOCKET_CLOSE_CODES.len() => "other".to_string(),
+            None => "none".to_string(),
+        }
+    }
+}
+
+fn render_websocket(cores: &[CoreMetrics], out: &mut String) {
+    let name = "payd_websocket_messages_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} WebSocket messages answered, by method and status.\n# TYPE {name} counter"
+    );
+    for (method_index, method) in WEBSOCKET_METHODS.iter().enumerate() {
+        for (slot, status) in STATUSES.iter().enumerate() {
+            let total: u64 = cores
+                .iter()
+                .map(|core| core.websocket.messages[method_index][slot])
+                .sum();
+            if total > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}{{method=\"{method}\",status=\"{status}\"}} {total}"
+                );
+            }
+        }
+    }
+    let name = "payd_websocket_closes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} WebSocket connections ended, by the close code sent or received (none: no close frame).\n# TYPE {name} counter"
+    );
+    for slot in 0..WEBSOCKET_CLOSE_SLOTS {
+        let total: u64 = cores.iter().map(|core| core.websocket.closes[slot]).sum();
+        let label = WebSocketMetrics::close_label(slot);
+        let _ = writeln!(out, "{name}{{code=\"{label}\"}} {total}");
+    }
+    let name = "payd_websocket_pushes_total";
+    let pushes: u64 = cores.iter().map(|core| core.websocket.pushes).sum();
+    let _ = writeln!(
+        out,
+        "# HELP {name} Payments pushed to the WebSocket connection that created them when they became final.\n# TYPE {name} counter\n{name} {pushes}"
+    );
+    let per_core: [PerCoreMetric; 2] = [
+        (
+            "payd_websocket_connections_open",
+            "gauge",
+            "Open WebSocket connections.",
+            |m| m.websocket.connections_open,
+        ),
+        (
+            "payd_websocket_connections_total",
+            "counter",
+            "WebSocket connections opened (101 answered).",
+            |m| m.websocket.connections_opened,
+        ),
+    ];
+    render_per_core(cores, &per_core, out);
+}
+
 /// One shard's retention, as its task last published it: counters since start, gauges as
 /// of its last pass (every `storage.retention_check_interval_ms`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -522,6 +637,7 @@ pub struct CoreMetrics {
     pub webhooks: WebhookMetrics,
     /// One entry per shard of this core, once its retention task has run.
     pub retention: Vec<RetentionMetrics>,
+    pub websocket: WebSocketMetrics,
 }
 
 impl CoreMetrics {
@@ -544,6 +660,7 @@ impl CoreMetrics {
             acquirer: AcquirerMetrics::default(),
             webhooks: WebhookMetrics::default(),
             retention: Vec::new(),
+            websocket: WebSocketMetrics::default(),
         }
     }
 
@@ -641,6 +758,7 @@ pub fn render(cores: &[CoreMetrics], process: &ProcessView, out: &mut String) {
     render_acquirer(cores, out);
     render_webhooks(cores, out);
     render_retention(cores, out);
+    render_websocket(cores, out);
     let per_core: [PerCoreMetric; 6] = [
         (
             "payd_connections_open",
@@ -1166,6 +1284,32 @@ mod tests {
              payd_wal_disk_bytes{shard=\"2\"} 100\n"
         ));
         assert!(text.contains("# TYPE payd_retention_payments_retained gauge\n"));
+    }
+
+    #[test]
+    fn websocket_messages_and_closes_merge_over_cores() {
+        let mut first = CoreMetrics::new(0);
+        let mut second = CoreMetrics::new(1);
+        first.websocket.record_message(1, 201);
+        second.websocket.record_message(1, 201);
+        second.websocket.record_message(3, 400);
+        second.websocket.record_message(1, 429);
+        first.websocket.record_close(Some(1002));
+        second.websocket.record_close(Some(4000));
+        second.websocket.record_close(None);
+        first.websocket.connections_open = 2;
+        let mut text = String::new();
+        render(&[first, second], &view(), &mut text);
+        assert!(text.contains("payd_websocket_messages_total{method=\"POST\",status=\"201\"} 2\n"));
+        assert!(
+            text.contains("payd_websocket_messages_total{method=\"invalid\",status=\"400\"} 1\n")
+        );
+        assert!(text.contains("payd_websocket_messages_total{method=\"POST\",status=\"429\"} 1\n"));
+        assert!(text.contains("payd_websocket_closes_total{code=\"1002\"} 1\n"));
+        assert!(text.contains("payd_websocket_closes_total{code=\"other\"} 1\n"));
+        assert!(text.contains("payd_websocket_closes_total{code=\"none\"} 1\n"));
+        assert!(text.contains("payd_websocket_closes_total{code=\"1000\"} 0\n"));
+        assert!(text.contains("payd_websocket_connections_open{core=\"0\"} 2\n"));
     }
 
     #[test]

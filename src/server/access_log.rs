@@ -3,9 +3,11 @@
 //! its name, so a log rotated by renaming continues in a new file.
 //!
 //! Line format (space separated):
-//! `unix_ms core method route status latency_us request_id merchant`
+//! `unix_ms core method route status latency_us request_id merchant transport`
 //! The merchant is the `X-Payd-Merchant` header when it looks like a merchant id, `-`
-//! otherwise; nothing else from the request (no body, no signature) is ever logged.
+//! otherwise; nothing else from the request (no body, no signature) is ever logged. The
+//! transport is `http`, or `ws` for a request carried by a WebSocket message (whose
+//! request id is the message's `id`).
 
 use super::stop::StopNotice;
 use crate::http::Method;
@@ -31,6 +33,23 @@ pub struct AccessRecord<'a> {
     pub latency_us: u64,
     pub request_id: &'a [u8],
     pub merchant: Option<&'a [u8]>,
+    pub transport: Transport,
+}
+
+/// How a request arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    WebSocket,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::WebSocket => "ws",
+        }
+    }
 }
 
 /// One core's access log. Disabled logs accept lines and do nothing.
@@ -125,6 +144,8 @@ impl AccessLog {
             Some(merchant) => buffer.extend_from_slice(merchant),
             None => buffer.push(b'-'),
         }
+        buffer.push(b' ');
+        buffer.extend_from_slice(record.transport.label().as_bytes());
         buffer.push(b'\n');
     }
 }

@@ -7,15 +7,18 @@
 
 use super::core::Core;
 use super::pipeline::{answer_batch, Batch, Framed, REQUEST_ID_BYTES_MAX};
+use super::websocket;
 use super::{LINGER_BYTES_MAX, LINGER_MS};
 use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
 use crate::config::Config;
 use crate::http::{
-    frame_request, ConnectionHeader, FrameOutcome, FramingLimits, Method, ProtocolError, Response,
+    frame_request, ConnectionHeader, FrameOutcome, FramingLimits, Method, ProtocolError,
+    RequestHead, Response,
 };
 use crate::metrics::Route;
-use crate::server::access_log::AccessRecord;
+use crate::payment::MerchantIndex;
+use crate::server::access_log::{AccessRecord, Transport};
 use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -44,6 +47,8 @@ enum Progress {
     MoreBuffered,
     /// Answer written (or to be written), then close.
     Close,
+    /// A WebSocket opening was answered 101: the session takes the stream over.
+    Upgraded,
 }
 
 /// Why framing a batch stopped.
@@ -57,6 +62,8 @@ enum BatchEnd {
     Closing,
     /// The request after the framed ones is malformed: answered after them, then closed.
     Error(ProtocolError),
+    /// The next request opens a WebSocket; everything before it is answered.
+    Opening(RequestHead),
 }
 
 enum ReadOutcome {
@@ -81,6 +88,8 @@ pub struct Connection {
     /// When the first byte of the request being received arrived.
     request_started: Option<Instant>,
     continue_sent: bool,
+    /// Set by a 101: the merchant whose WebSocket session takes the stream over.
+    websocket: Option<MerchantIndex>,
 }
 
 impl Connection {
@@ -96,6 +105,7 @@ impl Connection {
             response: Response::new(),
             request_started: None,
             continue_sent: false,
+            websocket: None,
         }
     }
 
@@ -106,6 +116,14 @@ impl Connection {
         let _ = self.stream.set_write_timeout(Some(write_timeout));
         let _ = self.stream.set_nodelay(true);
         let closing = self.serve().await.unwrap_or(false);
+        if let Some(merchant) = self.websocket {
+            // The session keeps time itself (pings, the idle rule); HTTP's timeouts
+            // would drop a client that pauses reading, which it may.
+            let _ = self.stream.set_read_timeout(None);
+            let _ = self.stream.set_write_timeout(None);
+            let leftover = self.input[self.start..self.filled].to_vec();
+            return websocket::serve(self.core, self.stream, merchant, leftover).await;
+        }
         if closing {
             self.linger_close().await;
         }
@@ -126,6 +144,7 @@ impl Connection {
             }
             match progress {
                 Progress::Close => return Ok(true),
+                Progress::Upgraded => return Ok(false),
                 Progress::MoreBuffered => continue,
                 Progress::NeedInput => {}
             }
@@ -189,7 +208,32 @@ impl Connection {
             BatchEnd::MoreBuffered => Progress::MoreBuffered,
             BatchEnd::Closing => Progress::Close,
             BatchEnd::Error(error) => self.answer_protocol_error(error),
+            BatchEnd::Opening(head) => self.answer_opening(&head),
         })
+    }
+
+    /// Answers a WebSocket opening, the first request in the buffer: a 101 hands the
+    /// connection to the WebSocket session, a refusal goes on as HTTP.
+    fn answer_opening(&mut self, head: &RequestHead) -> Progress {
+        let request = &self.input[self.start..self.filled];
+        let opened = websocket::open(
+            &self.core,
+            request,
+            head,
+            &mut self.response,
+            &mut self.output,
+        );
+        self.start += head.head_length;
+        self.request_started = None;
+        match opened {
+            Some(merchant) => {
+                self.websocket = Some(merchant);
+                Progress::Upgraded
+            }
+            None if !head.keep_alive => Progress::Close,
+            None if self.start < self.filled => Progress::MoreBuffered,
+            None => Progress::NeedInput,
+        }
     }
 
     /// Frames the complete requests in the buffer into `self.batch`, consuming them, up to
@@ -215,6 +259,16 @@ impl Connection {
                     }
                     Err(error) => return BatchEnd::Error(error),
                 };
+            if websocket::is_opening(&head, buffered) {
+                // Answered alone, once everything before it is: a 101 ends HTTP here. Its
+                // bytes stay in the buffer for the upgrade to read; a body it had is not
+                // the batch's.
+                self.batch.bodies.truncate(body_start);
+                if self.batch.framed.is_empty() {
+                    return BatchEnd::Opening(head);
+                }
+                return BatchEnd::MoreBuffered;
+            }
             let keep_alive = head.keep_alive;
             self.batch.framed.push(Framed {
                 head,
@@ -284,6 +338,7 @@ impl Connection {
             latency_us: 0,
             request_id,
             merchant: None,
+            transport: Transport::Http,
         });
     }
 

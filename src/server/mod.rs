@@ -16,6 +16,7 @@ pub mod fail_stop;
 mod pipeline;
 mod stamps;
 mod stop;
+pub mod websocket;
 
 use crate::auth::MerchantKeys;
 use crate::config::Config;

@@ -11,7 +11,7 @@
 //! in the batch is answered, so a pipelined read still sees the writes pipelined before
 //! it, and a pipeline of reads or health checks costs no more than one request at a time.
 
-use super::access_log::AccessRecord;
+use super::access_log::{AccessRecord, Transport};
 use super::core::Core;
 use super::stamps::Clock;
 use crate::api::{self, Request};
@@ -373,6 +373,7 @@ fn write_answer(
         latency_us,
         request_id,
         merchant: framed.optional(input, &head.merchant),
+        transport: Transport::Http,
     });
     close
 }
@@ -405,6 +406,7 @@ mod tests {
                 timestamp: None,
                 signature: None,
                 auth_header_repeated: false,
+                websocket: Default::default(),
             },
             base: 0,
             body: 0..0,

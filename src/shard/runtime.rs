@@ -21,6 +21,7 @@ use crate::wal::{encode_created, encode_finalized, Checkpoint, RecordKind, Webho
 use crate::webhooks::event::final_status_event;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,12 @@ pub enum Command {
     GetByOrder {
         merchant: MerchantIndex,
         order_id: String,
+    },
+    /// The payment once it is final (at once if it already is): a WebSocket connection
+    /// waits so for the payments it answered 202 `pending`, to push them.
+    AwaitFinal {
+        merchant: MerchantIndex,
+        id: PaymentId,
     },
 }
 
@@ -89,6 +96,9 @@ pub struct Shard {
     /// `server.shard_inbox_capacity` bounds all of them, not only those awaited.
     creates_in_flight: Cell<usize>,
     webhooks: Dispatcher,
+    /// Pending payments someone awaits (`Command::AwaitFinal`): the semaphore is closed,
+    /// waking them all, when the payment is final. At most one entry per pending payment.
+    final_waiters: RefCell<HashMap<PaymentId, Rc<Semaphore>>>,
     /// The core's metrics: this shard's acquirer and persist stages are timed into them.
     metrics: Rc<RefCell<CoreMetrics>>,
 }
@@ -112,6 +122,7 @@ impl Shard {
             acquirer: edges.acquirer,
             creates_in_flight: Cell::new(0),
             webhooks,
+            final_waiters: RefCell::new(HashMap::new()),
             metrics: edges.metrics,
         }
     }
@@ -269,7 +280,34 @@ impl Shard {
             Command::GetByOrder { merchant, order_id } => {
                 found(self.state.borrow().get_by_order(merchant, &order_id), take)
             }
+            Command::AwaitFinal { merchant, id } => self.await_final(merchant, id, take).await,
         }
+    }
+
+    /// Waits until payment `id` of `merchant` is final, then answers it as `Found`.
+    async fn await_final<P>(
+        &self,
+        merchant: MerchantIndex,
+        id: PaymentId,
+        take: impl FnOnce(&Payment) -> P,
+    ) -> Reply<P> {
+        let waiter = {
+            let state = self.state.borrow();
+            match state.get(merchant, id) {
+                None => return Reply::NotFound,
+                Some(payment) if payment.status().is_final() => return Reply::Found(take(payment)),
+                Some(_) => {}
+            }
+            let mut waiters = self.final_waiters.borrow_mut();
+            Rc::clone(
+                waiters
+                    .entry(id)
+                    .or_insert_with(|| Rc::new(Semaphore::new(0))),
+            )
+        };
+        // No permit is ever signalled: this returns when `finalize` closes it.
+        let _ = waiter.acquire(1).await;
+        found(self.state.borrow().get(merchant, id), take)
     }
 
     fn snapshot<P>(&self, id: PaymentId, take: impl FnOnce(&Payment) -> P) -> P {
@@ -534,6 +572,9 @@ impl Shard {
             .expect("a pending payment finalises once");
         if let (Some(position), Some((merchant, event))) = (position, event) {
             self.webhooks.offer(position, merchant, event);
+        }
+        if let Some(waiters) = self.final_waiters.borrow_mut().remove(&id) {
+            waiters.close();
         }
         Ok(())
     }

@@ -60,7 +60,7 @@ mod webhook_payload;
 mod writer;
 
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod simulation;
 

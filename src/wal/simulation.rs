@@ -6,8 +6,9 @@
 //! disk only tears what was never synced), checks it against what was acknowledged, opens
 //! the log, lets writer tasks append single records and groups of up to three while a
 //! retention task carries live records forward and deletes dead segments, and ends at a
-//! random moment in a crash: a SIGKILL (the page cache survives) or a power cut that keeps
-//! nothing, everything, a prefix or any subset of the unsynced blocks. After each recovery:
+//! random moment in a crash: a SIGKILL (what was written stays, still unsynced, so a later
+//! power cut may take it) or a power cut that keeps nothing, everything, a prefix or any
+//! subset of the unsynced blocks. After each recovery:
 //!
 //! - every acknowledged record whose key is still live is there, intact, at its sequence;
 //! - every group is whole or absent (no final status without its webhook event);
@@ -167,8 +168,16 @@ impl World {
     /// One life: open, write and retain for a while, crash.
     async fn live_once(&mut self, next_sequence: u64) -> Result<(), String> {
         let choice = self.prng.below(SEGMENT_BYTES_CHOICES.len());
+        // One life in four runs with durability "none": nothing it acknowledges is
+        // promised, but its many unsynced frames tear in every way, and recovery must
+        // still start.
+        let durability = if self.prng.below(4) == 0 {
+            Durability::None
+        } else {
+            Durability::Fsync
+        };
         let options = LogOptions {
-            durability: Durability::Fsync,
+            durability,
             segment_bytes_max: SEGMENT_BYTES_CHOICES[choice],
             buffered_io: false,
         };
@@ -183,10 +192,18 @@ impl World {
         for writer in 0..1 + self.prng.below(WRITERS_MAX) {
             let appends = 1 + self.prng.below(APPENDS_PER_WRITER_MAX);
             let seed = self.prng.next() ^ writer as u64;
-            let task = write(log.clone(), self.model.clone(), appends, seed, self.broken);
+            let promised = durability == Durability::Fsync;
+            let task = write(
+                log.clone(),
+                self.model.clone(),
+                appends,
+                seed,
+                self.broken,
+                promised,
+            );
             tasks.push(glommio::spawn_local(task));
         }
-        if self.prng.below(2) == 0 {
+        if durability == Durability::Fsync && self.prng.below(2) == 0 {
             let task = retain(
                 log.clone(),
                 self.disk.clone(),
@@ -203,12 +220,13 @@ impl World {
         // The crash: every task stops where it is, then the disk decides what it kept.
         drop(tasks);
         log.crash();
-        let shape = match self.prng.below(5) {
+        let shape = match self.prng.below(6) {
             0 => CrashShape::Nothing,
             1 | 2 => CrashShape::Subset,
             3 => CrashShape::Prefix,
-            // A SIGKILL: the page cache survives whole.
-            _ => CrashShape::Everything,
+            4 => CrashShape::Everything,
+            // A SIGKILL: what was written stays, unsynced, for the next power cut.
+            _ => CrashShape::ProcessOnly,
         };
         trace(|| {
             format!(
@@ -309,16 +327,23 @@ fn check(model: &Model, recovered: &Recovered) -> Result<(), String> {
     Ok(())
 }
 
-/// A writer: appends single records and groups, and notes each acknowledgement.
+/// A writer: appends single records and groups, and notes each acknowledgement that is
+/// a promise (`promised`: durability "fsync").
 async fn write(
     log: Rc<ShardLog>,
     model: Rc<RefCell<Model>>,
     appends: usize,
     seed: u64,
     broken: Broken,
+    promised: bool,
 ) {
     let mut prng = Prng(seed | 1);
     for _ in 0..appends {
+        // Clients take their time: other writers and the commit task run in between
+        // (with durability "none" an append never waits, and would never let them).
+        for _ in 0..prng.below(3) {
+            futures_lite::future::yield_now().await;
+        }
         let size = 1 + prng.below(3);
         let payloads: Vec<Vec<u8>> = {
             let mut model = model.borrow_mut();
@@ -353,6 +378,9 @@ async fn write(
             };
             (last + 1 - size as u64..=last).collect()
         };
+        if !promised {
+            continue;
+        }
         let mut model = model.borrow_mut();
         for (sequence, payload) in sequences.into_iter().zip(payloads) {
             model.acknowledge(sequence, payload);
