@@ -71,6 +71,11 @@ pub enum Reply<P = Box<Payment>> {
 /// Carried records that live or die together: one group in the log.
 type CarriedUnit = Vec<(RecordKind, Vec<u8>)>;
 
+/// Pending payments a shard asks the acquirer about at once after a restart: a log left
+/// with thousands pending must not start thousands of authorisations (and hold their
+/// memory) together.
+pub const RESUMED_AUTHORIZATIONS_CONCURRENT_MAX: usize = 64;
+
 /// Capacities of the per-record payload buffers: most records fit without growing.
 const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
 const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
@@ -89,7 +94,9 @@ pub struct Shard {
     state: RefCell<ShardState>,
     store: Store,
     acquirer: Rc<Acquirer>,
-    /// Creates between their first decision and their answer.
+    /// Creates from their first decision until their authorisation ended, answered or
+    /// not: one answered 202 still counts while it authorises in the background, so
+    /// `server.shard_inbox_capacity` bounds all of them, not only those awaited.
     creates_in_flight: Cell<usize>,
     webhooks: Dispatcher,
     /// Pending payments someone awaits (`Command::AwaitFinal`): the semaphore is closed,
@@ -245,17 +252,32 @@ impl Shard {
     }
 
     /// Finishes every payment the log left pending (a crash between the Created and
-    /// Finalized records): asks the acquirer again with the same idempotency key.
+    /// Finalized records): asks the acquirer again with the same idempotency key, at most
+    /// `RESUMED_AUTHORIZATIONS_CONCURRENT_MAX` at a time. Returns how many are pending.
     pub fn resume_pending(self: &Rc<Self>) -> usize {
         let pending: Vec<PaymentId> = self.state.borrow().pending().map(Payment::id).collect();
-        for &id in &pending {
-            let shard = Rc::clone(self);
+        let count = pending.len();
+        if count > 0 {
+            glommio::spawn_local(Rc::clone(self).resume(pending)).detach();
+        }
+        count
+    }
+
+    async fn resume(self: Rc<Self>, pending: Vec<PaymentId>) {
+        let permits = Rc::new(Semaphore::new(RESUMED_AUTHORIZATIONS_CONCURRENT_MAX as u64));
+        for id in pending {
+            // Invariant: nothing closes this semaphore.
+            let permit = permits
+                .acquire_static_permit(1)
+                .await
+                .expect("the resume semaphore stays open");
+            let shard = Rc::clone(&self);
             glommio::spawn_local(async move {
+                let _permit = permit;
                 let _ = shard.authorize(id).await;
             })
             .detach();
         }
-        pending.len()
     }
 
     /// Runs a command for another core: the payment in the reply is a boxed copy.
@@ -338,10 +360,8 @@ impl Shard {
         match decision {
             CreateDecision::New(id) => {
                 assert_eq!(id, provisional, "a new payment takes the next sequence");
-                self.creates_in_flight.set(self.creates_in_flight.get() + 1);
-                let reply = self.create_new(id, &created, take).await;
-                self.creates_in_flight.set(self.creates_in_flight.get() - 1);
-                reply
+                let in_flight = InFlight::enter(self);
+                self.create_new(id, &created, in_flight, take).await
             }
             CreateDecision::Replay(id) => Reply::Replayed(self.snapshot(id, take)),
             CreateDecision::InProgress => Reply::InProgress,
@@ -353,6 +373,7 @@ impl Shard {
         self: &Rc<Self>,
         id: PaymentId,
         created: &[u8],
+        in_flight: InFlight,
         take: impl FnOnce(&Payment) -> P,
     ) -> Reply<P> {
         if let Some(authorization) = self.answer_at_once(id) {
@@ -383,7 +404,12 @@ impl Shard {
                 let authorized = async { Ok(authorization.as_mut().await) };
                 let outcome = glommio::timer::timeout(wait, authorized).await.ok();
                 if outcome.is_none() {
-                    glommio::spawn_local(authorization).detach();
+                    // Still counted in flight until it ends in its task.
+                    glommio::spawn_local(async move {
+                        let _in_flight = in_flight;
+                        authorization.await
+                    })
+                    .detach();
                 }
                 outcome
             }
@@ -609,6 +635,26 @@ impl Shard {
                 payment: snapshot,
             },
         ))
+    }
+}
+
+/// One create counted in its shard's `creates_in_flight`, until dropped: when its
+/// authorisation ends, in the request or in the task that finishes it after a 202.
+struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    fn enter(shard: &Rc<Shard>) -> InFlight {
+        shard
+            .creates_in_flight
+            .set(shard.creates_in_flight.get() + 1);
+        InFlight(Rc::clone(shard))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let count = &self.0.creates_in_flight;
+        count.set(count.get() - 1);
     }
 }
 

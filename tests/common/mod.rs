@@ -1198,9 +1198,19 @@ impl Server {
 
     /// Starts payd on `dir` with exactly `config_text` as its config file.
     pub fn start_with_config(dir: tempfile::TempDir, config_text: &str) -> Server {
+        Server::start_with_env(dir, config_text, &[])
+    }
+
+    /// Like `start_with_config`, with extra environment variables for the process.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let config_path = dir.path().join("payd.toml");
         std::fs::write(&config_path, config_text).expect("write config");
         let mut child = Command::new(payd_binary())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

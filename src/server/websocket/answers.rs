@@ -166,6 +166,8 @@ pub fn spawn_request(connection: &Connection, mut request: MessageRequest, recei
             merchant: Some(merchant_id.as_bytes()),
             timestamp: parts.timestamp,
             signature: parts.signature,
+            // A message is one JSON object: its fields cannot be repeated headers.
+            auth_header_repeated: false,
             body: parts.body,
             unix_ms: received.unix_ms,
         };
