@@ -728,7 +728,7 @@ mod tests {
         for segment in list_segments(dir).unwrap() {
             let data = std::fs::read(&segment.path).unwrap();
             let mut offset = 0;
-            while let FrameOutcome::Frame(frame) = decode_frame(&data[offset..]) {
+            while let FrameOutcome::Frame(frame) = decode_frame(&data, offset) {
                 for record in frame.records().flatten() {
                     found.push((frame_index, record.kind, record.payload.to_vec()));
                 }

@@ -27,7 +27,7 @@
 
 use crate::wal::disk::Disk;
 use crate::wal::frame::{
-    decode_frame, next_valid_frame, FrameCorruption, FrameOutcome, FRAME_MAGIC,
+    decode_frame, next_valid_frame, FrameCorruption, FrameOutcome, ENTRY_HEADER_BYTES, FRAME_MAGIC,
 };
 use crate::wal::record::{
     decode_record, peek_sequence, CorruptReason, DecodeOutcome, Record, RECORD_OVERHEAD_BYTES,
@@ -353,7 +353,7 @@ pub fn read_records(
                 _ => return Ok(unreadable(expected, offset)),
             }
         } else {
-            match decode_frame(&data[offset..]) {
+            match decode_frame(&data, offset) {
                 FrameOutcome::Frame(frame) if frame.first_sequence == expected => {
                     for record in frame.records() {
                         let record = record.expect("entries of a checked frame parse");
@@ -434,7 +434,7 @@ fn scan_framed_segment(
     let mut expected = segment.first_sequence;
     // Bounded: every frame moves the offset forward by at least its header.
     while offset < data.len() {
-        let damage = match decode_frame(&data[offset..]) {
+        let damage = match decode_frame(&data, offset) {
             FrameOutcome::Frame(frame) => {
                 if frame.first_sequence != expected {
                     let found = frame.first_sequence;
@@ -476,12 +476,16 @@ fn scan_framed_segment(
 /// A valid frame after damaged bytes that was written once the damaged records (from
 /// sequence `expected` on) had been synced: proof that they may have been acknowledged.
 /// Frames written before that sync prove nothing: the damage and they were one torn
-/// stretch of unsynced writes.
+/// stretch of unsynced writes. Nor does a frame whose first sequence the bytes between
+/// could not have led to (each record takes at least an entry header): the writer never
+/// wrote it there.
 fn synced_frame_after(data: &[u8], damaged_at: usize, expected: u64) -> Option<RecoveryProblem> {
     let mut from = damaged_at + 1;
     // Bounded: `from` moves past each frame found.
     while let Some((at, frame)) = next_valid_frame(data, from) {
-        if frame.first_sequence >= expected && frame.synced_through >= expected {
+        let records_between_max = ((at - damaged_at) / ENTRY_HEADER_BYTES) as u64;
+        let reachable = frame.first_sequence <= expected.saturating_add(records_between_max);
+        if reachable && frame.first_sequence >= expected && frame.synced_through >= expected {
             return Some(RecoveryProblem::DamageBeforeLaterFrame {
                 frame_at: at as u64,
                 synced_through: frame.synced_through,
@@ -1091,9 +1095,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let offsets = write_framed_segment(dir.path(), 1, &[(2, 0)], 10);
         let path = path_of(dir.path(), 1);
-        let mut stray = Vec::new();
-        crate::wal::frame::encode_frame(&mut stray, 9, 2, &[(1, b"record 9")]);
-        append_bytes(&path, &stray);
+        append_bytes(
+            &path,
+            &frame_at(offsets[0] + 32 + 2 * 15, 9, 2, &[(1, b"record 9")]),
+        );
         let error = recover_framed(dir.path()).unwrap_err();
         assert_eq!(error.offset, offsets[0] as u64 + 32 + 2 * 15);
         assert!(matches!(
@@ -1183,8 +1188,14 @@ mod tests {
         assert_eq!(std::fs::metadata(&last).unwrap().len(), 0);
     }
 
+    /// A frame encoded to be written at byte `position` of its segment.
+    fn frame_at(position: usize, first: u64, synced: u64, records: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut bytes = vec![0; position];
+        crate::wal::frame::encode_frame(&mut bytes, first, synced, records);
+        bytes.split_off(position)
+    }
+
     #[test]
-    #[ignore = "review finding: a payload can forge a vouching frame (needs a keyed checksum or a bound)"]
     fn a_frame_forged_inside_a_payload_does_not_vouch_for_a_torn_write() {
         // A client's metadata value may hold any bytes, NUL included (JSON \u0000): here
         // a whole valid frame whose sequence numbers are above any the log will reach.
@@ -1206,6 +1217,41 @@ mod tests {
         zero_range(&path, torn_at..4096);
         let (recovery, seen) = recover_framed(dir.path()).unwrap();
         assert_eq!((seen, recovery.next_sequence), (vec![1], 2));
+    }
+
+    #[test]
+    fn a_frame_whose_sequence_the_damage_could_not_lead_to_does_not_vouch() {
+        // Even a client that guessed the very offset its forged frame lands at (so that
+        // its checksum holds there) must also name a sequence that the records between
+        // the damage and it could reach: a few kilobytes hold at most a few hundred.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        crate::wal::frame::encode_frame(&mut bytes, 1, 0, &[(1, b"record 1")]);
+        let torn_at = bytes.len();
+        let filler = padded_payload(2, 5000);
+        let forged_at = torn_at + 32 + 2 * 5 + filler.len() + b"record 3 ".len();
+        let huge = 0x7f7f_7f7f_7f7f_7f7f;
+        let mut payment = b"record 3 ".to_vec();
+        payment.extend_from_slice(&frame_at(forged_at, huge, huge - 1, &[(1, b"x")]));
+        crate::wal::frame::encode_frame(&mut bytes, 2, 1, &[(1, &filler), (1, &payment)]);
+        assert!(matches!(
+            crate::wal::frame::decode_frame(&bytes, forged_at),
+            FrameOutcome::Frame(_)
+        ));
+        let path = path_of(dir.path(), 1);
+        std::fs::write(&path, &bytes).unwrap();
+        zero_range(&path, torn_at..4096);
+        let (recovery, seen) = recover_framed(dir.path()).unwrap();
+        assert_eq!((seen, recovery.next_sequence), (vec![1], 2));
+        // One that names a sequence the gap could reach is taken for the writer's: the
+        // shard refuses to start rather than risk cutting acknowledged payments.
+        let mut bytes = bytes[..torn_at].to_vec();
+        let mut payment = b"record 3 ".to_vec();
+        payment.extend_from_slice(&frame_at(forged_at, 4, 3, &[(1, b"x")]));
+        crate::wal::frame::encode_frame(&mut bytes, 2, 1, &[(1, &filler), (1, &payment)]);
+        std::fs::write(&path, &bytes).unwrap();
+        zero_range(&path, torn_at..4096);
+        assert!(recover_framed(dir.path()).is_err());
     }
 
     #[test]

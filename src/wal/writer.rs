@@ -417,6 +417,7 @@ impl SegmentWriter {
             self.roll_over(frame.first_sequence).await?;
         }
         let header = frame_header(
+            self.segment.records_end,
             frame.first_sequence,
             self.synced_through,
             frame.entry_count,
