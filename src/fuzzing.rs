@@ -287,7 +287,7 @@ pub fn wal_record(data: &[u8]) {
         }
         8 => {
             let mut at = 0;
-            while let crate::wal::FrameOutcome::Frame(frame) = decode_frame(&rest, at) {
+            while let crate::wal::FrameOutcome::Frame(frame) = decode_frame(rest, at) {
                 assert!(frame.length_total > 0 && at + frame.length_total <= rest.len());
                 assert!(frame.first_sequence > frame.synced_through);
                 let mut entries = 0u64;

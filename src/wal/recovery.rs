@@ -353,7 +353,7 @@ pub fn read_records(
                 _ => return Ok(unreadable(expected, offset)),
             }
         } else {
-            match decode_frame(&data, offset) {
+            match decode_frame(data, offset) {
                 FrameOutcome::Frame(frame) if frame.first_sequence == expected => {
                     for record in frame.records() {
                         let record = record.expect("entries of a checked frame parse");
@@ -434,7 +434,7 @@ fn scan_framed_segment(
     let mut expected = segment.first_sequence;
     // Bounded: every frame moves the offset forward by at least its header.
     while offset < data.len() {
-        let damage = match decode_frame(&data, offset) {
+        let damage = match decode_frame(data, offset) {
             FrameOutcome::Frame(frame) => {
                 if frame.first_sequence != expected {
                     let found = frame.first_sequence;

@@ -523,7 +523,7 @@ fn trace(message: impl FnOnce() -> String) {
 fn frames_of(data: &[u8]) -> Vec<(usize, u64, usize)> {
     let mut frames = Vec::new();
     let mut offset = 0;
-    while let FrameOutcome::Frame(frame) = decode_frame(&data, offset) {
+    while let FrameOutcome::Frame(frame) = decode_frame(data, offset) {
         frames.push((offset, frame.first_sequence, frame.length_total));
         offset += frame.length_total;
     }
@@ -531,7 +531,7 @@ fn frames_of(data: &[u8]) -> Vec<(usize, u64, usize)> {
 }
 
 fn synced_through_at(data: &[u8], offset: usize) -> u64 {
-    match decode_frame(&data, offset) {
+    match decode_frame(data, offset) {
         FrameOutcome::Frame(frame) => frame.synced_through,
         _ => 0,
     }

@@ -1479,7 +1479,7 @@ pub mod durable {
     pub fn frame_spans(bytes: &[u8]) -> Vec<FrameSpan> {
         let mut spans = Vec::new();
         let mut offset = 0;
-        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(&bytes, offset) {
+        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(bytes, offset) {
             spans.push(FrameSpan {
                 offset,
                 length_total: frame.length_total,
