@@ -17,12 +17,12 @@ use super::retention::AppendMarks;
 use super::state::{Payment, RestoreError, ShardState};
 use super::webhook_reload::{OwedEvents, Scan};
 use crate::auth::MerchantKeys;
+use crate::config::BACKLOG_EVENTS_PER_SHARD_MAX;
 use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
 use crate::wal::{
     self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDeadLetter,
 };
 use crate::webhooks::dead_letters::DEAD_LETTERS_PER_SHARD_MAX;
-use crate::webhooks::BACKLOG_EVENTS_PER_SHARD_MAX;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
