@@ -14,7 +14,7 @@ use crate::auth::{sign_hex, MerchantKeys, SignedHeaders};
 use crate::http::{frame_request, BodyDecoder, FrameOutcome, FramingLimits, ProtocolError};
 use crate::outbound::response::{parse_response, Progress};
 use crate::payment::{
-    has_characters_within, is_valid_order_id, EventId, PaymentId, PaymentTerms, AMOUNT_MAX,
+    has_characters_within, is_valid_order_id, EventId, PaymentId, AMOUNT_MAX,
     DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
     PAYMENT_METHOD_LENGTH_MAX,
 };
@@ -144,7 +144,7 @@ pub fn create_body(data: &[u8]) {
     encode_created(&mut encoded, id, "m_fuzz", &terms, 1);
     assert!(encoded.len() <= RECORD_PAYLOAD_BYTES_MAX);
     let created = Created::decode(&encoded).expect("an accepted create reads back");
-    assert_eq!(terms_of(created), terms);
+    assert_eq!(created.into_terms(0), terms);
     let _ = Payment::pending(id, terms, 1);
 }
 
@@ -179,18 +179,6 @@ pub fn request_target(data: &[u8]) {
     }
     if is_valid_order_id(text) {
         assert!(text.len() <= crate::payment::ORDER_ID_LENGTH_MAX);
-    }
-}
-
-fn terms_of(created: Created) -> PaymentTerms {
-    PaymentTerms {
-        merchant: 0,
-        order_id: created.order_id,
-        amount: created.amount,
-        currency: created.currency,
-        payment_method: created.payment_method,
-        description: created.description,
-        metadata: created.metadata,
     }
 }
 
@@ -314,7 +302,7 @@ fn decode_payload(kind: u8, payload: &[u8]) {
             };
             created.encode(&mut encoded);
             let id = created.id;
-            let _ = Payment::pending(id, terms_of(created), 1);
+            let _ = Payment::pending(id, created.into_terms(0), 1);
         }
         Some(RecordKind::Finalized) => match Finalized::decode(payload) {
             Ok(finalized) => finalized.encode(&mut encoded),

@@ -179,21 +179,7 @@ fn one_wide_character_over_a_limit_is_invalid_request() {
 
 /// The four required fields, with `field` set to the JSON `value`.
 fn create_body_with(field: &str, value: &str) -> String {
-    let mut fields = vec![
-        ("order_id", "\"ord-hostile\"".to_string()),
-        ("amount", "1999".to_string()),
-        ("currency", "\"CNY\"".to_string()),
-        ("payment_method", "\"tok_visa\"".to_string()),
-    ];
-    match fields.iter_mut().find(|(name, _)| *name == field) {
-        Some(entry) => entry.1 = value.to_string(),
-        None => fields.push((field, value.to_string())),
-    }
-    let fields: Vec<String> = fields
-        .iter()
-        .map(|(name, value)| format!("\"{name}\":{value}"))
-        .collect();
-    format!("{{{}}}", fields.join(","))
+    body_with(field, value, "ord-hostile")
 }
 
 /// Defect 5: a lone UTF-16 surrogate was stored as U+0000 (signed data changed

@@ -18,7 +18,7 @@ use super::state::{Payment, RestoreError, ShardState};
 use super::webhook_reload::{OwedEvents, Scan};
 use crate::auth::MerchantKeys;
 use crate::config::BACKLOG_EVENTS_PER_SHARD_MAX;
-use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
+use crate::payment::{EventId, MerchantIndex, PaymentId};
 use crate::wal::{
     self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDeadLetter,
 };
@@ -229,16 +229,8 @@ fn restore_created(
         orphans.insert(created.id);
         return Ok(());
     };
-    let terms = PaymentTerms {
-        merchant,
-        order_id: created.order_id,
-        amount: created.amount,
-        currency: created.currency,
-        payment_method: created.payment_method,
-        description: created.description,
-        metadata: created.metadata,
-    };
-    let payment = Payment::pending(created.id, terms, created.created_at_ms);
+    let (id, created_at_ms) = (created.id, created.created_at_ms);
+    let payment = Payment::pending(id, created.into_terms(merchant), created_at_ms);
     state.restore_created(payment).map_err(|e| e.to_string())
 }
 

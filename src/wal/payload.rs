@@ -10,9 +10,9 @@
 //! panics: the checksum says the bytes are the ones written, not that the writer was right.
 
 use crate::payment::{
-    has_characters_within, is_valid_order_id, Currency, PaymentId, PaymentStatus, PaymentTerms,
-    DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
-    ORDER_ID_LENGTH_MAX, PAYMENT_METHOD_LENGTH_MAX,
+    has_characters_within, is_valid_order_id, Currency, MerchantIndex, PaymentId, PaymentStatus,
+    PaymentTerms, DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX,
+    METADATA_VALUE_LENGTH_MAX, ORDER_ID_LENGTH_MAX, PAYMENT_METHOD_LENGTH_MAX,
 };
 use std::fmt;
 
@@ -79,6 +79,21 @@ pub struct Created {
     pub description: Option<String>,
     pub metadata: Vec<(String, String)>,
     pub created_at_ms: u64,
+}
+
+impl Created {
+    /// The terms the record carries, for the merchant that `merchant_id` names today.
+    pub fn into_terms(self, merchant: MerchantIndex) -> PaymentTerms {
+        PaymentTerms {
+            merchant,
+            order_id: self.order_id,
+            amount: self.amount,
+            currency: self.currency,
+            payment_method: self.payment_method,
+            description: self.description,
+            metadata: self.metadata,
+        }
+    }
 }
 
 /// The final status of a payment.

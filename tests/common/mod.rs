@@ -1074,6 +1074,26 @@ pub fn create_body(order_id: &str, amount: u64, currency: &str, payment_method: 
     )
 }
 
+/// A body with the required fields and `field` set to the raw JSON `value` (added if
+/// it is not one of the four).
+pub fn body_with(field: &str, value: &str, order_id: &str) -> String {
+    let mut fields = vec![
+        ("order_id", format!("\"{order_id}\"")),
+        ("amount", "1999".to_string()),
+        ("currency", "\"CNY\"".to_string()),
+        ("payment_method", "\"tok_visa\"".to_string()),
+    ];
+    match fields.iter_mut().find(|(name, _)| *name == field) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => fields.push((field, value.to_string())),
+    }
+    let members: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("\"{name}\":{value}"))
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
 /// The payment object of API.md section 3, read strictly: every field must be present
 /// (`decline_code` and `description` as null when empty), nothing else may be (so the
 /// payment method is not echoed), and metadata keeps the order it was sent in.
