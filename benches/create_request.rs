@@ -1,8 +1,10 @@
 //! Create request parsing and validation: a typical body with metadata, from JSON bytes
-//! to `PaymentTerms`.
+//! to `PaymentTerms`; and, alone, the raw-byte checks made before simd-json parses
+//! (`json_scan::prepare`), whose cost is part of the first.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use payd::api::create_request::parse_create_request;
+use payd::api::json_scan;
 
 const BODY: &[u8] = br#"{"order_id":"ord-20261122-0001","amount":1999,"currency":"CNY","payment_method":"tok_visa","description":"2 coffees","metadata":{"cart":"c-17","channel":"app","customer":"cus_8842"}}"#;
 
@@ -14,6 +16,12 @@ fn parse_typical_create(c: &mut Criterion) {
             // simd-json parses in place: every iteration starts from the bytes sent.
             body.copy_from_slice(BODY);
             parse_create_request(black_box(&mut body), 0)
+        })
+    });
+    c.bench_function("create_request_json_scan", |b| {
+        b.iter(|| {
+            body.copy_from_slice(BODY);
+            json_scan::prepare(black_box(&mut body))
         })
     });
 }

@@ -33,6 +33,7 @@
 #        RUNS=3 DURATION_S=5 CONNECTIONS=64 loadtest/compare.sh
 #        SCALING=0 RESULTS_DIR=/tmp/results loadtest/compare.sh
 #        PERF=1 loadtest/compare.sh     (also profiles a fsync create run: see rows_profile)
+#        BASELINE_PAYD=/path/to/old/payd loadtest/compare.sh   (that build's creates beside)
 # It installs nginx-light with apt-get when it is missing (benchmarks only).
 set -euo pipefail
 
@@ -73,6 +74,10 @@ work=$(mktemp -d /tmp/payd-compare.XXXXXX)
 # shellcheck source=loadtest/bench-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 loadtest="$repository/target/release/payd-loadtest"
+payd_binary="$repository/target/release/payd"
+# Another payd build (an earlier commit's, say) measured in the same rounds, as rows
+# baseline-create-none and baseline-create-fsync: before and after in one run.
+BASELINE_PAYD=${BASELINE_PAYD:-}
 RESULTS_DIR=${RESULTS_DIR:-$repository/loadtest/results}
 payd_address="127.0.0.1:$PAYD_PORT"
 round=0
@@ -213,7 +218,7 @@ with_payd() {
     local durability=$1 rows_step=$2 config="$work/payd-$1.toml"
     payd_config "$config" "$PAYD_PORT" true "$durability" "$MERCHANT" "$PAYD_LOADTEST_SECRET"
     if start_server "http://$payd_address/healthz" "$work/payd.stderr" \
-        "$repository/target/release/payd" serve --config "$config"; then
+        "$payd_binary" serve --config "$config"; then
         # shellcheck disable=SC2086
         $rows_step
         stop_server
@@ -302,6 +307,23 @@ fsync_pair() {
     closed_and_open fsync rows_fsync
 }
 
+rows_baseline_none() {
+    measure baseline-create-none --address "$payd_address" --scenario payments
+}
+
+rows_baseline_fsync() {
+    measure_fsync baseline-create-fsync --address "$payd_address" --scenario payments
+}
+
+# The closed-loop creates of the BASELINE_PAYD build, both durabilities.
+baseline_pair() {
+    local this_build=$payd_binary
+    payd_binary=$BASELINE_PAYD
+    with_payd none rows_baseline_none
+    with_payd fsync rows_baseline_fsync
+    payd_binary=$this_build
+}
+
 rows_two_cores() {
     measure payd-create-none-2-cores --address "$payd_address" --scenario payments
 }
@@ -317,6 +339,7 @@ two_cores() {
 # stays a pair, the open loop second: its rate comes from the closed loop).
 run_round() {
     local steps=(with_nginx none_pair fsync_pair)
+    [ -z "$BASELINE_PAYD" ] || steps+=(baseline_pair)
     [ "$SCALING" = 0 ] || steps+=(two_cores)
     if [ $((round % 2)) -eq 0 ]; then
         local reversed=() index

@@ -49,8 +49,13 @@ struct Merchant {
 pub struct MerchantKeys {
     merchants: Vec<Merchant>,
     by_id: HashMap<Vec<u8>, MerchantIndex>,
-    /// Hashed for unknown merchants so that their answer takes as long as a real check.
+    /// Hashed in place of the secrets a merchant lacks (all of them for an unknown one).
     decoy: HmacSha256,
+    /// HMACs computed by every check: the most secrets any merchant has. An unknown
+    /// merchant, or one with fewer secrets, costs the same as the one with the most, so
+    /// the time of an answer tells neither which merchants exist nor how many secrets
+    /// they hold (API.md section 1).
+    keys_per_check: usize,
 }
 
 impl MerchantKeys {
@@ -67,10 +72,17 @@ impl MerchantKeys {
                 Merchant { id, keys }
             })
             .collect();
+        let keys_per_check = merchants
+            .iter()
+            .map(|merchant| merchant.keys.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         MerchantKeys {
             merchants,
             by_id,
             decoy: keyed(b"payd-decoy-key"),
+            keys_per_check,
         }
     }
 
@@ -131,22 +143,35 @@ impl MerchantKeys {
             return Err(AuthError::TimestampOutOfRange);
         }
         let index = self.index_of(merchant);
-        let keys = match index {
-            Some(index) => &self.merchants[index as usize].keys[..],
-            None => std::slice::from_ref(&self.decoy),
-        };
         let mut matched = false;
-        for key in keys {
+        for (key, real) in self.keys_to_try(index) {
             let mut mac = key.clone();
             feed_message(&mut mac, timestamp, method, target, body);
-            // verify_slice compares in constant time. Every key is tried, so the time taken
-            // does not tell which secret matched.
-            matched |= mac.verify_slice(&digest).is_ok();
+            // verify_slice compares in constant time. Every key is tried, decoys too, so
+            // the time taken does not tell which secret matched, or whether any could.
+            let verified = mac.verify_slice(&digest).is_ok();
+            matched |= verified & real;
         }
         match index {
             Some(index) if matched => Ok(index),
             _ => Err(AuthError::InvalidSignature),
         }
+    }
+
+    /// The `keys_per_check` keys one check hashes with, each with whether it is a real
+    /// secret of the merchant: its secrets first, then the decoy for the rest.
+    fn keys_to_try(
+        &self,
+        index: Option<MerchantIndex>,
+    ) -> impl Iterator<Item = (&HmacSha256, bool)> + '_ {
+        let secrets = match index {
+            Some(index) => &self.merchants[index as usize].keys[..],
+            None => &[],
+        };
+        (0..self.keys_per_check).map(move |slot| match secrets.get(slot) {
+            Some(key) => (key, true),
+            None => (&self.decoy, false),
+        })
     }
 }
 
@@ -316,6 +341,34 @@ mod tests {
             Err(AuthError::InvalidSignature)
         );
         assert_eq!(check("m_two", "1763800000", &two, body), Ok(1));
+    }
+
+    #[test]
+    fn every_check_hashes_as_often_whoever_the_merchant() {
+        let keys = keys();
+        let tried = |index| keys.keys_to_try(index).count();
+        // m_one has two secrets, m_two one, and an unknown merchant none: each costs two.
+        assert_eq!(tried(Some(0)), 2);
+        assert_eq!(tried(Some(1)), 2);
+        assert_eq!(tried(None), 2);
+        let real = |index| keys.keys_to_try(index).filter(|&(_, real)| real).count();
+        assert_eq!((real(Some(0)), real(Some(1)), real(None)), (2, 1, 0));
+    }
+
+    #[test]
+    fn the_decoy_never_matches() {
+        let body = b"{}";
+        let decoy = format!(
+            "v1={}",
+            sign_hex(b"payd-decoy-key", NOW, "POST", "/v1/payments", body)
+        );
+        for merchant in ["m_one", "m_two", "m_nobody"] {
+            assert_eq!(
+                check(merchant, "1763800000", &decoy, body),
+                Err(AuthError::InvalidSignature),
+                "{merchant}"
+            );
+        }
     }
 
     #[test]

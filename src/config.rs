@@ -178,6 +178,15 @@ pub struct AcquirerConfig {
     pub pool_size: usize,
 }
 
+/// Events one shard holds in memory by default (`webhooks.max_backlog_per_shard`); the
+/// rest wait in its log for a reload. An event
+/// in memory is its payment object (a few hundred bytes, usually), so this bounds a
+/// shard's outbox to a few MiB at most.
+pub const BACKLOG_EVENTS_PER_SHARD_MAX: usize = 4096;
+/// The highest `webhooks.max_backlog_per_shard` the config accepts: about 1 GiB of
+/// typical events per shard, far past any sensible setting.
+pub const BACKLOG_EVENTS_PER_SHARD_CEILING: usize = 1 << 20;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
@@ -373,7 +382,7 @@ impl Default for WebhooksConfig {
         WebhooksConfig {
             retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
             timeout_ms: 15_000,
-            max_backlog_per_shard: crate::webhooks::BACKLOG_EVENTS_PER_SHARD_MAX,
+            max_backlog_per_shard: BACKLOG_EVENTS_PER_SHARD_MAX,
         }
     }
 }
@@ -641,7 +650,7 @@ impl Config {
             return Err(error("webhooks.timeout_ms", "must be above 0"));
         }
         let backlog = self.webhooks.max_backlog_per_shard;
-        if backlog == 0 || backlog > crate::webhooks::BACKLOG_EVENTS_PER_SHARD_CEILING {
+        if backlog == 0 || backlog > BACKLOG_EVENTS_PER_SHARD_CEILING {
             return Err(error(
                 "webhooks.max_backlog_per_shard",
                 "must be 1..=1048576",

@@ -21,12 +21,15 @@
 //!   `shard::webhooks`).
 //! - `outbound` (below `acquirer` and `webhooks`): the HTTP/1.1 client with its pool of
 //!   keep-alive connections, for every call payd makes to another service.
+//! - `fuzzing` (beside the others): the bodies of the fuzz targets in `fuzz/`, shared
+//!   with the corpus replay test.
 //! - `tls` (below `server` and `outbound`): certificates, keys and roots, the per-core
 //!   acceptors and connectors, and the plain-or-TLS stream both sides use.
 pub mod acquirer;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;

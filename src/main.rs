@@ -83,6 +83,8 @@ struct SignArgs {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: a panic on any thread, from here on, ends the process.
+    payd::server::fail_stop::install();
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(None),

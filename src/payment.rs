@@ -19,6 +19,24 @@ pub const METADATA_KEYS_MAX: usize = 20;
 pub const METADATA_KEY_LENGTH_MAX: usize = 40;
 pub const METADATA_VALUE_LENGTH_MAX: usize = 500;
 
+/// An `order_id` of API.md section 3: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, all
+/// ASCII, so its length in bytes is its length in characters. Validation, reads by
+/// order, the state and the log's decoder all check this one rule.
+pub fn is_valid_order_id(text: &str) -> bool {
+    (1..=ORDER_ID_LENGTH_MAX).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Whether `text` has from `characters_min` to `characters_max` characters. API.md
+/// states text limits in characters, never in bytes: one character may take four.
+pub fn has_characters_within(text: &str, characters_min: usize, characters_max: usize) -> bool {
+    // No string of more than four bytes per allowed character can be within the limit.
+    text.len() <= characters_max * 4
+        && (characters_min..=characters_max).contains(&text.chars().count())
+}
+
 /// A payment id: the shard that owns the payment and a sequence number unique within
 /// that shard for ever. Rendered as `pay_` + 4 hex digits of shard + 16 hex digits of
 /// sequence (24 characters, URL-safe), so a read by id goes straight to the owner.

@@ -296,6 +296,66 @@ fn a_thousand_concurrent_creates_finish_within_the_pool_bound() {
     );
 }
 
+/// Issue 12, defect 9: an attempt that timed out while still waiting for a pooled
+/// connection counted as an acquirer failure, so a healthy acquirer behind a busy pool
+/// was declared unavailable. A wait in payd's own queue now tells the breaker nothing.
+#[test]
+fn waiting_for_a_pooled_connection_is_not_an_acquirer_failure() {
+    // One connection, 200 ms a call, a second per attempt of which at most half may
+    // go to waiting for the connection: of twenty creates at once a few get it in
+    // time, the rest wait in payd's pool until their attempt is over.
+    const CREATES: usize = 20;
+    let sim = AcquirerSim::start("127.0.0.1:0", &["--latency-ms", "200"]);
+    let server = Server::start(acq::options_with_http_acquirer(
+        &sim.url(),
+        "pool_size = 1\nattempt_timeout_ms = 1000\nmax_attempts = 1\nresponse_timeout_ms = 10000",
+    ));
+    // Pipelined creates on one connection run together.
+    let mut client = server.connect();
+    let mut requests = String::new();
+    for index in 0..CREATES {
+        requests.push_str(&acq::create_request(&format!("pool-{index}"), "tok_visa"));
+    }
+    client.send(requests.as_bytes());
+    let mut outcomes = Vec::new();
+    for _ in 0..CREATES {
+        let response = client.read_response();
+        assert_eq!(response.status, 201, "{response:?}");
+        let payment = acq::payment_view(&response);
+        outcomes.push((payment.status, payment.decline_code));
+    }
+    let succeeded = outcomes.iter().filter(|(s, _)| s == "succeeded").count();
+    let unavailable = outcomes
+        .iter()
+        .filter(|(s, code)| s == "failed" && code.as_deref() == Some("acquirer_unavailable"))
+        .count();
+    assert_eq!(succeeded + unavailable, CREATES, "{outcomes:?}");
+    assert!(
+        unavailable >= 5,
+        "the pool made attempts wait: {outcomes:?}"
+    );
+    // Only those that got the connection called (one may have been cut short by its
+    // own timeout at the acquirer, were this machine very slow).
+    let called = sim.calls().0;
+    assert!(
+        (succeeded as u64..=succeeded as u64 + 1).contains(&called),
+        "{called} calls, {succeeded} succeeded"
+    );
+    let metrics = server.metrics();
+    assert_eq!(
+        metrics.value("payd_acquirer_breaker_opened_total", &[("core", "0")]),
+        0.0,
+        "waits in payd's own pool never open the breaker"
+    );
+    assert_eq!(
+        metrics.value(
+            "payd_acquirer_breaker_state",
+            &[("core", "0"), ("state", "closed")]
+        ),
+        1.0
+    );
+}
+
 #[test]
 fn the_config_takes_http_mode_and_names_a_bad_url() {
     let dir = tempfile::tempdir().unwrap();

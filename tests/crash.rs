@@ -489,10 +489,12 @@ fn last_segment_of_shard_zero(base: &Path) -> (std::path::PathBuf, Vec<u8>, usiz
 fn next_frame(last: &durable::FrameSpan, records: usize, payload_bytes: usize) -> Vec<u8> {
     let payload = vec![0x42u8; payload_bytes];
     let frame_records: Vec<(u8, &[u8])> = (0..records).map(|_| (200, payload.as_slice())).collect();
-    let mut bytes = Vec::new();
+    // A frame's checksum covers its offset: encode it where it will be written.
+    let at = last.offset + last.length_total;
+    let mut bytes = vec![0u8; at];
     let first = last.first_sequence + last.kinds.len() as u64;
     payd::wal::encode_frame(&mut bytes, first, last.synced_through, &frame_records);
-    bytes
+    bytes.split_off(at)
 }
 
 #[test]

@@ -8,9 +8,9 @@
 mod common;
 
 use common::{
-    assert_error, create_body, files_under, merchants_toml, request_bytes, run_payd, unix_now_ms,
-    unix_now_secs, Client, PaymentJson, Response, Server, ServerOptions, Signed, MERCHANT_A,
-    MERCHANT_A_SECRETS, MERCHANT_B, MERCHANT_B_SECRET, TIMESTAMP_TOLERANCE_SECS,
+    assert_error, body_with, create_body, files_under, merchants_toml, request_bytes, run_payd,
+    unix_now_ms, unix_now_secs, Client, PaymentJson, Response, Server, ServerOptions, Signed,
+    MERCHANT_A, MERCHANT_A_SECRETS, MERCHANT_B, MERCHANT_B_SECRET, TIMESTAMP_TOLERANCE_SECS,
 };
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -95,26 +95,6 @@ fn assert_invalid_request(response: &Response, param: &str, body: &str) {
         "param for body {body:?}: {}",
         response.body_text()
     );
-}
-
-/// A body with the required fields and `field` set to the raw JSON `value` (added if
-/// it is not one of the four).
-fn body_with(field: &str, value: &str, order_id: &str) -> String {
-    let mut fields = vec![
-        ("order_id", format!("\"{order_id}\"")),
-        ("amount", "1999".to_string()),
-        ("currency", "\"CNY\"".to_string()),
-        ("payment_method", "\"tok_visa\"".to_string()),
-    ];
-    match fields.iter_mut().find(|(name, _)| *name == field) {
-        Some(entry) => entry.1 = value.to_string(),
-        None => fields.push((field, value.to_string())),
-    }
-    let members: Vec<String> = fields
-        .iter()
-        .map(|(name, value)| format!("\"{name}\":{value}"))
-        .collect();
-    format!("{{{}}}", members.join(","))
 }
 
 /// A body with the required fields minus `field`.

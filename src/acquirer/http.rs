@@ -12,8 +12,8 @@ use crate::metrics::AcquirerOutcome;
 use crate::outbound::{Client, ClientSettings, HttpUrl, OutboundError, PoolStats, Request};
 use crate::tls::TlsConnector;
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
-use std::time::Instant;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
 
 pub const AUTHORIZE_PATH: &str = "/v1/authorize";
 /// An acquirer's answer is a few dozen bytes; anything over this is not one.
@@ -26,6 +26,10 @@ pub const CONNECT_TIMEOUT_MS_MAX: u64 = 1_000;
 pub const WAITERS_PER_CONNECTION_MAX: usize = 64;
 /// Idle connections older than this are closed rather than reused.
 pub const IDLE_CONNECTION_MS_MAX: u64 = 30_000;
+/// Share of an attempt's timeout it may spend waiting for a pooled connection; past it
+/// the attempt is not sent (retryable, `pool_busy`): the acquirer would get too little
+/// of the time to answer, and the timeout would blame it for payd's own queue.
+pub const ATTEMPT_QUEUE_WAIT_PERCENT_MAX: u32 = 50;
 
 /// The body of an authorisation, in the contract's field order.
 #[derive(Serialize)]
@@ -49,6 +53,9 @@ struct AuthorizeAnswer {
 /// One core's HTTP acquirer: its pool of connections and its breaker.
 pub struct HttpAcquirer {
     client: Client,
+    /// How long an attempt may wait for a pooled connection before it is not sent
+    /// (`ATTEMPT_QUEUE_WAIT_PERCENT_MAX` of `acquirer.attempt_timeout_ms`).
+    queue_wait_max: Duration,
     breaker: RefCell<Breaker>,
     /// The breaker counts milliseconds from here.
     epoch: Instant,
@@ -73,6 +80,9 @@ impl HttpAcquirer {
             host,
             unreachable: RefCell::new(UnreachableLog::default()),
             client: Client::new(url, settings, tls),
+            queue_wait_max: Duration::from_millis(config.attempt_timeout_ms)
+                * ATTEMPT_QUEUE_WAIT_PERCENT_MAX
+                / 100,
             breaker: RefCell::new(Breaker::default()),
             epoch: Instant::now(),
         }
@@ -88,16 +98,23 @@ impl HttpAcquirer {
     }
 
     /// One attempt: the outcome for the retry policy and the label for the metrics.
-    /// If the attempt is dropped (its timeout), the breaker counts it as failed.
+    /// If the attempt is dropped (its timeout) after its request went out, the breaker
+    /// counts it as failed; dropped while it still waited for a pooled connection, it
+    /// tells the breaker nothing about the acquirer (the queue is payd's own). A request
+    /// goes out only with at least half of its attempt's time left, so a failure counted
+    /// is one the acquirer had time to avoid.
     pub async fn attempt(&self, request: &AuthorizeRequest) -> (AttemptOutcome, AcquirerOutcome) {
         let admission = self.breaker.borrow_mut().admit(self.now_ms());
         if admission == Admission::Refused {
             return (AttemptOutcome::Retryable, AcquirerOutcome::BreakerOpen);
         }
+        let send_by = Instant::now() + self.queue_wait_max;
+        let sending = Cell::new(false);
         let mut settlement = Settlement {
             acquirer: self,
             admission,
             settled: false,
+            sending: &sending,
         };
         let body = authorize_body(request);
         let idempotency_key = request.payment_id.to_string();
@@ -105,14 +122,15 @@ impl HttpAcquirer {
             ("Idempotency-Key", idempotency_key.as_str()),
             ("Content-Type", "application/json"),
         ];
+        let authorize = Request {
+            method: "POST",
+            path: AUTHORIZE_PATH,
+            headers: &headers,
+            body: &body,
+        };
         let result = self
             .client
-            .send(&Request {
-                method: "POST",
-                path: AUTHORIZE_PATH,
-                headers: &headers,
-                body: &body,
-            })
+            .send_before(&authorize, Some(send_by), &sending)
             .await;
         if let Err(error) = &result {
             self.note_unreachable(unreachable_reason(error));
@@ -137,11 +155,14 @@ impl HttpAcquirer {
 }
 
 /// Reports an admitted attempt to the breaker exactly once, even when the attempt is
-/// dropped at its timeout (a failure: the acquirer did not answer in time).
+/// dropped at its timeout: a failure if its request had gone out (the acquirer did not
+/// answer in time), nothing if it was still waiting for a pooled connection.
 struct Settlement<'a> {
     acquirer: &'a HttpAcquirer,
     admission: Admission,
     settled: bool,
+    /// The request went out on a connection: from then on it is the acquirer's time.
+    sending: &'a Cell<bool>,
 }
 
 impl Settlement<'_> {
@@ -173,9 +194,14 @@ impl Settlement<'_> {
 impl Drop for Settlement<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.acquirer
-                .note_unreachable(Some("no answer within acquirer.attempt_timeout_ms"));
-            self.settle(Some(Verdict::Failed));
+            // Dropped while it still waited for a pooled connection: the acquirer never
+            // had it, so it tells nothing of the acquirer.
+            let verdict = self.sending.get().then_some(Verdict::Failed);
+            if verdict.is_some() {
+                self.acquirer
+                    .note_unreachable(Some("no answer within acquirer.attempt_timeout_ms"));
+            }
+            self.settle(verdict);
         }
     }
 }
@@ -207,7 +233,7 @@ fn authorize_body(request: &AuthorizeRequest) -> Vec<u8> {
 
 /// What a call came to: for the policy, for the metrics, and for the breaker (`None`
 /// when the acquirer was never reached).
-fn classify(
+pub(crate) fn classify(
     result: Result<crate::outbound::Response, OutboundError>,
 ) -> (AttemptOutcome, AcquirerOutcome, Option<Verdict>) {
     let retryable = AttemptOutcome::Retryable;

@@ -2,17 +2,20 @@
 //! into a typed request (serde), then every rule checked, each failure with its exact
 //! `error.code` and `param`.
 //!
-//! Two stages keep the codes apart: simd-json first builds its tape, and anything it
-//! refuses there is not JSON (`invalid_json`); everything refused while deserializing the
-//! tape is a field at fault (`invalid_request`). Each field's value is read through
+//! Three stages keep the codes apart: `json_scan` first refuses escapes that are not
+//! characters and defuses numbers no field takes (which simd-json would get wrong), then
+//! simd-json builds its tape, and anything it refuses there is not JSON (`invalid_json`);
+//! everything refused while deserializing the tape is a field at fault
+//! (`invalid_request`). Each field's value is read through
 //! `Named`, which notes the field's (static) name first, so an error names its field
 //! without a path tracker allocating a string for every key of every request. No error
 //! message ever quotes a value: a value could be card data.
 
 use super::error::{ApiError, ErrorKind};
+use super::json_scan;
 use crate::payment::{
-    Currency, MerchantIndex, PaymentTerms, AMOUNT_MAX, DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX,
-    METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX, ORDER_ID_LENGTH_MAX,
+    has_characters_within, is_valid_order_id, Currency, MerchantIndex, PaymentTerms, AMOUNT_MAX,
+    DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX,
     PAYMENT_METHOD_LENGTH_MAX,
 };
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -190,6 +193,10 @@ pub fn parse_create_request(
             ))
         }
     }
+    json_scan::prepare(body).map_err(|_| {
+        let message = "the body is not valid JSON: a \\u escape is not a Unicode character";
+        ApiError::with_message(ErrorKind::InvalidJson, message)
+    })?;
     // simd-json's working buffers are reused per thread (one per core): nothing of theirs
     // is allocated per request.
     PARSE_BUFFERS.with(|buffers| {
@@ -260,12 +267,7 @@ fn is_echoable(field: &str) -> bool {
 
 fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<PaymentTerms, ApiError> {
     let order_id = request.order_id.0 .0;
-    let order_id_ok = !order_id.is_empty()
-        && order_id.len() <= ORDER_ID_LENGTH_MAX
-        && order_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if !order_id_ok {
+    if !is_valid_order_id(&order_id) {
         return Err(invalid(
             "order_id",
             "must be 1-64 characters of A-Z a-z 0-9 . _ : -",
@@ -291,8 +293,8 @@ fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<Payme
                 .with_param("payment_method"),
         );
     }
-    let method_length = payment_method.chars().count();
-    if method_length == 0 || method_length > PAYMENT_METHOD_LENGTH_MAX {
+    // Limits are in characters (API.md), as the state and the log count them too.
+    if !has_characters_within(&payment_method, 1, PAYMENT_METHOD_LENGTH_MAX) {
         return Err(invalid(
             "payment_method",
             "must be a token of 1-128 characters",
@@ -300,17 +302,16 @@ fn validate(request: CreateRequest<'_>, merchant: MerchantIndex) -> Result<Payme
     }
     if description
         .as_ref()
-        .is_some_and(|d| d.chars().count() > DESCRIPTION_LENGTH_MAX)
+        .is_some_and(|d| !has_characters_within(d, 0, DESCRIPTION_LENGTH_MAX))
     {
         return Err(invalid("description", "must be at most 256 characters"));
     }
     let metadata = request.metadata.0.map(|m| m.0).unwrap_or_default();
     for (key, value) in &metadata {
-        let key_length = key.chars().count();
-        if key_length == 0 || key_length > METADATA_KEY_LENGTH_MAX {
+        if !has_characters_within(key, 1, METADATA_KEY_LENGTH_MAX) {
             return Err(invalid("metadata", "keys must be 1-40 characters"));
         }
-        if value.chars().count() > METADATA_VALUE_LENGTH_MAX {
+        if !has_characters_within(value, 0, METADATA_VALUE_LENGTH_MAX) {
             return Err(invalid("metadata", "values must be at most 500 characters"));
         }
     }

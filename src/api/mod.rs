@@ -11,8 +11,11 @@
 //! one route to the shards and one error catalogue serve both.
 
 pub mod create_request;
+#[cfg(debug_assertions)]
+mod debug;
 pub mod error;
-mod events;
+pub(crate) mod events;
+pub mod json_scan;
 mod operations;
 mod payment_json;
 mod payments;
@@ -49,6 +52,8 @@ pub struct Request<'a> {
     pub merchant: Option<&'a [u8]>,
     pub timestamp: Option<&'a [u8]>,
     pub signature: Option<&'a [u8]>,
+    /// An authentication header came twice: the request is not authenticated.
+    pub auth_header_repeated: bool,
     pub body: &'a mut [u8],
     /// Wall-clock time the request is handled at, read once per batch of requests by the
     /// connection: handlers take "now" from here instead of reading the clock again.
@@ -64,6 +69,13 @@ pub async fn handle(context: &Context, request: Request<'_>, response: &mut Resp
         .unwrap_or_default();
     let is_get = matches!(request.method, Method::Get | Method::Head);
     match path {
+        #[cfg(debug_assertions)]
+        b"/debug/panic" if debug::routes_enabled() => debug::panic_on_request(),
+        #[cfg(debug_assertions)]
+        b"/debug/stall" if debug::routes_enabled() => {
+            debug::stall(response);
+            Route::NotFound
+        }
         b"/healthz" | b"/readyz" | b"/metrics" if !is_get => {
             let route = operations::route_of(path);
             method_not_allowed(response, "GET, HEAD");

@@ -62,7 +62,13 @@ fn not_ready_message(state: &PersistState) -> Option<String> {
 
 /// Prometheus text of every core, gathered over the mesh.
 pub async fn metrics(context: &Context, response: &mut Response) {
-    let cores = context.peers.gather_metrics().await;
+    let Ok(cores) = context.peers.gather_metrics().await else {
+        let message = "too many scrapes at once on this core; retry later";
+        return write_error(
+            response,
+            &ApiError::with_message(ErrorKind::Overloaded, message),
+        );
+    };
     let mut text = String::with_capacity(METRICS_PAGE_BYTES_TYPICAL);
     let process = metrics::ProcessView {
         figures: metrics::ProcessFigures::read(),

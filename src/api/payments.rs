@@ -9,10 +9,10 @@ use super::create_request::parse_create_request;
 use super::error::{ApiError, ErrorKind};
 use super::payment_json::write_payment;
 use super::{write_error, Context, Request};
-use crate::auth::SignedHeaders;
+use crate::auth::{AuthError, SignedHeaders};
 use crate::http::{Response, ResponseHeader};
 use crate::metrics::Stage;
-use crate::payment::{MerchantIndex, PaymentId, ORDER_ID_LENGTH_MAX};
+use crate::payment::{is_valid_order_id, MerchantIndex, PaymentId};
 use crate::shard::routing::shard_of;
 use crate::shard::runtime::{Command, Reply};
 use std::time::Instant;
@@ -67,7 +67,7 @@ pub async fn get_by_order(
         Err(error) => return write_error(response, &error),
     };
     let order_id = match std::str::from_utf8(order_id) {
-        Ok(order_id) if is_order_id(order_id) => order_id.to_string(),
+        Ok(order_id) if is_valid_order_id(order_id) => order_id.to_string(),
         _ => return write_error(response, &ApiError::new(ErrorKind::PaymentNotFound)),
     };
     let merchant_id = context.keys.merchant_id(merchant);
@@ -103,20 +103,16 @@ pub async fn await_final(
     }
 }
 
-fn is_order_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= ORDER_ID_LENGTH_MAX
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
 /// Checks the signature over the request as sent: its own method (a HEAD is signed as
 /// HEAD), target and body.
 pub(super) fn authenticate(
     context: &Context,
     request: &Request<'_>,
 ) -> Result<MerchantIndex, ApiError> {
+    if request.auth_header_repeated {
+        // Two values of one header: which was signed is ambiguous, so neither counts.
+        return Err(ApiError::from(AuthError::AuthenticationRequired));
+    }
     let method = request.method.as_str().as_bytes();
     let headers = SignedHeaders {
         merchant: request.merchant,

@@ -6,10 +6,12 @@
 //! `server` feeds it bytes and gets back complete requests or a protocol error.
 
 pub mod chunked;
+pub mod framing;
 pub mod request;
 pub mod response;
 pub mod websocket;
 
+pub use framing::{frame_request, BodyDecoder, FrameOutcome, FramingLimits};
 pub use request::{
     parse_request, BodyFraming, Method, ParseOutcome, ProtocolError, RequestHead, UpgradeHeaders,
 };

@@ -3,10 +3,7 @@
 //! Parsing works on the connection's read buffer and returns positions into it rather than
 //! borrowed slices, so the connection loop can keep reading into the same buffer.
 
-use super::chunked::{self, ChunkedError};
 use std::ops::Range;
-
-pub use super::chunked::ChunkedOutcome;
 
 /// RFC 9110 does not bound the header count; API.md does (431 above it).
 pub const HEADERS_COUNT_MAX: usize = 64;
@@ -58,6 +55,10 @@ pub struct RequestHead {
     pub merchant: Option<Range<usize>>,
     pub timestamp: Option<Range<usize>>,
     pub signature: Option<Range<usize>>,
+    /// One of the three `X-Payd-*` authentication headers came more than once. Which one
+    /// counts is then anyone's guess (a proxy may read the first, payd the last), so the
+    /// request is not authenticated at all.
+    pub auth_header_repeated: bool,
     /// What the head says about a WebSocket upgrade (RFC 6455 section 4.2.1).
     pub websocket: UpgradeHeaders,
 }
@@ -101,7 +102,11 @@ pub fn parse_request(
 ) -> Result<ParseOutcome, ProtocolError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_COUNT_MAX];
     let mut request = httparse::Request::new(&mut headers);
-    let status = match request.parse(buffer) {
+    // Only the first max_header_bytes can hold a head: what follows is never parsed, so
+    // a head is judged the same however its bytes arrive, and a slow client cannot make
+    // each read re-parse more than this.
+    let window = &buffer[..buffer.len().min(max_header_bytes)];
+    let status = match request.parse(window) {
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadersTooLarge),
         Err(_) => return Err(ProtocolError::BadRequest),
@@ -113,9 +118,6 @@ pub fn parse_request(
         httparse::Status::Partial => return Ok(ParseOutcome::Partial),
         httparse::Status::Complete(length) => length,
     };
-    if head_length > max_header_bytes {
-        return Err(ProtocolError::HeadersTooLarge);
-    }
     let base = buffer.as_ptr() as usize;
     let range_of = |slice: &[u8]| {
         let start = slice.as_ptr() as usize - base;
@@ -145,6 +147,7 @@ pub fn parse_request(
         merchant: None,
         timestamp: None,
         signature: None,
+        auth_header_repeated: false,
         websocket: UpgradeHeaders::default(),
     };
     let mut upgrade_websocket = false;
@@ -187,11 +190,23 @@ pub fn parse_request(
         } else if name.eq_ignore_ascii_case("x-request-id") {
             head.request_id = Some(range_of(value));
         } else if name.eq_ignore_ascii_case("x-payd-merchant") {
-            head.merchant = Some(range_of(value));
+            keep_auth_header(
+                &mut head.merchant,
+                &mut head.auth_header_repeated,
+                range_of(value),
+            );
         } else if name.eq_ignore_ascii_case("x-payd-timestamp") {
-            head.timestamp = Some(range_of(value));
+            keep_auth_header(
+                &mut head.timestamp,
+                &mut head.auth_header_repeated,
+                range_of(value),
+            );
         } else if name.eq_ignore_ascii_case("x-payd-signature") {
-            head.signature = Some(range_of(value));
+            keep_auth_header(
+                &mut head.signature,
+                &mut head.auth_header_repeated,
+                range_of(value),
+            );
         }
     }
     head.websocket.requested = upgrade_websocket && connection_upgrade;
@@ -210,6 +225,12 @@ pub fn parse_request(
         (None, true) => BodyFraming::Chunked,
     };
     Ok(ParseOutcome::Head(head))
+}
+
+/// Keeps an authentication header's value; a second one marks the head as repeated.
+fn keep_auth_header(slot: &mut Option<Range<usize>>, repeated: &mut bool, value: Range<usize>) {
+    *repeated |= slot.is_some();
+    *slot = Some(value);
 }
 
 fn parse_content_length(value: &[u8]) -> Result<usize, ProtocolError> {
@@ -247,19 +268,6 @@ fn is_json_media_type(value: &[u8]) -> bool {
     media_type
         .trim_ascii()
         .eq_ignore_ascii_case(b"application/json")
-}
-
-/// Decodes a complete chunked request body from `input` into `body` (cleared first), as
-/// `chunked::decode_chunked` does, with its errors as the protocol errors they answer.
-pub fn decode_chunked(
-    input: &[u8],
-    body: &mut Vec<u8>,
-    max_body_bytes: usize,
-) -> Result<ChunkedOutcome, ProtocolError> {
-    chunked::decode_chunked(input, body, max_body_bytes).map_err(|error| match error {
-        ChunkedError::Malformed => ProtocolError::BadRequest,
-        ChunkedError::TooLarge => ProtocolError::BodyTooLarge,
-    })
 }
 
 #[cfg(test)]
@@ -305,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_authentication_header_is_marked() {
+        let once = "GET / HTTP/1.1\r\nHost: x\r\nX-Payd-Merchant: a\r\nX-Payd-Signature: b\r\n\r\n";
+        assert!(!complete(once).auth_header_repeated);
+        for name in ["X-Payd-Merchant", "x-payd-timestamp", "X-PAYD-SIGNATURE"] {
+            let twice = format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{name}: 1\r\nX-Other: 2\r\n{name}: 1\r\n\r\n"
+            );
+            assert!(complete(&twice).auth_header_repeated, "{name}");
+        }
+    }
+
+    #[test]
     fn websocket_upgrade_headers_are_read() {
         let text = "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\
                     Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
@@ -336,35 +356,5 @@ mod tests {
         assert_eq!(head(&many).unwrap_err(), ProtocolError::HeadersTooLarge);
         let big = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16385\r\n\r\n";
         assert_eq!(head(big).unwrap_err(), ProtocolError::BodyTooLarge);
-    }
-
-    #[test]
-    fn chunked_bodies_decode() {
-        let mut body = Vec::new();
-        let input = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET";
-        let outcome = decode_chunked(input, &mut body, 100).unwrap();
-        assert_eq!(
-            outcome,
-            ChunkedOutcome::Complete {
-                consumed: input.len() - 3
-            }
-        );
-        assert_eq!(body, b"abcde");
-        assert_eq!(
-            decode_chunked(b"3\r\nab", &mut body, 100).unwrap(),
-            ChunkedOutcome::Partial
-        );
-        assert_eq!(
-            decode_chunked(b"3\r\nabcXY", &mut body, 100),
-            Err(ProtocolError::BadRequest)
-        );
-        assert_eq!(
-            decode_chunked(b"65\r\n", &mut body, 100),
-            Err(ProtocolError::BodyTooLarge)
-        );
-        assert_eq!(
-            decode_chunked(b"zz\r\n", &mut body, 100),
-            Err(ProtocolError::BadRequest)
-        );
     }
 }

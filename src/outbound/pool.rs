@@ -126,11 +126,31 @@ impl Client {
     /// response, the request goes once more on a fresh connection. Callers must only
     /// send requests that are safe to repeat (the acquirer's carry an idempotency key).
     pub async fn send(&self, request: &Request<'_>) -> Result<Response, OutboundError> {
+        self.send_before(request, None, &Cell::new(false)).await
+    }
+
+    /// `send` for a caller with a deadline: a request whose connection comes only after
+    /// `deadline` is not sent at all (`PoolBusy`: it waited in the pool's queue for its
+    /// whole time). `sending` is set once the request goes out, so a caller whose
+    /// timeout drops the future can tell a request that never left payd from one the
+    /// server had and did not answer in time.
+    pub async fn send_before(
+        &self,
+        request: &Request<'_>,
+        deadline: Option<Instant>,
+        sending: &Cell<bool>,
+    ) -> Result<Response, OutboundError> {
         let _slot = self.take_slot().await?;
         let (mut connection, reused) = match self.take_idle() {
             Some(connection) => (connection, true),
             None => (self.connect().await?, false),
         };
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            // Give the connection back unused: nothing was sent on it.
+            self.give_back(connection);
+            return Err(OutboundError::PoolBusy);
+        }
+        sending.set(true);
         let (connection, result) = match self.exchange(&mut connection, request).await {
             Err(failure) if reused && failure.before_response => {
                 drop(connection);

@@ -63,7 +63,10 @@ pub fn parse_response(
 ) -> Result<Progress, OutboundError> {
     let mut start = 0;
     loop {
-        let Some(head) = parse_head(&input[start..], response_bytes_max)? else {
+        // Interim responses count against the limit too: a peer sending endless
+        // `100 Continue` heads must not grow the reader's buffer without bound.
+        let room = response_bytes_max.saturating_sub(start);
+        let Some(head) = parse_head(&input[start..], room)? else {
             return Ok(Progress::Partial);
         };
         let body_start = start + head.length;
@@ -332,6 +335,13 @@ mod tests {
 
     #[test]
     fn the_size_limit_holds_for_heads_and_every_framing() {
+        // Found by fuzzing: interim heads used to count each on its own, so endless
+        // `100 Continue`s grew the reader's buffer without bound.
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX / 25 + 1);
+        assert_eq!(
+            parse_response(interim.as_bytes(), false, MAX),
+            Err(OutboundError::TooLarge)
+        );
         let big_head = format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(MAX));
         assert_eq!(
             parse_response(big_head.as_bytes(), false, MAX),

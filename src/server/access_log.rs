@@ -1,5 +1,6 @@
 //! The access log: one line per request, buffered per core and flushed by a background
-//! task, so writing it never blocks a request.
+//! task, so writing it never blocks a request. After SIGHUP the task reopens the file by
+//! its name, so a log rotated by renaming continues in a new file.
 //!
 //! Line format (space separated):
 //! `unix_ms core method route status latency_us request_id merchant transport`
@@ -10,10 +11,11 @@
 
 use super::stop::StopNotice;
 use crate::http::Method;
+use crate::lifecycle;
 use crate::metrics::{CoreMetrics, Route};
 use glommio::io::{BufferedFile, OpenOptions};
 use std::cell::RefCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -80,13 +82,7 @@ impl AccessLog {
         metrics: Rc<RefCell<CoreMetrics>>,
     ) -> std::io::Result<Rc<AccessLog>> {
         let path = dir.join(format!("access-core{cpu}.log"));
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(std::io::Error::from)?;
-        let offset = file.file_size().await.map_err(std::io::Error::from)?;
+        let (file, offset) = open_for_append(&path).await?;
         let log = Rc::new(AccessLog {
             cpu,
             buffer: RefCell::new(Vec::with_capacity(64 * 1024)),
@@ -95,7 +91,13 @@ impl AccessLog {
             closing: StopNotice::new(),
             flush_task: RefCell::new(None),
         });
-        let task = glommio::spawn_local(flush_loop(Rc::clone(&log), file, offset)).detach();
+        let writer = Writer {
+            path,
+            file,
+            offset,
+            reopens_seen: lifecycle::log_reopens(),
+        };
+        let task = glommio::spawn_local(flush_loop(Rc::clone(&log), writer)).detach();
         *log.flush_task.borrow_mut() = Some(task);
         Ok(log)
     }
@@ -157,7 +159,27 @@ fn is_loggable_merchant(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
 }
 
-async fn flush_loop(log: Rc<AccessLog>, file: BufferedFile, mut offset: u64) {
+/// The open log file and where the next line goes.
+struct Writer {
+    path: PathBuf,
+    file: BufferedFile,
+    offset: u64,
+    /// `lifecycle::log_reopens` when the file was opened.
+    reopens_seen: u64,
+}
+
+async fn open_for_append(path: &Path) -> std::io::Result<(BufferedFile, u64)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .buffered_open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    let offset = file.file_size().await.map_err(std::io::Error::from)?;
+    Ok((file, offset))
+}
+
+async fn flush_loop(log: Rc<AccessLog>, mut writer: Writer) {
     let interval = Duration::from_millis(ACCESS_LOG_FLUSH_INTERVAL_MS);
     loop {
         let stopping = futures_lite::future::or(
@@ -171,12 +193,43 @@ async fn flush_loop(log: Rc<AccessLog>, file: BufferedFile, mut offset: u64) {
             },
         )
         .await;
-        offset = flush(&log, &file, offset).await;
+        writer.offset = flush(&log, &writer.file, writer.offset).await;
         if stopping {
             break;
         }
+        if lifecycle::log_reopens() != writer.reopens_seen {
+            writer = reopen(&log, writer).await;
+        }
     }
-    let _ = file.close().await;
+    let _ = writer.file.close().await;
+}
+
+/// Closes the file and opens its name again (SIGHUP after a rotation). If the name
+/// cannot be opened, the old file stays in use and the next SIGHUP tries again.
+async fn reopen(log: &AccessLog, writer: Writer) -> Writer {
+    let reopens_seen = lifecycle::log_reopens();
+    match open_for_append(&writer.path).await {
+        Ok((file, offset)) => {
+            let _ = writer.file.close().await;
+            Writer {
+                path: writer.path,
+                file,
+                offset,
+                reopens_seen,
+            }
+        }
+        Err(error) => {
+            eprintln!(
+                "payd: core {}: cannot reopen the access log {}: {error}",
+                log.cpu,
+                writer.path.display()
+            );
+            Writer {
+                reopens_seen,
+                ..writer
+            }
+        }
+    }
 }
 
 /// Writes what is buffered; swaps the buffer out so requests keep appending meanwhile.
@@ -187,6 +240,12 @@ async fn flush(log: &AccessLog, file: &BufferedFile, offset: u64) -> u64 {
             return offset;
         }
         std::mem::replace(&mut *buffer, Vec::with_capacity(64 * 1024))
+    };
+    // A log truncated under us (logrotate's copytruncate) is written from its new end,
+    // not at the old offset, which would leave a hole of zeros in front.
+    let offset = match file.file_size().await {
+        Ok(size) => offset.min(size),
+        Err(_) => offset,
     };
     match file.write_at(pending, offset).await {
         Ok(written) => offset + written as u64,

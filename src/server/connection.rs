@@ -12,10 +12,9 @@ use super::{LINGER_BYTES_MAX, LINGER_MS};
 use crate::api;
 use crate::api::error::{ApiError, ErrorKind};
 use crate::config::Config;
-use crate::http::request::{decode_chunked, ChunkedOutcome};
 use crate::http::{
-    parse_request, BodyFraming, ConnectionHeader, Method, ParseOutcome, ProtocolError, RequestHead,
-    Response,
+    frame_request, ConnectionHeader, FrameOutcome, FramingLimits, Method, ProtocolError,
+    RequestHead, Response,
 };
 use crate::metrics::Route;
 use crate::payment::MerchantIndex;
@@ -30,9 +29,13 @@ use std::time::{Duration, Instant};
 
 /// Read buffer size a connection starts with; it grows up to `input_bytes_max`.
 pub const INPUT_BYTES_INITIAL: usize = 4096;
-/// Requests answered from one read before their responses are written: bounds the
-/// output buffer of a deep pipeline.
+/// Requests answered from one read before reading more (their answers leave at least
+/// every `OUTPUT_BYTES_FLUSH` bytes).
 pub const PIPELINE_REQUESTS_MAX: usize = 256;
+/// Buffers a connection keeps between requests are shrunk back once they are empty and
+/// hold more than this: one large request or answer does not pin its memory for the
+/// connection's life (times thousands of connections).
+pub const BUFFER_BYTES_KEPT_MAX: usize = 64 * 1024;
 
 const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -135,6 +138,9 @@ impl Connection {
                 self.stream.write_all(&self.output).await?;
                 self.stream.flush().await?;
                 self.output.clear();
+                if self.output.capacity() > BUFFER_BYTES_KEPT_MAX {
+                    self.output = Vec::with_capacity(INPUT_BYTES_INITIAL);
+                }
             }
             match progress {
                 Progress::Close => return Ok(true),
@@ -189,6 +195,7 @@ impl Connection {
             self.start = 0;
             self.filled = 0;
             self.request_started = None;
+            self.shrink_idle_buffers();
         }
         Ok(match end {
             BatchEnd::NeedInput { send_continue } => {
@@ -233,7 +240,7 @@ impl Connection {
     /// `PIPELINE_REQUESTS_MAX` or a request after which the connection closes.
     fn frame_batch(&mut self) -> BatchEnd {
         self.batch.clear();
-        let limits = &self.core.api.config.limits;
+        let limits = self.framing_limits();
         while self.batch.framed.len() < PIPELINE_REQUESTS_MAX {
             if self.start == self.filled {
                 return BatchEnd::NeedInput {
@@ -241,36 +248,27 @@ impl Connection {
                 };
             }
             let buffered = &self.input[self.start..self.filled];
-            let head = match parse_request(buffered, limits.max_header_bytes, limits.max_body_bytes)
-            {
-                Ok(ParseOutcome::Head(head)) => head,
-                Ok(ParseOutcome::Partial) => {
-                    return BatchEnd::NeedInput {
-                        send_continue: false,
+            let batch = &mut self.batch;
+            let body_start = batch.bodies.len();
+            let (head, consumed) =
+                match frame_request(buffered, &limits, &mut batch.chunked, &mut batch.bodies) {
+                    Ok(FrameOutcome::Complete { head, consumed }) => (head, consumed),
+                    Ok(FrameOutcome::Partial { expect_continue }) => {
+                        let send_continue = expect_continue && !self.continue_sent;
+                        return BatchEnd::NeedInput { send_continue };
                     }
-                }
-                Err(error) => return BatchEnd::Error(error),
-            };
+                    Err(error) => return BatchEnd::Error(error),
+                };
             if websocket::is_opening(&head, buffered) {
-                // Answered alone, once everything before it is: a 101 ends HTTP here.
+                // Answered alone, once everything before it is: a 101 ends HTTP here. Its
+                // bytes stay in the buffer for the upgrade to read; a body it had is not
+                // the batch's.
+                self.batch.bodies.truncate(body_start);
                 if self.batch.framed.is_empty() {
                     return BatchEnd::Opening(head);
                 }
                 return BatchEnd::MoreBuffered;
             }
-            let body_start = self.batch.bodies.len();
-            let consumed = match self.frame_body(&head) {
-                Ok(Some(consumed)) => consumed,
-                Ok(None) => {
-                    self.batch.bodies.truncate(body_start);
-                    let send_continue = head.expect_continue && !self.continue_sent;
-                    return BatchEnd::NeedInput { send_continue };
-                }
-                Err(error) => {
-                    self.batch.bodies.truncate(body_start);
-                    return BatchEnd::Error(error);
-                }
-            };
             let keep_alive = head.keep_alive;
             self.batch.framed.push(Framed {
                 head,
@@ -292,29 +290,11 @@ impl Connection {
         }
     }
 
-    /// Appends the body of a complete request to the batch's arena. Returns the bytes the
-    /// request occupies in the input, or `None` while its body is incomplete.
-    fn frame_body(&mut self, head: &RequestHead) -> Result<Option<usize>, ProtocolError> {
-        let buffered = &self.input[self.start..self.filled];
-        let after_head = &buffered[head.head_length..];
-        let batch = &mut self.batch;
-        match head.framing {
-            BodyFraming::Empty => Ok(Some(head.head_length)),
-            BodyFraming::ContentLength(length) if after_head.len() >= length => {
-                batch.bodies.extend_from_slice(&after_head[..length]);
-                Ok(Some(head.head_length + length))
-            }
-            BodyFraming::ContentLength(_) => Ok(None),
-            BodyFraming::Chunked => {
-                let max_body_bytes = self.core.api.config.limits.max_body_bytes;
-                match decode_chunked(after_head, &mut batch.chunked, max_body_bytes)? {
-                    ChunkedOutcome::Complete { consumed } => {
-                        batch.bodies.extend_from_slice(&batch.chunked);
-                        Ok(Some(head.head_length + consumed))
-                    }
-                    ChunkedOutcome::Partial => Ok(None),
-                }
-            }
+    fn framing_limits(&self) -> FramingLimits {
+        let limits = &self.core.api.config.limits;
+        FramingLimits {
+            max_header_bytes: limits.max_header_bytes,
+            max_body_bytes: limits.max_body_bytes,
         }
     }
 
@@ -412,6 +392,17 @@ impl Connection {
         }
     }
 
+    /// With nothing buffered, gives back what one large request made the read buffer and
+    /// the body arena grow to (`BUFFER_BYTES_KEPT_MAX`).
+    fn shrink_idle_buffers(&mut self) {
+        if self.input.len() > BUFFER_BYTES_KEPT_MAX {
+            self.input = vec![0; INPUT_BYTES_INITIAL];
+        }
+        if self.batch.bodies.capacity() > BUFFER_BYTES_KEPT_MAX {
+            self.batch.bodies = Vec::new();
+        }
+    }
+
     /// Moves unread bytes to the front, and grows the buffer when a request needs more.
     fn make_room(&mut self) {
         if self.start > 0 {
@@ -420,10 +411,10 @@ impl Connection {
             self.start = 0;
         }
         if self.filled == self.input.len() {
-            // The parser refuses heads and bodies over the limits, so the buffer never needs
-            // to exceed one maximal request (chunk framing included).
-            let limits = &self.core.api.config.limits;
-            let ceiling = limits.max_header_bytes + 2 * limits.max_body_bytes + 4096;
+            // Invariant: framing refuses a request before it fills `request_bytes_max`
+            // (heads, bodies and chunk framing alike), and only an unfinished request is
+            // left in a full buffer, so there is always room to grow.
+            let ceiling = self.framing_limits().request_bytes_max();
             let grown = (self.input.len() * 2).min(ceiling);
             assert!(
                 grown > self.input.len(),

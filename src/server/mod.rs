@@ -6,11 +6,13 @@
 //! in core order, which makes mesh peer `i` core `i`. Once every core listens, the
 //! process is ready and says so on stderr. The main thread then only waits for SIGTERM
 //! or SIGINT, flips the stopping flag, and waits for the cores to drain. SIGHUP reloads
-//! the listener's TLS certificate and key (`reload_tls`).
+//! the listener's TLS certificate and key (`reload_tls`) and asks every core to reopen
+//! its access log. A panic anywhere ends the process (`fail_stop`).
 
 mod access_log;
 mod connection;
 mod core;
+pub mod fail_stop;
 mod pipeline;
 mod stamps;
 mod stop;
@@ -55,6 +57,7 @@ pub fn serve(
     cpus: &[usize],
 ) -> Result<(), String> {
     let signals = block_shutdown_signals();
+    refuse_if_in_use(config.server.listen)?;
     ignore_file_size_signal();
     let (server_tls, client_tls) = load_tls(config)?;
     let io_memory = io_memory_bytes(cpus.len());
@@ -150,6 +153,16 @@ fn load_tls(config: &Config) -> Result<(Option<&'static ServerTls>, ClientTls), 
 
 /// SIGHUP: reads the listener's certificate and key again. New connections get the new
 /// ones; open connections keep theirs. On an error the old ones stay, and it is logged.
+/// SIGHUP: every core reopens its access log (after a rotation), and the listener's TLS
+/// certificate and key are read again when there are some.
+fn reload(server_tls: Option<&ServerTls>) {
+    eprintln!("payd: SIGHUP: reopening the access logs");
+    lifecycle::request_log_reopen();
+    if server_tls.is_some() {
+        reload_tls(server_tls);
+    }
+}
+
 pub fn reload_tls(server_tls: Option<&ServerTls>) {
     match server_tls.map(ServerTls::reload) {
         None => eprintln!("payd: SIGHUP: no [server.tls] to reload"),
@@ -191,11 +204,11 @@ fn wait_for_shutdown(
 ) -> Result<(), String> {
     loop {
         match wait_signal(signals, Duration::from_millis(100)) {
-            Some("SIGHUP") => reload_tls(server_tls),
-            Some(signal) => {
+            Some(Signal::Stop(signal)) => {
                 eprintln!("payd: {signal}: stopping; draining in-flight requests");
                 break;
             }
+            Some(Signal::Reload) => reload(server_tls),
             None => {}
         }
         if let Ok(index) = exited.try_recv() {
@@ -209,8 +222,8 @@ fn wait_for_shutdown(
     let mut remaining = cores;
     while remaining > 0 {
         match wait_signal(signals, Duration::ZERO) {
-            Some("SIGHUP") => reload_tls(server_tls),
-            Some(_) => {
+            Some(Signal::Reload) => reload(server_tls),
+            Some(Signal::Stop(_)) => {
                 eprintln!("payd: second signal: exiting at once");
                 return Ok(());
             }
@@ -231,8 +244,35 @@ fn wait_for_shutdown(
     Ok(())
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any executor thread exists, so
-/// every thread inherits the mask and only `wait_signal` ever sees them.
+/// Refuses a listen address another process already serves. Every core binds with
+/// `SO_REUSEPORT`, which would otherwise share the port silently with another payd (the
+/// kernel then splits connections between two servers). A plain bind, without it,
+/// fails while anyone listens there. Port 0 asks for a fresh port: nothing to check.
+fn refuse_if_in_use(listen: SocketAddr) -> Result<(), String> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(listen) {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {listen}: the address is in use by another process"
+        )),
+        // Any other problem shows again, with its cause, when the cores bind.
+        Ok(_) | Err(_) => Ok(()),
+    }
+}
+
+/// What a signal asks of the main thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT: shut down.
+    Stop(&'static str),
+    /// SIGHUP: reload the TLS certificate and reopen the access logs (after a
+    /// rotation); never a reason to stop.
+    Reload,
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any executor thread exists,
+/// so every thread inherits the mask and only `wait_signal` ever sees them.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
     // changes this thread's mask.
@@ -247,7 +287,7 @@ fn block_shutdown_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> {
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<Signal> {
     let timeout = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
@@ -255,9 +295,9 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> 
     // SAFETY: `set` is a valid signal set and `timeout` a valid timespec.
     let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
     match signal {
-        libc::SIGTERM => Some("SIGTERM"),
-        libc::SIGINT => Some("SIGINT"),
-        libc::SIGHUP => Some("SIGHUP"),
+        libc::SIGTERM => Some(Signal::Stop("SIGTERM")),
+        libc::SIGINT => Some(Signal::Stop("SIGINT")),
+        libc::SIGHUP => Some(Signal::Reload),
         _ => None,
     }
 }

@@ -15,7 +15,7 @@ use super::access_log::{AccessRecord, Transport};
 use super::core::Core;
 use super::stamps::Clock;
 use crate::api::{self, Request};
-use crate::http::{ConnectionHeader, Method, RequestHead, Response};
+use crate::http::{BodyDecoder, ConnectionHeader, Method, RequestHead, Response};
 use crate::metrics::Route;
 use crate::tls::Stream;
 use futures_lite::AsyncWriteExt;
@@ -35,6 +35,13 @@ pub const CREATES_CONCURRENT_MAX: usize = 32;
 /// Responses a connection keeps for reuse after a deep pipeline; the rest are freed, so
 /// an idle connection holds little whatever depth it once used.
 pub const RESPONSES_KEPT_MAX: usize = 16;
+/// Answers waiting in a connection's output are written once they reach this many
+/// bytes, without waiting for the rest of the batch: a client that pipelines reads of
+/// large payments and reads nothing back holds about this much, not a batch's worth.
+pub const OUTPUT_BYTES_FLUSH: usize = 64 * 1024;
+/// A response body larger than this is freed once written rather than kept for reuse:
+/// a payment answer is well under it, a large one (or `/metrics`) is rare.
+pub const RESPONSE_BODY_BYTES_KEPT_MAX: usize = 4 * 1024;
 
 /// One complete request of a batch.
 pub struct Framed {
@@ -67,8 +74,8 @@ pub struct Batch {
     pub framed: Vec<Framed>,
     /// Every body of the batch, one after the other (simd-json parses each in place).
     pub bodies: Vec<u8>,
-    /// Scratch space for decoding a chunked body before it joins the arena.
-    pub chunked: Vec<u8>,
+    /// A chunked body still arriving, decoded so far, before it joins the arena.
+    pub chunked: BodyDecoder,
     responses: Vec<Response>,
 }
 
@@ -131,7 +138,12 @@ pub async fn answer_batch(
             // Not pipelined, or not a create: awaited in place, no slot, no allocation.
             let request = request_of(alone, input, take_body(&mut bodies_left, alone), clock);
             let answered = answer(&core.api, request, &mut group_responses[0]).await;
-            write_answer(core, input, alone, answered, clock, output)
+            let close = write_answer(core, input, alone, answered, clock, output);
+            if output.len() >= OUTPUT_BYTES_FLUSH && !close {
+                stream.write_all(output).await?;
+                output.clear();
+            }
+            close
         } else {
             let bodies = &mut bodies_left;
             let context = GroupContext { core, input, clock };
@@ -197,7 +209,8 @@ async fn answer_together(
     let mut failure = None;
     while written < slots.len() {
         std::future::poll_fn(|cx| drive(&mut slots, written, cx)).await;
-        while let Some(Slot::Done(_)) = slots.get(written) {
+        while output.len() < OUTPUT_BYTES_FLUSH && matches!(slots.get(written), Some(Slot::Done(_)))
+        {
             let Slot::Done(answered) = std::mem::replace(&mut slots[written], Slot::Finished)
             else {
                 unreachable!()
@@ -207,7 +220,8 @@ async fn answer_together(
             }
             written += 1;
         }
-        if written < slots.len() && failure.is_none() && !output.is_empty() {
+        let more_to_come = written < slots.len() || output.len() >= OUTPUT_BYTES_FLUSH;
+        if more_to_come && failure.is_none() && !output.is_empty() {
             if let Err(error) = write_while_running(stream, output, &mut slots, written).await {
                 failure = Some(error);
                 closing = true;
@@ -289,6 +303,7 @@ fn request_of<'a>(
         merchant: framed.optional(input, &head.merchant),
         timestamp: framed.optional(input, &head.timestamp),
         signature: framed.optional(input, &head.signature),
+        auth_header_repeated: head.auth_header_repeated,
         body,
         unix_ms: clock.unix_ms,
     }
@@ -340,6 +355,9 @@ fn write_answer(
     };
     let body_omitted = head.method == Method::Head;
     response.write_to(output, request_id, &clock.date, connection, body_omitted);
+    if response.body.capacity() > RESPONSE_BODY_BYTES_KEPT_MAX {
+        response.body = Vec::new();
+    }
     // Every request of a batch is timed from the read that completed the batch.
     let latency = finished.saturating_duration_since(clock.instant);
     let latency_us = latency.as_micros() as u64;
@@ -387,6 +405,7 @@ mod tests {
                 merchant: None,
                 timestamp: None,
                 signature: None,
+                auth_header_repeated: false,
                 websocket: Default::default(),
             },
             base: 0,

@@ -26,6 +26,9 @@ use std::time::Duration;
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// A scrape gives up on a core that has not answered within this time.
 pub const SCRAPE_TIMEOUT_MS: u64 = 1000;
+/// Scrapes one core gathers at once; `/metrics` is unauthenticated and each scrape holds
+/// a copy of every core's histograms (about 2 MiB a core), so more are answered 503.
+pub const SCRAPES_IN_FLIGHT_MAX: usize = 4;
 /// A shard command gives up on its owner after this long. Owners answer creates within
 /// `acquirer.response_timeout_ms` plus their durable writes, so only a stalled disk or
 /// core gets here.
@@ -120,7 +123,28 @@ pub struct Peers {
     local_shards: RefCell<Vec<Option<Rc<Shard>>>>,
     next_token: Cell<u64>,
     awaiting: RefCell<HashMap<u64, Awaited>>,
+    scrapes_in_flight: Cell<usize>,
 }
+
+/// One unit of a count, given back when dropped (even if its future is).
+struct Counted<'c>(&'c Cell<usize>);
+
+impl<'c> Counted<'c> {
+    fn enter(count: &'c Cell<usize>) -> Counted<'c> {
+        count.set(count.get() + 1);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Why `gather_metrics` gathered nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrapesBusy;
 
 enum Awaited {
     Metrics(Rc<Scrape>),
@@ -187,6 +211,7 @@ impl Peers {
             local_shards: RefCell::new(Vec::new()),
             next_token: Cell::new(0),
             awaiting: RefCell::new(HashMap::new()),
+            scrapes_in_flight: Cell::new(0),
         });
         if let Some(mut receivers) = receivers {
             for (_, receiver) in receivers.streams() {
@@ -290,7 +315,8 @@ impl Peers {
                         token,
                         metrics: copy,
                     };
-                    self.send(origin(token), reply).await;
+                    self.send_within(origin(token), reply, SCRAPE_TIMEOUT_MS)
+                        .await;
                 })
                 .detach();
             }
@@ -304,7 +330,8 @@ impl Peers {
                         Some(local) => local.execute(command).await,
                         None => Reply::NotReady,
                     };
-                    self.send(origin(token), Message::ShardReply { token, reply })
+                    let reply = Message::ShardReply { token, reply };
+                    self.send_within(origin(token), reply, SHARD_REPLY_TIMEOUT_MS)
                         .await;
                 })
                 .detach();
@@ -312,7 +339,8 @@ impl Peers {
             Message::EventsRequest { token, query } => {
                 let answer = self.answer_events(query);
                 glommio::spawn_local(async move {
-                    self.send(origin(token), Message::EventsReply { token, answer })
+                    let reply = Message::EventsReply { token, answer };
+                    self.send_within(origin(token), reply, SCRAPE_TIMEOUT_MS)
                         .await;
                 })
                 .detach();
@@ -320,7 +348,8 @@ impl Peers {
             Message::PersistRequest { token } => {
                 let unable = self.local_unable_to_persist();
                 glommio::spawn_local(async move {
-                    self.send(origin(token), Message::PersistReply { token, unable })
+                    let reply = Message::PersistReply { token, unable };
+                    self.send_within(origin(token), reply, SCRAPE_TIMEOUT_MS)
                         .await;
                 })
                 .detach();
@@ -352,10 +381,17 @@ impl Peers {
         }
     }
 
-    async fn send(&self, to: usize, message: Message) {
+    /// Sends a reply, waiting for room in the ring at most `timeout_ms`: the asker gives
+    /// up after its own timeout anyway, and a reply task must not wait for ever on a
+    /// peer that stopped reading.
+    async fn send_within(&self, to: usize, message: Message, timeout_ms: u64) {
         if let Some(senders) = &self.senders {
-            // An error means the peer is gone (shutdown): nothing to do.
-            let _ = senders.send_to(to, message).await;
+            let sent = async {
+                // An error means the peer is gone (shutdown): nothing to do.
+                let _ = senders.send_to(to, message).await;
+                Ok(())
+            };
+            let _ = glommio::timer::timeout(Duration::from_millis(timeout_ms), sent).await;
         }
     }
 
@@ -455,20 +491,33 @@ impl Peers {
     }
 
     /// Every core's metrics: this core's own, and a copy from each peer that answers
-    /// within `SCRAPE_TIMEOUT_MS`.
-    pub async fn gather_metrics(&self) -> Vec<CoreMetrics> {
+    /// within `SCRAPE_TIMEOUT_MS` (a peer whose ring is full is not asked). At most
+    /// `SCRAPES_IN_FLIGHT_MAX` at once on one core.
+    pub async fn gather_metrics(&self) -> Result<Vec<CoreMetrics>, ScrapesBusy> {
+        if self.scrapes_in_flight.get() >= SCRAPES_IN_FLIGHT_MAX {
+            return Err(ScrapesBusy);
+        }
+        let _counted = Counted::enter(&self.scrapes_in_flight);
+        Ok(self.gather_metrics_of_every_core().await)
+    }
+
+    async fn gather_metrics_of_every_core(&self) -> Vec<CoreMetrics> {
         let scrape = Rc::new(Scrape {
             replies: RefCell::new(Vec::new()),
             arrived: Semaphore::new(0),
         });
         let mut tokens = Vec::with_capacity(self.count);
-        for peer in (0..self.count).filter(|&peer| peer != self.index) {
-            let token = self.token();
-            self.awaiting
-                .borrow_mut()
-                .insert(token, Awaited::Metrics(Rc::clone(&scrape)));
-            tokens.push(token);
-            self.send(peer, Message::MetricsRequest { token }).await;
+        if let Some(senders) = &self.senders {
+            for peer in (0..self.count).filter(|&peer| peer != self.index) {
+                let token = self.token();
+                let request = Message::MetricsRequest { token };
+                if senders.try_send_to(peer, request).is_ok() {
+                    self.awaiting
+                        .borrow_mut()
+                        .insert(token, Awaited::Metrics(Rc::clone(&scrape)));
+                    tokens.push(token);
+                }
+            }
         }
         let deadline = Duration::from_millis(SCRAPE_TIMEOUT_MS);
         let expected = tokens.len() as u64;

@@ -17,12 +17,12 @@ use super::retention::AppendMarks;
 use super::state::{Payment, RestoreError, ShardState};
 use super::webhook_reload::{OwedEvents, Scan};
 use crate::auth::MerchantKeys;
-use crate::payment::{EventId, MerchantIndex, PaymentId, PaymentTerms};
+use crate::config::BACKLOG_EVENTS_PER_SHARD_MAX;
+use crate::payment::{EventId, MerchantIndex, PaymentId};
 use crate::wal::{
     self, Checkpoint, Created, Finalized, Record, RecordKind, Recovery, WebhookDeadLetter,
 };
 use crate::webhooks::dead_letters::DEAD_LETTERS_PER_SHARD_MAX;
-use crate::webhooks::BACKLOG_EVENTS_PER_SHARD_MAX;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -113,6 +113,7 @@ impl Replay<'_> {
             Some(RecordKind::Created) => {
                 let created = Created::decode(record.payload).map_err(|e| e.to_string())?;
                 let id = created.id;
+                check_numbered_below(id.sequence, record.sequence)?;
                 restore_created(&mut self.state, &mut self.orphans, self.keys, created)?;
                 match self.waiting.remove(&id) {
                     Some(finalized) if !self.orphans.contains(&id) => self.finalize(finalized),
@@ -129,6 +130,13 @@ impl Replay<'_> {
             Some(RecordKind::Checkpoint) => {
                 let checkpoint = Checkpoint::decode(record.payload).map_err(|e| e.to_string())?;
                 let sequence = checkpoint.next_payment_sequence;
+                if sequence > record.sequence {
+                    return Err(format!(
+                        "a checkpoint of payment sequence {sequence} in record {}: a payment \
+                         sequence is never ahead of the log",
+                        record.sequence
+                    ));
+                }
                 self.checkpoint_sequence = self.checkpoint_sequence.max(sequence);
                 self.state.restore_next_sequence(sequence);
                 Ok(())
@@ -197,6 +205,20 @@ impl Replay<'_> {
     }
 }
 
+/// Every payment took at least one record (its `Created`) before the next one was
+/// numbered, so a payment's sequence is always below the sequence of any record that
+/// names it. A record that says otherwise was written by something else than payd; it
+/// would also make the state reserve room up to that sequence.
+fn check_numbered_below(payment_sequence: u64, record_sequence: u64) -> Result<(), String> {
+    if payment_sequence < record_sequence {
+        return Ok(());
+    }
+    Err(format!(
+        "payment sequence {payment_sequence} in record {record_sequence}: a payment \
+         sequence is never ahead of the log"
+    ))
+}
+
 fn restore_created(
     state: &mut ShardState,
     orphans: &mut HashSet<PaymentId>,
@@ -207,16 +229,8 @@ fn restore_created(
         orphans.insert(created.id);
         return Ok(());
     };
-    let terms = PaymentTerms {
-        merchant,
-        order_id: created.order_id,
-        amount: created.amount,
-        currency: created.currency,
-        payment_method: created.payment_method,
-        description: created.description,
-        metadata: created.metadata,
-    };
-    let payment = Payment::pending(created.id, terms, created.created_at_ms);
+    let (id, created_at_ms) = (created.id, created.created_at_ms);
+    let payment = Payment::pending(id, created.into_terms(merchant), created_at_ms);
     state.restore_created(payment).map_err(|e| e.to_string())
 }
 

@@ -68,6 +68,14 @@ pub enum Reply<P = Box<Payment>> {
     NotReady,
 }
 
+/// Carried records that live or die together: one group in the log.
+type CarriedUnit = Vec<(RecordKind, Vec<u8>)>;
+
+/// Pending payments a shard asks the acquirer about at once after a restart: a log left
+/// with thousands pending must not start thousands of authorisations (and hold their
+/// memory) together.
+pub const RESUMED_AUTHORIZATIONS_CONCURRENT_MAX: usize = 64;
+
 /// Capacities of the per-record payload buffers: most records fit without growing.
 const CREATED_PAYLOAD_BYTES_TYPICAL: usize = 256;
 const FINALIZED_PAYLOAD_BYTES_TYPICAL: usize = 64;
@@ -86,7 +94,9 @@ pub struct Shard {
     state: RefCell<ShardState>,
     store: Store,
     acquirer: Rc<Acquirer>,
-    /// Creates between their first decision and their answer.
+    /// Creates from their first decision until their authorisation ended, answered or
+    /// not: one answered 202 still counts while it authorises in the background, so
+    /// `server.shard_inbox_capacity` bounds all of them, not only those awaited.
     creates_in_flight: Cell<usize>,
     webhooks: Dispatcher,
     /// Pending payments someone awaits (`Command::AwaitFinal`): the semaphore is closed,
@@ -161,17 +171,29 @@ impl Shard {
     /// The records are encoded from the state and queued in one step, with no await in
     /// between, so they say what the state said at one instant. A finalisation racing
     /// with it may land before the carried `Created`: recovery lets it wait for it.
+    ///
+    /// A final payment's `Created` and `Finalized` go in as one group. Appended one by
+    /// one they could land in two frames, and a crash between their syncs would leave a
+    /// copy that says pending: harmless while the originals stand, but once a later pass
+    /// deletes them (the payment expired, so nobody carries it again), a restart would
+    /// bring the payment back as pending and ask the acquirer again.
     pub async fn carry_forward(
         &self,
         ids: &[PaymentId],
         webhook_records: &[(RecordKind, Vec<u8>)],
     ) -> Result<(usize, u64), StoreError> {
-        let (records, carried) = self.carried_records(ids, webhook_records);
-        let log = self.store.log();
-        let appends: Vec<_> = records
+        let (units, carried) = self.carried_records(ids, webhook_records);
+        let groups: Vec<Vec<(u8, &[u8])>> = units
             .iter()
-            .map(|(kind, payload)| log.append(kind.as_u8(), payload))
+            .map(|unit| {
+                let records = unit.iter();
+                records
+                    .map(|(kind, payload)| (kind.as_u8(), &payload[..]))
+                    .collect()
+            })
             .collect();
+        let log = self.store.log();
+        let appends: Vec<_> = groups.iter().map(|group| log.append_group(group)).collect();
         let mut last_position = 0;
         for append in appends {
             last_position = append
@@ -181,16 +203,18 @@ impl Shard {
         Ok((carried, last_position))
     }
 
+    /// The records to carry, in units that must live or die together (each one group).
     fn carried_records(
         &self,
         ids: &[PaymentId],
         webhook_records: &[(RecordKind, Vec<u8>)],
-    ) -> (Vec<(RecordKind, Vec<u8>)>, usize) {
+    ) -> (Vec<CarriedUnit>, usize) {
         let state = self.state.borrow();
-        let mut records = Vec::new();
+        let mut units = Vec::new();
         let mut carried = 0;
         for payment in ids.iter().filter_map(|&id| state.get_by_id(id)) {
             carried += 1;
+            let mut records = Vec::with_capacity(2);
             let mut created = Vec::with_capacity(CREATED_PAYLOAD_BYTES_TYPICAL);
             let merchant_id = self.merchants.merchant_id(payment.merchant());
             let terms = payment.terms();
@@ -213,31 +237,47 @@ impl Shard {
                 );
                 records.push((RecordKind::Finalized, finalized));
             }
+            units.push(records);
         }
         // Webhook events still owed (and their last failed attempts) are written again
         // verbatim: recovery lets the later copy of an event replace the earlier one.
-        records.extend_from_slice(webhook_records);
+        units.extend(webhook_records.iter().map(|record| vec![record.clone()]));
         let mut checkpoint = Vec::new();
         Checkpoint {
             next_payment_sequence: state.next_sequence(),
         }
         .encode(&mut checkpoint);
-        records.push((RecordKind::Checkpoint, checkpoint));
-        (records, carried)
+        units.push(vec![(RecordKind::Checkpoint, checkpoint)]);
+        (units, carried)
     }
 
     /// Finishes every payment the log left pending (a crash between the Created and
-    /// Finalized records): asks the acquirer again with the same idempotency key.
+    /// Finalized records): asks the acquirer again with the same idempotency key, at most
+    /// `RESUMED_AUTHORIZATIONS_CONCURRENT_MAX` at a time. Returns how many are pending.
     pub fn resume_pending(self: &Rc<Self>) -> usize {
         let pending: Vec<PaymentId> = self.state.borrow().pending().map(Payment::id).collect();
-        for &id in &pending {
-            let shard = Rc::clone(self);
+        let count = pending.len();
+        if count > 0 {
+            glommio::spawn_local(Rc::clone(self).resume(pending)).detach();
+        }
+        count
+    }
+
+    async fn resume(self: Rc<Self>, pending: Vec<PaymentId>) {
+        let permits = Rc::new(Semaphore::new(RESUMED_AUTHORIZATIONS_CONCURRENT_MAX as u64));
+        for id in pending {
+            // Invariant: nothing closes this semaphore.
+            let permit = permits
+                .acquire_static_permit(1)
+                .await
+                .expect("the resume semaphore stays open");
+            let shard = Rc::clone(&self);
             glommio::spawn_local(async move {
+                let _permit = permit;
                 let _ = shard.authorize(id).await;
             })
             .detach();
         }
-        pending.len()
     }
 
     /// Runs a command for another core: the payment in the reply is a boxed copy.
@@ -320,10 +360,8 @@ impl Shard {
         match decision {
             CreateDecision::New(id) => {
                 assert_eq!(id, provisional, "a new payment takes the next sequence");
-                self.creates_in_flight.set(self.creates_in_flight.get() + 1);
-                let reply = self.create_new(id, &created, take).await;
-                self.creates_in_flight.set(self.creates_in_flight.get() - 1);
-                reply
+                let in_flight = InFlight::enter(self);
+                self.create_new(id, &created, in_flight, take).await
             }
             CreateDecision::Replay(id) => Reply::Replayed(self.snapshot(id, take)),
             CreateDecision::InProgress => Reply::InProgress,
@@ -335,6 +373,7 @@ impl Shard {
         self: &Rc<Self>,
         id: PaymentId,
         created: &[u8],
+        in_flight: InFlight,
         take: impl FnOnce(&Payment) -> P,
     ) -> Reply<P> {
         if let Some(authorization) = self.answer_at_once(id) {
@@ -365,7 +404,12 @@ impl Shard {
                 let authorized = async { Ok(authorization.as_mut().await) };
                 let outcome = glommio::timer::timeout(wait, authorized).await.ok();
                 if outcome.is_none() {
-                    glommio::spawn_local(authorization).detach();
+                    // Still counted in flight until it ends in its task.
+                    glommio::spawn_local(async move {
+                        let _in_flight = in_flight;
+                        authorization.await
+                    })
+                    .detach();
                 }
                 outcome
             }
@@ -594,6 +638,26 @@ impl Shard {
     }
 }
 
+/// One create counted in its shard's `creates_in_flight`, until dropped: when its
+/// authorisation ends, in the request or in the task that finishes it after a 202.
+struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    fn enter(shard: &Rc<Shard>) -> InFlight {
+        shard
+            .creates_in_flight
+            .set(shard.creates_in_flight.get() + 1);
+        InFlight(Rc::clone(shard))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let count = &self.0.creates_in_flight;
+        count.set(count.get() - 1);
+    }
+}
+
 fn found<P>(payment: Option<&Payment>, take: impl FnOnce(&Payment) -> P) -> Reply<P> {
     payment.map_or(Reply::NotFound, |payment| Reply::Found(take(payment)))
 }
@@ -602,4 +666,137 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::Currency;
+    use crate::shard::webhooks::Endpoints;
+    use crate::wal::{
+        decode_frame, list_segments, FrameOutcome, LogOptions, ShardLog, FRAME_HEADER_BYTES,
+        RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MIN,
+    };
+    use std::path::Path;
+
+    /// A kind no record of payd has: filler the frame walk below skips.
+    const FILLER_KIND: u8 = 0xee;
+    const ENTRY_HEADER_BYTES: usize = 5;
+
+    /// A shard of one merchant (no webhook url) over a fresh log in `dir`, with the
+    /// in-process acquirer, which answers `tok_visa` at once.
+    async fn shard_in(dir: &Path) -> Rc<Shard> {
+        let text = "[[merchants]]\nid = \"m\"\nsecrets = [\"test-only-secret-0123456789abcdef\"]\n";
+        let config: &'static Config = Box::leak(Box::new(Config::parse(text).unwrap()));
+        let keys: &'static MerchantKeys = Box::leak(Box::new(MerchantKeys::new(vec![(
+            "m".to_string(),
+            vec![b"test-only-secret-0123456789abcdef".to_vec()],
+        )])));
+        let metrics = Rc::new(RefCell::new(CoreMetrics::new(0)));
+        let connector = crate::tls::ClientTls::without_roots().core_connector();
+        let acquirer = Rc::new(Acquirer::new(config, Rc::clone(&metrics), &connector));
+        let endpoints = Rc::new(Endpoints::from_config(config, keys, &connector).unwrap());
+        let dispatcher = Dispatcher::new(
+            config,
+            keys,
+            dir.to_path_buf(),
+            endpoints,
+            Rc::clone(&metrics),
+        );
+        let options = LogOptions {
+            durability: crate::config::Durability::Fsync,
+            segment_bytes_max: SEGMENT_BYTES_MIN,
+            buffered_io: false,
+        };
+        let log = ShardLog::open_with(dir, options, 1).await.unwrap();
+        let edges = ShardEdges { acquirer, metrics };
+        Rc::new(Shard::new(
+            0,
+            config,
+            keys,
+            ShardState::new(0, 1),
+            Store::new(log),
+            dispatcher,
+            edges,
+        ))
+    }
+
+    /// Every record of the log in `dir`: (index of its frame, kind, payload).
+    fn records_by_frame(dir: &Path) -> Vec<(usize, u8, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut frame_index = 0;
+        for segment in list_segments(dir).unwrap() {
+            let data = std::fs::read(&segment.path).unwrap();
+            let mut offset = 0;
+            while let FrameOutcome::Frame(frame) = decode_frame(&data, offset) {
+                for record in frame.records().flatten() {
+                    found.push((frame_index, record.kind, record.payload.to_vec()));
+                }
+                offset += frame.length_total;
+                frame_index += 1;
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_carried_final_payment_keeps_its_created_and_finalized_in_one_frame() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let path = dir.path().to_path_buf();
+        let (created, finalized) = crate::testing::run_here(async move {
+            let shard = shard_in(&path).await;
+            let terms = PaymentTerms {
+                merchant: 0,
+                order_id: "order-1".to_string(),
+                amount: 100,
+                currency: Currency::parse("EUR").unwrap(),
+                payment_method: "tok_visa".to_string(),
+                description: None,
+                metadata: Vec::new(),
+            };
+            let reply = shard.execute(Command::Create { terms, now_ms: 1 }).await;
+            let Reply::Created { payment, r#final } = reply else {
+                panic!("not created");
+            };
+            assert!(r#final);
+            let id = payment.id();
+            let (units, _) = shard.carried_records(&[id], &[]);
+            let (created, finalized) = (units[0][0].1.clone(), units[0][1].1.clone());
+            // Fill the batch so that the carried Created still fits and its Finalized
+            // does not: carried one by one, they would go into two frames, and a crash
+            // between their syncs leaves a copy of the payment that says pending.
+            let log = shard.log();
+            let room = SEGMENT_BYTES_MIN as usize - FRAME_HEADER_BYTES;
+            let mut filler_bytes = room - (ENTRY_HEADER_BYTES + created.len());
+            let filler = vec![7u8; RECORD_PAYLOAD_BYTES_MAX];
+            let mut fillers = Vec::new();
+            while filler_bytes > 0 {
+                let payload = filler_bytes.min(ENTRY_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX);
+                fillers.push(log.append(FILLER_KIND, &filler[..payload - ENTRY_HEADER_BYTES]));
+                filler_bytes -= payload;
+            }
+            shard.carry_forward(&[id], &[]).await.unwrap();
+            for filler in fillers {
+                filler.await.unwrap();
+            }
+            (created, finalized)
+        });
+        let records = records_by_frame(dir.path());
+        let frame_of = |kind: RecordKind, payload: &[u8]| {
+            let copies: Vec<usize> = records
+                .iter()
+                .filter(|(_, k, p)| *k == kind.as_u8() && p == payload)
+                .map(|(frame, _, _)| *frame)
+                .collect();
+            assert_eq!(copies.len(), 2, "the original and the carried copy");
+            copies[1]
+        };
+        assert_eq!(
+            frame_of(RecordKind::Created, &created),
+            frame_of(RecordKind::Finalized, &finalized),
+            "the carried Created and Finalized of one payment are in different frames"
+        );
+    }
 }

@@ -15,8 +15,8 @@ use crate::acquirer::{
     DECLINE_CODE_FALLBACK, DECLINE_CODE_LENGTH_MAX, DECLINE_CODE_REJECTED, DECLINE_CODE_UNAVAILABLE,
 };
 use crate::payment::{
-    Authorization, Currency, MerchantIndex, PaymentId, PaymentStatus, PaymentTerms,
-    ORDER_ID_LENGTH_MAX, PAYMENT_METHOD_LENGTH_MAX,
+    has_characters_within, is_valid_order_id, Authorization, Currency, MerchantIndex, PaymentId,
+    PaymentStatus, PaymentTerms, PAYMENT_METHOD_LENGTH_MAX,
 };
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
@@ -135,10 +135,18 @@ struct Extras {
 impl Payment {
     /// A new pending payment from validated terms. Takes the strings without copying them
     /// more than once.
+    ///
+    /// The terms were validated (by the API, or by the log's decoder on recovery): an
+    /// order id of ASCII characters only, a payment method of 1 to 128 characters, which
+    /// may take up to four bytes each.
     pub fn pending(id: PaymentId, terms: PaymentTerms, created_at_ms: u64) -> Payment {
         let order_id_length = terms.order_id.len();
-        assert!((1..=ORDER_ID_LENGTH_MAX).contains(&order_id_length));
-        assert!((1..=PAYMENT_METHOD_LENGTH_MAX).contains(&terms.payment_method.len()));
+        assert!(is_valid_order_id(&terms.order_id));
+        assert!(has_characters_within(
+            &terms.payment_method,
+            1,
+            PAYMENT_METHOD_LENGTH_MAX
+        ));
         let mut order_and_method =
             String::with_capacity(order_id_length + terms.payment_method.len());
         order_and_method.push_str(&terms.order_id);

@@ -23,6 +23,7 @@ use crate::wal::{
     WebhookDelivered, WebhookEvent, SEGMENT_BYTES_CEILING,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 
 /// An owed event the scan found.
@@ -100,8 +101,15 @@ fn read_segment(
     // truncated), as recovery also accepts. Reading on would take it for damage.
     let records_end = next_first.map_or(state.request.end, |next| next.min(state.request.end));
     let where_ = |offset: usize| format!("{} at offset {offset}", segment.path.display());
-    let data = match std::fs::read(&segment.path) {
-        Ok(data) => data,
+    let data = match read_bounded(&segment.path) {
+        Ok(Some(data)) => data,
+        // The size is disk input: recovery checked it at start, not since.
+        Ok(None) => {
+            let file = segment.path.display();
+            return Err(format!(
+                "{file} is above the {SEGMENT_BYTES_CEILING} bytes ceiling of a segment"
+            ));
+        }
         // Retention deleted it after the listing: what it held that was owed was
         // carried forward first, and the dispatcher was told where the copies wait
         // (`Dispatcher::note_carried`), so the rest is not owed.
@@ -110,7 +118,6 @@ fn read_segment(
         }
         Err(error) => return Err(format!("cannot read {}: {error}", segment.path.display())),
     };
-    assert!(data.len() as u64 <= SEGMENT_BYTES_CEILING);
     let from = state.request.from;
     let owed = &mut state.owed;
     let mut visit = |record: crate::wal::Record<'_>| -> Result<(), String> {
@@ -135,6 +142,20 @@ fn read_segment(
         ));
     }
     Ok(expected)
+}
+
+/// A segment's bytes; `None` if it holds more than a segment may, and then no more than
+/// one byte past that was read.
+fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() > SEGMENT_BYTES_CEILING {
+        return Ok(None);
+    }
+    let mut data = Vec::new();
+    // Bounded: a file that grew since its size was read is cut one byte past the ceiling.
+    file.take(SEGMENT_BYTES_CEILING + 1)
+        .read_to_end(&mut data)?;
+    Ok((data.len() as u64 <= SEGMENT_BYTES_CEILING).then_some(data))
 }
 
 struct ScanState<'r, 'k> {
@@ -442,5 +463,17 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let error = scan_whole_log(dir.path()).err().unwrap();
         assert!(error.contains("unreadable record"), "{error}");
+    }
+
+    #[test]
+    fn a_segment_above_the_ceiling_is_an_error_and_is_not_read() {
+        // The file's size is disk input: recovery checked it at start, not since.
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path());
+        let path = dir.path().join(segment_file_name(6));
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(SEGMENT_BYTES_CEILING + 1).unwrap();
+        let error = scan_whole_log(dir.path()).err().unwrap();
+        assert!(error.contains("ceiling"), "{error}");
     }
 }

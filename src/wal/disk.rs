@@ -142,6 +142,9 @@ mod simulated {
     /// What a power cut does to the blocks written since their file's last sync.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum CrashShape {
+        /// The process dies (SIGKILL), the disk does not: what it wrote stays readable,
+        /// and what it had not synced stays unsynced, for a later power cut to take.
+        ProcessOnly,
         /// Every unsynced block is lost.
         Nothing,
         /// Every unsynced block persisted.
@@ -368,6 +371,24 @@ mod simulated {
             Ok(())
         }
 
+        /// Renames a file, replacing any file of the new name (which a power cut before
+        /// the directory's sync may bring back, as a removal).
+        pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            let mut guard = self.state.borrow_mut();
+            let state = &mut *guard;
+            let file = state.files.remove(from).ok_or_else(|| not_found(from))?;
+            if state.durable_names.contains(from) {
+                let durable = file.durable.clone();
+                state.removed.insert(from.to_path_buf(), durable);
+            }
+            if let Some(replaced) = state.files.insert(to.to_path_buf(), file) {
+                if state.durable_names.contains(to) {
+                    state.removed.insert(to.to_path_buf(), replaced.durable);
+                }
+            }
+            Ok(())
+        }
+
         /// fsync of a directory: creations and removals in it reach the disk.
         pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             let mut guard = self.state.borrow_mut();
@@ -387,6 +408,9 @@ mod simulated {
             let mut guard = self.state.borrow_mut();
             let state = &mut *guard;
             state.epoch += 1;
+            if shape == CrashShape::ProcessOnly {
+                return;
+            }
             let files = std::mem::take(&mut state.files);
             for (path, file) in files {
                 if !state.durable_names.contains(&path) && state.prng.below(2) == 0 {
@@ -436,6 +460,7 @@ mod simulated {
         let prefix = prng.below(dirty.len() + 1);
         for (position, &index) in dirty.iter().enumerate() {
             let persisted = match shape {
+                CrashShape::ProcessOnly => unreachable!("no power cut"),
                 CrashShape::Nothing => false,
                 CrashShape::Everything => true,
                 CrashShape::Prefix => position < prefix,

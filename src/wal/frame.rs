@@ -9,7 +9,8 @@
 //!   synced_through  u64 LE   every record up to this sequence was durable when the frame was
 //!                            written (0: none yet)
 //!   entry_count     u32 LE   entries in the frame, at least one
-//!   checksum        u32 LE   CRC32C of header bytes 0..28, then of the entries
+//!   checksum        u32 LE   CRC32C of the frame's offset in its segment (u64 LE), then of
+//!                            header bytes 0..28, then of the entries
 //! entries, entry_count times:
 //!   payload_bytes   u32 LE
 //!   kind            u8
@@ -18,6 +19,11 @@
 //!
 //! Entries carry no sequence number and no checksum of their own: the i-th entry of a frame
 //! has `first_sequence + i`, and the frame's checksum covers every byte of them.
+//!
+//! The checksum covers the frame's offset too, so a frame is valid only where it was
+//! written. A payment's own bytes (a metadata value may hold any byte, NUL included) can
+//! spell a whole frame; copied into a payload it lands at an offset it was not checksummed
+//! for, so recovery never takes it for a frame the writer wrote.
 //!
 //! `synced_through` is what lets recovery tell a torn write from corruption. Damage followed
 //! by a valid frame whose `synced_through` reaches into the damaged records means those
@@ -111,8 +117,10 @@ pub fn encode_entry(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// The header of a frame around `entries` (encoded by `encode_entry`), checksum included.
+/// The header of a frame around `entries` (encoded by `encode_entry`) that will start at
+/// byte `position` of its segment, checksum included.
 pub fn frame_header(
+    position: u64,
     first_sequence: u64,
     synced_through: u64,
     entry_count: u32,
@@ -126,13 +134,13 @@ pub fn frame_header(
     header[8..16].copy_from_slice(&first_sequence.to_le_bytes());
     header[16..24].copy_from_slice(&synced_through.to_le_bytes());
     header[24..28].copy_from_slice(&entry_count.to_le_bytes());
-    let checksum = crc32c::crc32c_append(crc32c::crc32c(&header[..CHECKSUM_AT]), entries);
+    let checksum = frame_checksum(position, &header[..CHECKSUM_AT], entries);
     header[CHECKSUM_AT..].copy_from_slice(&checksum.to_le_bytes());
     header
 }
 
-/// Appends a whole frame of `records` (kind, payload) to `out`: for tests and tools that
-/// write logs without a `ShardLog`.
+/// Appends a whole frame of `records` (kind, payload) to `out`, which holds a segment from
+/// its first byte: for tests and tools that write logs without a `ShardLog`.
 pub fn encode_frame(
     out: &mut Vec<u8>,
     first_sequence: u64,
@@ -145,6 +153,7 @@ pub fn encode_frame(
     }
     let count = u32::try_from(records.len()).expect("a frame's entries fit a u32");
     out.extend_from_slice(&frame_header(
+        out.len() as u64,
         first_sequence,
         synced_through,
         count,
@@ -153,8 +162,16 @@ pub fn encode_frame(
     out.extend_from_slice(&entries);
 }
 
-/// Decodes the frame at the start of `buf`, checksum and entries included.
-pub fn decode_frame(buf: &[u8]) -> FrameOutcome<'_> {
+/// CRC32C of a frame's position in its segment, its header up to the checksum and its
+/// entries.
+fn frame_checksum(position: u64, header: &[u8], entries: &[u8]) -> u32 {
+    let seeded = crc32c::crc32c(&position.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c_append(seeded, header), entries)
+}
+
+/// Decodes the frame at byte `at` of `segment`, checksum and entries included.
+pub fn decode_frame(segment: &[u8], at: usize) -> FrameOutcome<'_> {
+    let buf = segment.get(at..).unwrap_or_default();
     if buf.len() < 4 {
         return if !buf.is_empty() && buf.iter().all(|&b| b == 0) {
             FrameOutcome::ZeroTail
@@ -181,7 +198,7 @@ pub fn decode_frame(buf: &[u8]) -> FrameOutcome<'_> {
         return FrameOutcome::Incomplete;
     }
     let entries = &buf[FRAME_HEADER_BYTES..length_total];
-    let checksum = crc32c::crc32c_append(crc32c::crc32c(&buf[..CHECKSUM_AT]), entries);
+    let checksum = frame_checksum(at as u64, &buf[..CHECKSUM_AT], entries);
     if checksum != read_u32(buf, CHECKSUM_AT) {
         return FrameOutcome::Corrupt(FrameCorruption::ChecksumMismatch);
     }
@@ -287,7 +304,7 @@ pub fn next_valid_frame(data: &[u8], from: usize) -> Option<(usize, Frame<'_>)> 
     while at + FRAME_HEADER_BYTES <= data.len() {
         let found = data[at..].windows(4).position(|window| window == magic)?;
         at += found;
-        if let FrameOutcome::Frame(frame) = decode_frame(&data[at..]) {
+        if let FrameOutcome::Frame(frame) = decode_frame(data, at) {
             return Some((at, frame));
         }
         at += 1;
@@ -319,7 +336,7 @@ mod tests {
     }
 
     fn decoded(bytes: &[u8]) -> Frame<'_> {
-        match decode_frame(bytes) {
+        match decode_frame(bytes, 0) {
             FrameOutcome::Frame(frame) => frame,
             other => panic!("not a frame: {other:?}"),
         }
@@ -364,7 +381,7 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
             assert!(
-                !matches!(decode_frame(&damaged), FrameOutcome::Frame(_)),
+                !matches!(decode_frame(&damaged, 0), FrameOutcome::Frame(_)),
                 "bit {bit} flipped went unnoticed"
             );
         }
@@ -375,7 +392,7 @@ mod tests {
         let bytes = framed(3, 2, &[(1, b"payload")]);
         for cut in 0..bytes.len() {
             assert_eq!(
-                decode_frame(&bytes[..cut]),
+                decode_frame(&bytes[..cut], 0),
                 FrameOutcome::Incomplete,
                 "{cut}"
             );
@@ -391,7 +408,7 @@ mod tests {
             let end = (hole + 4096).min(damaged.len());
             damaged[hole..end].fill(0);
             assert!(
-                !matches!(decode_frame(&damaged), FrameOutcome::Frame(_)),
+                !matches!(decode_frame(&damaged, 0), FrameOutcome::Frame(_)),
                 "a hole at {hole} went unnoticed"
             );
         }
@@ -399,11 +416,11 @@ mod tests {
 
     #[test]
     fn zeros_are_padding_and_other_bytes_are_no_frame() {
-        assert_eq!(decode_frame(&[0; 4096]), FrameOutcome::ZeroTail);
-        assert_eq!(decode_frame(&[0, 0]), FrameOutcome::ZeroTail);
-        assert_eq!(decode_frame(&[]), FrameOutcome::Incomplete);
+        assert_eq!(decode_frame(&[0; 4096], 0), FrameOutcome::ZeroTail);
+        assert_eq!(decode_frame(&[0, 0], 0), FrameOutcome::ZeroTail);
+        assert_eq!(decode_frame(&[], 0), FrameOutcome::Incomplete);
         assert_eq!(
-            decode_frame(&[1, 0, 0, 0, 9]),
+            decode_frame(&[1, 0, 0, 0, 9], 0),
             FrameOutcome::Corrupt(FrameCorruption::Magic(1))
         );
     }
@@ -414,19 +431,19 @@ mod tests {
         let mut entries = Vec::new();
         encode_entry(&mut entries, 1, b"abcdef");
         entries[0] = 200;
-        let mut bytes = frame_header(1, 0, 1, &entries).to_vec();
+        let mut bytes = frame_header(0, 1, 0, 1, &entries).to_vec();
         bytes.extend_from_slice(&entries);
         assert_eq!(
-            decode_frame(&bytes),
+            decode_frame(&bytes, 0),
             FrameOutcome::Corrupt(FrameCorruption::Inconsistent("entry lengths"))
         );
         // A count that disagrees with the entries.
         let mut entries = Vec::new();
         encode_entry(&mut entries, 1, b"abc");
-        let mut bytes = frame_header(1, 0, 2, &entries).to_vec();
+        let mut bytes = frame_header(0, 1, 0, 2, &entries).to_vec();
         bytes.extend_from_slice(&entries);
         assert_eq!(
-            decode_frame(&bytes),
+            decode_frame(&bytes, 0),
             FrameOutcome::Corrupt(FrameCorruption::Inconsistent("entry count"))
         );
     }
@@ -435,7 +452,14 @@ mod tests {
     fn the_next_valid_frame_is_found_past_damage() {
         let mut bytes = framed(1, 0, &[(1, b"first")]);
         let second_at = bytes.len();
-        bytes.extend(framed(2, 1, &[(1, b"second")]));
+        encode_frame(&mut bytes, 2, 1, &[(1, b"second")]);
+        // The same frame checksummed for another offset is no frame here.
+        let elsewhere = framed(3, 2, &[(1, b"third")]);
+        bytes.extend_from_slice(&elsewhere);
+        assert!(matches!(
+            decode_frame(&elsewhere, 0),
+            FrameOutcome::Frame(_)
+        ));
         bytes[10] ^= 1;
         let (at, frame) = next_valid_frame(&bytes, 1).unwrap();
         assert_eq!((at, frame.first_sequence), (second_at, 2));
@@ -448,7 +472,7 @@ mod tests {
         let mut prng = Prng(0x5eed_f4a3);
         for _ in 0..20_000 {
             let bytes = mutate(&mut prng, &original);
-            if let FrameOutcome::Frame(frame) = decode_frame(&bytes) {
+            if let FrameOutcome::Frame(frame) = decode_frame(&bytes, 0) {
                 // Only an unchanged frame (mutations that rewrote a byte with itself).
                 assert_eq!(&bytes[..frame.length_total], &original[..]);
             }

@@ -898,11 +898,13 @@ mod tests {
             Rc::try_unwrap(log).ok().unwrap().close().await.unwrap();
         });
         let segments = list_segments(dir.path()).unwrap();
-        assert_eq!(segments.len(), 3, "{segments:?}");
+        // The segment opened at start gives way to a prepared one as soon as that is
+        // ready, whatever it holds; the others fill up.
+        assert!((3..=4).contains(&segments.len()), "{segments:?}");
         // A frame holds at most one record per task (20 of 1005 bytes), and never
         // straddles two segments: a full one lacks less than a frame.
         let frame_bytes_max = (FRAME_HEADER_BYTES + 20 * (ENTRY_HEADER_BYTES + 1000)) as u64;
-        for segment in &segments[..2] {
+        for segment in &segments[1..segments.len() - 1] {
             let bytes = std::fs::metadata(&segment.path).unwrap().len();
             // Frames up to the limit, then at most a block of padding.
             assert!(bytes <= segment_bytes_max + 4096, "{bytes}");
@@ -911,7 +913,6 @@ mod tests {
         let (next_sequence, records) = recovered(dir.path());
         assert_eq!(next_sequence, 601);
         assert_eq!(records.len(), 600);
-        assert!((200..300).contains(&segments[1].first_sequence));
 
         let path = dir.path().to_path_buf();
         run(async move {

@@ -10,9 +10,9 @@
 //! panics: the checksum says the bytes are the ones written, not that the writer was right.
 
 use crate::payment::{
-    Currency, PaymentId, PaymentStatus, PaymentTerms, DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX,
-    METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX, ORDER_ID_LENGTH_MAX,
-    PAYMENT_METHOD_LENGTH_MAX,
+    has_characters_within, is_valid_order_id, Currency, MerchantIndex, PaymentId, PaymentStatus,
+    PaymentTerms, DESCRIPTION_LENGTH_MAX, METADATA_KEYS_MAX, METADATA_KEY_LENGTH_MAX,
+    METADATA_VALUE_LENGTH_MAX, ORDER_ID_LENGTH_MAX, PAYMENT_METHOD_LENGTH_MAX,
 };
 use std::fmt;
 
@@ -79,6 +79,21 @@ pub struct Created {
     pub description: Option<String>,
     pub metadata: Vec<(String, String)>,
     pub created_at_ms: u64,
+}
+
+impl Created {
+    /// The terms the record carries, for the merchant that `merchant_id` names today.
+    pub fn into_terms(self, merchant: MerchantIndex) -> PaymentTerms {
+        PaymentTerms {
+            merchant,
+            order_id: self.order_id,
+            amount: self.amount,
+            currency: self.currency,
+            payment_method: self.payment_method,
+            description: self.description,
+            metadata: self.metadata,
+        }
+    }
 }
 
 /// The final status of a payment.
@@ -211,6 +226,13 @@ impl Created {
         let description = reader.optional_string("description", DESCRIPTION_LENGTH_MAX)?;
         let metadata = reader.metadata()?;
         reader.finish()?;
+        // What the API validated on the way in, the shard's state relies on again.
+        if !is_valid_order_id(&order_id) {
+            return Err(PayloadError::Invalid("order_id"));
+        }
+        if payment_method.is_empty() {
+            return Err(PayloadError::Invalid("payment_method"));
+        }
         Ok(Created {
             id,
             merchant_id,
@@ -398,6 +420,9 @@ impl<'a> Reader<'a> {
         }
         let bytes = self.bytes(length, field)?;
         let text = std::str::from_utf8(bytes).map_err(|_| PayloadError::NotUtf8(field))?;
+        if !has_characters_within(text, 0, characters_max) {
+            return Err(PayloadError::TooLong(field));
+        }
         Ok(text.to_string())
     }
 
@@ -478,11 +503,12 @@ mod tests {
     }
 
     fn largest_created() -> Created {
-        // Four-byte characters everywhere a character count is the limit.
+        // Four-byte characters everywhere a character count is the limit; order ids are
+        // ASCII by their rule.
         let wide = |characters: usize| "😀".repeat(characters);
         Created {
             merchant_id: "m".repeat(MERCHANT_ID_LENGTH_MAX),
-            order_id: wide(ORDER_ID_LENGTH_MAX),
+            order_id: "o".repeat(ORDER_ID_LENGTH_MAX),
             payment_method: wide(PAYMENT_METHOD_LENGTH_MAX),
             description: Some(wide(DESCRIPTION_LENGTH_MAX)),
             metadata: (0..METADATA_KEYS_MAX)
@@ -512,6 +538,42 @@ mod tests {
         let mut out = Vec::new();
         bare.encode(&mut out);
         assert_eq!(Created::decode(&out), Ok(bare));
+    }
+
+    #[test]
+    fn created_fields_the_api_would_refuse_are_refused() {
+        let refused = |created: Created| {
+            let mut out = Vec::new();
+            created.encode(&mut out);
+            Created::decode(&out).unwrap_err()
+        };
+        // Within the byte bound (four per character) but over the character limit.
+        let long_method = Created {
+            payment_method: "t".repeat(PAYMENT_METHOD_LENGTH_MAX + 1),
+            ..sample_created()
+        };
+        assert_eq!(
+            refused(long_method),
+            PayloadError::TooLong("payment_method")
+        );
+        for order_id in ["", "é", "has space", &"o".repeat(ORDER_ID_LENGTH_MAX + 1)] {
+            let created = Created {
+                order_id: order_id.to_string(),
+                ..sample_created()
+            };
+            assert!(
+                matches!(
+                    refused(created),
+                    PayloadError::Invalid("order_id") | PayloadError::TooLong("order_id")
+                ),
+                "{order_id:?}"
+            );
+        }
+        let no_method = Created {
+            payment_method: String::new(),
+            ..sample_created()
+        };
+        assert_eq!(refused(no_method), PayloadError::Invalid("payment_method"));
     }
 
     #[test]

@@ -27,7 +27,7 @@
 
 use crate::wal::disk::Disk;
 use crate::wal::frame::{
-    decode_frame, next_valid_frame, FrameCorruption, FrameOutcome, FRAME_MAGIC,
+    decode_frame, next_valid_frame, FrameCorruption, FrameOutcome, ENTRY_HEADER_BYTES, FRAME_MAGIC,
 };
 use crate::wal::record::{
     decode_record, peek_sequence, CorruptReason, DecodeOutcome, Record, RECORD_OVERHEAD_BYTES,
@@ -100,6 +100,9 @@ pub enum RecoveryProblem {
         expected: u64,
         found: u64,
     },
+    /// A format-1 record at the last sequence number there is: nothing could follow it,
+    /// and payd never writes one.
+    SequenceOverflow,
     Corrupt(CorruptReason),
     /// A batch frame that does not check out.
     FrameCorrupt(FrameCorruption),
@@ -138,6 +141,9 @@ impl fmt::Display for RecoveryProblem {
                 f,
                 "record has sequence {found} where {expected} was expected"
             ),
+            RecoveryProblem::SequenceOverflow => {
+                write!(f, "record at the last sequence number, {}", u64::MAX)
+            }
             RecoveryProblem::Corrupt(reason) => write!(f, "{reason}"),
             RecoveryProblem::FrameCorrupt(reason) => write!(f, "{reason}"),
             RecoveryProblem::DamageBeforeLaterFrame {
@@ -218,7 +224,7 @@ pub fn scan(shard_dir: &Path, visit: &mut RecordVisitor<'_>) -> Result<Recovery,
     scan_on(&Disk::Os, shard_dir, visit)
 }
 
-fn scan_on(
+pub(crate) fn scan_on(
     disk: &Disk,
     shard_dir: &Path,
     visit: &mut RecordVisitor<'_>,
@@ -252,7 +258,7 @@ fn scan_on(
         }
         let (data, modified_ms) = read_segment(disk, &segment.path)?;
         let is_last = index + 1 == segments.len();
-        if is_legacy(&data) {
+        if reads_as_legacy(&data, segment.first_sequence) {
             recovery.legacy_segments += 1;
         }
         let summary = SegmentSummary {
@@ -336,15 +342,18 @@ pub fn read_records(
         let length_total = if legacy {
             match decode_record(&data[offset..]) {
                 DecodeOutcome::Record(record) if record.sequence == expected => {
+                    let Some(next) = expected.checked_add(1) else {
+                        return Ok(unreadable(expected, offset));
+                    };
                     visit(record)?;
-                    expected += 1;
+                    expected = next;
                     record.length_total
                 }
                 DecodeOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
                 _ => return Ok(unreadable(expected, offset)),
             }
         } else {
-            match decode_frame(&data[offset..]) {
+            match decode_frame(data, offset) {
                 FrameOutcome::Frame(frame) if frame.first_sequence == expected => {
                     for record in frame.records() {
                         let record = record.expect("entries of a checked frame parse");
@@ -382,6 +391,19 @@ pub(crate) fn is_legacy(data: &[u8]) -> bool {
     !starts_with_magic && matches!(decode_record(data), DecodeOutcome::Record(_))
 }
 
+/// Whether recovery reads a segment as format 1: it starts with a valid record, or its
+/// first bytes are damaged and a valid record that belongs in it follows (the format-1
+/// rules then judge the damage: corruption, since a later record was written after it).
+/// A format-2 segment starts with a frame's magic, or with zeros where a torn first write
+/// left none; read as format 2, a damaged format-1 segment would be cut whole.
+fn reads_as_legacy(data: &[u8], first_sequence: u64) -> bool {
+    let starts_with_magic = data.len() >= 4 && data[..4] == FRAME_MAGIC.to_le_bytes();
+    is_legacy(data)
+        || (!starts_with_magic
+            && !data.is_empty()
+            && valid_record_after(data, 0, first_sequence).is_some())
+}
+
 /// Walks one segment's records; returns where the valid ones end.
 fn scan_segment(
     segment: &SegmentFile,
@@ -389,7 +411,7 @@ fn scan_segment(
     is_last: bool,
     visit: &mut RecordVisitor<'_>,
 ) -> Result<SegmentSummary, RecoveryError> {
-    if is_legacy(data) {
+    if reads_as_legacy(data, segment.first_sequence) {
         scan_legacy_segment(segment, data, is_last, visit)
     } else {
         scan_framed_segment(segment, data, is_last, visit)
@@ -412,7 +434,7 @@ fn scan_framed_segment(
     let mut expected = segment.first_sequence;
     // Bounded: every frame moves the offset forward by at least its header.
     while offset < data.len() {
-        let damage = match decode_frame(&data[offset..]) {
+        let damage = match decode_frame(data, offset) {
             FrameOutcome::Frame(frame) => {
                 if frame.first_sequence != expected {
                     let found = frame.first_sequence;
@@ -454,12 +476,16 @@ fn scan_framed_segment(
 /// A valid frame after damaged bytes that was written once the damaged records (from
 /// sequence `expected` on) had been synced: proof that they may have been acknowledged.
 /// Frames written before that sync prove nothing: the damage and they were one torn
-/// stretch of unsynced writes.
+/// stretch of unsynced writes. Nor does a frame whose first sequence the bytes between
+/// could not have led to (each record takes at least an entry header): the writer never
+/// wrote it there.
 fn synced_frame_after(data: &[u8], damaged_at: usize, expected: u64) -> Option<RecoveryProblem> {
     let mut from = damaged_at + 1;
     // Bounded: `from` moves past each frame found.
     while let Some((at, frame)) = next_valid_frame(data, from) {
-        if frame.first_sequence >= expected && frame.synced_through >= expected {
+        let records_between_max = ((at - damaged_at) / ENTRY_HEADER_BYTES) as u64;
+        let reachable = frame.first_sequence <= expected.saturating_add(records_between_max);
+        if reachable && frame.first_sequence >= expected && frame.synced_through >= expected {
             return Some(RecoveryProblem::DamageBeforeLaterFrame {
                 frame_at: at as u64,
                 synced_through: frame.synced_through,
@@ -493,9 +519,12 @@ fn scan_legacy_segment(
                     let problem = RecoveryProblem::SequenceOutOfOrder { expected, found };
                     return Err(error(offset, problem));
                 }
+                let Some(next) = expected.checked_add(1) else {
+                    return Err(error(offset, RecoveryProblem::SequenceOverflow));
+                };
                 visit(record).map_err(|reason| error(offset, RecoveryProblem::Rejected(reason)))?;
                 offset += record.length_total;
-                expected += 1;
+                expected = next;
                 continue;
             }
             DecodeOutcome::ZeroTail if data[offset..].iter().all(|&b| b == 0) => break,
@@ -1066,9 +1095,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let offsets = write_framed_segment(dir.path(), 1, &[(2, 0)], 10);
         let path = path_of(dir.path(), 1);
-        let mut stray = Vec::new();
-        crate::wal::frame::encode_frame(&mut stray, 9, 2, &[(1, b"record 9")]);
-        append_bytes(&path, &stray);
+        append_bytes(
+            &path,
+            &frame_at(offsets[0] + 32 + 2 * 15, 9, 2, &[(1, b"record 9")]),
+        );
         let error = recover_framed(dir.path()).unwrap_err();
         assert_eq!(error.offset, offsets[0] as u64 + 32 + 2 * 15);
         assert!(matches!(
@@ -1108,5 +1138,183 @@ mod tests {
             (seen, read.next_sequence, read.unreadable_at),
             (vec![5, 6, 7, 8], 9, None)
         );
+    }
+
+    #[test]
+    fn a_legacy_last_segment_damaged_at_its_start_with_valid_records_after_is_refused() {
+        // A log written before frames: the last segment's first record was synced and
+        // acknowledged (records after it prove it), then damaged. Read as format 2, its
+        // first bytes are no frame and no frame follows: the whole segment would be cut.
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        let offsets = write_segment(dir.path(), 4, 4);
+        let last = path_of(dir.path(), 4);
+        damage_byte(&last, RECORD_OVERHEAD_BYTES + 1);
+        let length = std::fs::metadata(&last).unwrap().len();
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert_eq!((error.path.as_path(), error.offset), (last.as_path(), 0));
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::DamageBeforeValidRecord { valid_record_at }
+                if valid_record_at == offsets[1] as u64
+        ));
+        assert_eq!(
+            std::fs::metadata(&last).unwrap().len(),
+            length,
+            "nothing cut"
+        );
+        // A closed one is refused too, as the record checksum it is.
+        write_segment(dir.path(), 8, 1);
+        let error = recover_sequences(dir.path()).unwrap_err();
+        assert!(matches!(
+            error.problem,
+            RecoveryProblem::Corrupt(CorruptReason::ChecksumMismatch)
+        ));
+    }
+
+    #[test]
+    fn a_framed_segment_whose_first_block_was_lost_is_still_cut_as_torn() {
+        // The first write of a fresh segment, never synced: its first block is lost and
+        // later ones persisted. No format-1 record hides in the frames' bytes.
+        let dir = tempfile::tempdir().unwrap();
+        write_framed_segment(dir.path(), 1, &[(3, 0)], 50);
+        write_framed_segment(dir.path(), 4, &[(4, 3), (5, 3), (6, 3)], 900);
+        let last = path_of(dir.path(), 4);
+        zero_range(&last, 0..4096);
+        let (recovery, seen) = recover_framed(dir.path()).unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!((recovery.next_sequence, recovery.legacy_segments), (4, 0));
+        assert!(recovery.truncation.unwrap().torn);
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), 0);
+    }
+
+    /// A frame encoded to be written at byte `position` of its segment.
+    fn frame_at(position: usize, first: u64, synced: u64, records: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut bytes = vec![0; position];
+        crate::wal::frame::encode_frame(&mut bytes, first, synced, records);
+        bytes.split_off(position)
+    }
+
+    #[test]
+    fn a_frame_forged_inside_a_payload_does_not_vouch_for_a_torn_write() {
+        // A client's metadata value may hold any bytes, NUL included (JSON \u0000): here
+        // a whole valid frame whose sequence numbers are above any the log will reach.
+        let mut forged = Vec::new();
+        let huge = 0x7f7f_7f7f_7f7f_7f7f;
+        crate::wal::frame::encode_frame(&mut forged, huge, huge - 1, &[(1, b"x")]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        crate::wal::frame::encode_frame(&mut bytes, 1, 0, &[(1, b"record 1")]);
+        let torn_at = bytes.len();
+        // The last write, never synced: the client's payment sits in its second block.
+        let filler = padded_payload(2, 5000);
+        let mut payment = b"record 3 ".to_vec();
+        payment.extend_from_slice(&forged);
+        crate::wal::frame::encode_frame(&mut bytes, 2, 1, &[(1, &filler), (1, &payment)]);
+        let path = path_of(dir.path(), 1);
+        std::fs::write(&path, &bytes).unwrap();
+        // The power cut kept the block with the payment and lost the one before it.
+        zero_range(&path, torn_at..4096);
+        let (recovery, seen) = recover_framed(dir.path()).unwrap();
+        assert_eq!((seen, recovery.next_sequence), (vec![1], 2));
+    }
+
+    #[test]
+    fn a_frame_whose_sequence_the_damage_could_not_lead_to_does_not_vouch() {
+        // Even a client that guessed the very offset its forged frame lands at (so that
+        // its checksum holds there) must also name a sequence that the records between
+        // the damage and it could reach: a few kilobytes hold at most a few hundred.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        crate::wal::frame::encode_frame(&mut bytes, 1, 0, &[(1, b"record 1")]);
+        let torn_at = bytes.len();
+        let filler = padded_payload(2, 5000);
+        let forged_at = torn_at + 32 + 2 * 5 + filler.len() + b"record 3 ".len();
+        let huge = 0x7f7f_7f7f_7f7f_7f7f;
+        let mut payment = b"record 3 ".to_vec();
+        payment.extend_from_slice(&frame_at(forged_at, huge, huge - 1, &[(1, b"x")]));
+        crate::wal::frame::encode_frame(&mut bytes, 2, 1, &[(1, &filler), (1, &payment)]);
+        assert!(matches!(
+            crate::wal::frame::decode_frame(&bytes, forged_at),
+            FrameOutcome::Frame(_)
+        ));
+        let path = path_of(dir.path(), 1);
+        std::fs::write(&path, &bytes).unwrap();
+        zero_range(&path, torn_at..4096);
+        let (recovery, seen) = recover_framed(dir.path()).unwrap();
+        assert_eq!((seen, recovery.next_sequence), (vec![1], 2));
+        // One that names a sequence the gap could reach is taken for the writer's: the
+        // shard refuses to start rather than risk cutting acknowledged payments.
+        let mut bytes = bytes[..torn_at].to_vec();
+        let mut payment = b"record 3 ".to_vec();
+        payment.extend_from_slice(&frame_at(forged_at, 4, 3, &[(1, b"x")]));
+        crate::wal::frame::encode_frame(&mut bytes, 2, 1, &[(1, &filler), (1, &payment)]);
+        std::fs::write(&path, &bytes).unwrap();
+        zero_range(&path, torn_at..4096);
+        assert!(recover_framed(dir.path()).is_err());
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_end_of_their_range_never_panic() {
+        // Disk bytes may name any sequence: a record (or frame) at u64::MAX has no
+        // successor. Recovery and read_records refuse or stop; they never overflow.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 1, u64::MAX, b"the last one");
+        std::fs::write(path_of(dir.path(), u64::MAX), &bytes).unwrap();
+        assert!(recover(dir.path(), &mut |_| Ok(())).is_err());
+        let read = read_records(&bytes, u64::MAX, u64::MAX, &mut |_| Ok(()));
+        assert_eq!(read.map(|r| r.next_sequence), Ok(u64::MAX));
+        let mut framed = Vec::new();
+        crate::wal::frame::encode_frame(&mut framed, u64::MAX, 0, &[(1, b"x")]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path_of(dir.path(), u64::MAX), &framed).unwrap();
+        let _ = recover(dir.path(), &mut |_| Ok(()));
+        let _ = read_records(&framed, u64::MAX, u64::MAX, &mut |_| Ok(()));
+    }
+
+    #[test]
+    fn recovery_and_read_records_never_panic_on_random_segments() {
+        use crate::wal::disk::SimDisk;
+        use crate::wal::fuzz::{mutate, Prng};
+        let names = [0, 1, 2, 3, 7, u64::MAX - 2, u64::MAX - 1, u64::MAX];
+        let mut prng = Prng(0x0dd_5e9);
+        let shard_dir = Path::new("/sim/shard-0000");
+        for round in 0..20_000u64 {
+            let sim = std::rc::Rc::new(SimDisk::new(round));
+            let disk = Disk::Simulated(sim.clone());
+            for _ in 0..1 + prng.below(3) {
+                let first = names[prng.below(names.len())];
+                let mut valid = Vec::new();
+                let mut sequence = first;
+                for _ in 0..prng.below(4) {
+                    let count = 1 + prng.below(3) as u64;
+                    let payload = vec![prng.next() as u8; prng.below(40)];
+                    let records: Vec<(u8, &[u8])> = (0..count).map(|_| (1, &payload[..])).collect();
+                    if sequence == 0 || prng.below(3) == 0 {
+                        encode_record(&mut valid, 1, sequence, &payload);
+                        sequence = sequence.wrapping_add(1);
+                    } else {
+                        let synced = sequence.saturating_sub(prng.below(3) as u64 + 1);
+                        crate::wal::frame::encode_frame(&mut valid, sequence, synced, &records);
+                        sequence = sequence.wrapping_add(count);
+                    }
+                }
+                if prng.below(2) == 0 {
+                    valid.resize(valid.len() + prng.below(64), 0);
+                }
+                let bytes = if valid.is_empty() {
+                    valid
+                } else {
+                    mutate(&mut prng, &valid)
+                };
+                let path = shard_dir.join(segment_file_name(first));
+                sim.create(&path);
+                sim.write_at(&path, 0, &bytes).unwrap();
+                let end = first.wrapping_add(prng.below(12) as u64);
+                let _ = read_records(&bytes, first, end, &mut |_| Ok(()));
+            }
+            let _ = recover_on(&disk, shard_dir, &mut |_| Ok(()));
+        }
     }
 }

@@ -6,10 +6,13 @@
 //! disk only tears what was never synced), checks it against what was acknowledged, opens
 //! the log, lets writer tasks append single records and groups of up to three while a
 //! retention task carries live records forward and deletes dead segments, and ends at a
-//! random moment in a crash: a SIGKILL (the page cache survives) or a power cut that keeps
-//! nothing, everything, a prefix or any subset of the unsynced blocks. After each recovery:
+//! random moment in a crash: a SIGKILL (what was written stays, still unsynced, so a later
+//! power cut may take it) or a power cut that keeps nothing, everything, a prefix or any
+//! subset of the unsynced blocks. After each recovery:
 //!
-//! - every acknowledged record whose key is still live is there, intact, at its sequence;
+//! - every acknowledged record whose key is still live is there, intact, at its sequence,
+//!   and so is every other acknowledged record from the log's first segment on (retention
+//!   deletes only a prefix);
 //! - every group is whole or absent (no final status without its webhook event);
 //! - sequence numbers run without a gap (recovery itself refuses otherwise).
 //!
@@ -25,7 +28,7 @@ use crate::wal::disk::{CrashShape, Disk, SimDisk};
 use crate::wal::frame::{decode_frame, FrameOutcome};
 use crate::wal::fuzz::Prng;
 use crate::wal::log::{LogOptions, ShardLog, SIMULATED_SEGMENT_BYTES_MIN};
-use crate::wal::recovery::recover_on;
+use crate::wal::recovery::{recover_on, scan_on, RecordVisitor, Recovery, RecoveryError};
 use crate::wal::retention::dead_segment_prefix;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -134,6 +137,10 @@ struct World {
 struct Broken {
     acknowledge_before_sync: bool,
     split_groups: bool,
+    /// Recovery syncs the last segment only when it cuts a torn write (zeros it cuts
+    /// without a sync): records a SIGKILL left unsynced are then claimed as synced by
+    /// the frames written behind them.
+    recovery_syncs_only_torn_cuts: bool,
 }
 
 impl World {
@@ -155,20 +162,51 @@ impl World {
     /// Recovers the log; a refusal or a broken promise is the error.
     fn recover_and_check(&mut self) -> Result<(u64, Recovered), String> {
         let mut recovered = Recovered::new();
-        let recovery = recover_on(&self.disk(), &self.dir, &mut |record| {
-            recovered.insert(record.sequence, record.payload.to_vec());
-            Ok(())
-        })
-        .map_err(|error| format!("recovery refused: {error}"))?;
-        check(&self.model.borrow(), &recovered)?;
+        let recovery = self
+            .recover(&mut |record| {
+                recovered.insert(record.sequence, record.payload.to_vec());
+                Ok(())
+            })
+            .map_err(|error| format!("recovery refused: {error}"))?;
+        let log_start = recovery
+            .segments
+            .first()
+            .map_or(recovery.next_sequence, |segment| segment.first_sequence);
+        check(&self.model.borrow(), &recovered, log_start)?;
         Ok((recovery.next_sequence, recovered))
+    }
+
+    /// The log's recovery, or the broken one a test asks for.
+    fn recover(&self, visit: &mut RecordVisitor<'_>) -> Result<Recovery, RecoveryError> {
+        if !self.broken.recovery_syncs_only_torn_cuts {
+            return recover_on(&self.disk(), &self.dir, visit);
+        }
+        let recovery = scan_on(&self.disk(), &self.dir, visit)?;
+        if let Some(truncation) = &recovery.truncation {
+            let (path, offset) = (&truncation.path, truncation.offset);
+            let cut = if truncation.torn {
+                self.disk().cut(path, offset)
+            } else {
+                self.disk.truncate(path, offset)
+            };
+            cut.expect("the simulated disk cuts");
+        }
+        Ok(recovery)
     }
 
     /// One life: open, write and retain for a while, crash.
     async fn live_once(&mut self, next_sequence: u64) -> Result<(), String> {
         let choice = self.prng.below(SEGMENT_BYTES_CHOICES.len());
+        // One life in four runs with durability "none": nothing it acknowledges is
+        // promised, but its many unsynced frames tear in every way, and recovery must
+        // still start.
+        let durability = if self.prng.below(4) == 0 {
+            Durability::None
+        } else {
+            Durability::Fsync
+        };
         let options = LogOptions {
-            durability: Durability::Fsync,
+            durability,
             segment_bytes_max: SEGMENT_BYTES_CHOICES[choice],
             buffered_io: false,
         };
@@ -183,10 +221,18 @@ impl World {
         for writer in 0..1 + self.prng.below(WRITERS_MAX) {
             let appends = 1 + self.prng.below(APPENDS_PER_WRITER_MAX);
             let seed = self.prng.next() ^ writer as u64;
-            let task = write(log.clone(), self.model.clone(), appends, seed, self.broken);
+            let promised = durability == Durability::Fsync;
+            let task = write(
+                log.clone(),
+                self.model.clone(),
+                appends,
+                seed,
+                self.broken,
+                promised,
+            );
             tasks.push(glommio::spawn_local(task));
         }
-        if self.prng.below(2) == 0 {
+        if durability == Durability::Fsync && self.prng.below(2) == 0 {
             let task = retain(
                 log.clone(),
                 self.disk.clone(),
@@ -203,12 +249,13 @@ impl World {
         // The crash: every task stops where it is, then the disk decides what it kept.
         drop(tasks);
         log.crash();
-        let shape = match self.prng.below(5) {
+        let shape = match self.prng.below(6) {
             0 => CrashShape::Nothing,
             1 | 2 => CrashShape::Subset,
             3 => CrashShape::Prefix,
-            // A SIGKILL: the page cache survives whole.
-            _ => CrashShape::Everything,
+            4 => CrashShape::Everything,
+            // A SIGKILL: what was written stays, unsynced, for the next power cut.
+            _ => CrashShape::ProcessOnly,
         };
         trace(|| {
             format!(
@@ -276,8 +323,17 @@ impl World {
     }
 }
 
-/// The promises a recovered log must keep.
-fn check(model: &Model, recovered: &Recovered) -> Result<(), String> {
+/// The promises a recovered log must keep. `log_start` is its first sequence: retention
+/// deletes segments only as a prefix, so every acknowledged record from there on is
+/// there, live or not, exactly as acknowledged.
+fn check(model: &Model, recovered: &Recovered, log_start: u64) -> Result<(), String> {
+    for (&sequence, expected) in model.acknowledged.range(log_start..) {
+        match recovered.get(&sequence) {
+            Some(found) if found == expected => {}
+            Some(_) => return Err(format!("record {sequence} came back changed")),
+            None => return Err(format!("acknowledged record {sequence} is lost")),
+        }
+    }
     for (&key, &sequence) in &model.live {
         let expected = &model.acknowledged[&sequence];
         match recovered.get(&sequence) {
@@ -309,16 +365,23 @@ fn check(model: &Model, recovered: &Recovered) -> Result<(), String> {
     Ok(())
 }
 
-/// A writer: appends single records and groups, and notes each acknowledgement.
+/// A writer: appends single records and groups, and notes each acknowledgement that is
+/// a promise (`promised`: durability "fsync").
 async fn write(
     log: Rc<ShardLog>,
     model: Rc<RefCell<Model>>,
     appends: usize,
     seed: u64,
     broken: Broken,
+    promised: bool,
 ) {
     let mut prng = Prng(seed | 1);
     for _ in 0..appends {
+        // Clients take their time: other writers and the commit task run in between
+        // (with durability "none" an append never waits, and would never let them).
+        for _ in 0..prng.below(3) {
+            futures_lite::future::yield_now().await;
+        }
         let size = 1 + prng.below(3);
         let payloads: Vec<Vec<u8>> = {
             let mut model = model.borrow_mut();
@@ -353,6 +416,9 @@ async fn write(
             };
             (last + 1 - size as u64..=last).collect()
         };
+        if !promised {
+            continue;
+        }
         let mut model = model.borrow_mut();
         for (sequence, payload) in sequences.into_iter().zip(payloads) {
             model.acknowledge(sequence, payload);
@@ -457,7 +523,7 @@ fn trace(message: impl FnOnce() -> String) {
 fn frames_of(data: &[u8]) -> Vec<(usize, u64, usize)> {
     let mut frames = Vec::new();
     let mut offset = 0;
-    while let FrameOutcome::Frame(frame) = decode_frame(&data[offset..]) {
+    while let FrameOutcome::Frame(frame) = decode_frame(data, offset) {
         frames.push((offset, frame.first_sequence, frame.length_total));
         offset += frame.length_total;
     }
@@ -465,7 +531,7 @@ fn frames_of(data: &[u8]) -> Vec<(usize, u64, usize)> {
 }
 
 fn synced_through_at(data: &[u8], offset: usize) -> u64 {
-    match decode_frame(&data[offset..]) {
+    match decode_frame(data, offset) {
         FrameOutcome::Frame(frame) => frame.synced_through,
         _ => 0,
     }
@@ -544,4 +610,18 @@ fn the_simulation_catches_a_group_split_across_frames() {
     let found = run_seeds(0..2_000, broken);
     let (seed, problem) = found.expect("groups appended record by record went unnoticed");
     assert!(problem.contains("came back as"), "seed {seed}: {problem}");
+}
+
+#[test]
+fn the_simulation_catches_a_recovery_that_leaves_what_it_read_unsynced() {
+    let broken = Broken {
+        recovery_syncs_only_torn_cuts: true,
+        ..Broken::default()
+    };
+    let found = run_seeds(0..2_000, broken);
+    let (seed, problem) = found.expect("an unsynced recovery went unnoticed");
+    assert!(
+        problem.contains("recovery refused"),
+        "seed {seed}: {problem}"
+    );
 }

@@ -45,14 +45,8 @@ pub mod signing;
 
 use dispatch::OutboxLimits;
 
-/// Events one shard holds in memory by default (`webhooks.max_backlog_per_shard`); the
-/// rest wait in its log for a reload. An event
-/// in memory is its payment object (a few hundred bytes, usually), so this bounds a
-/// shard's outbox to a few MiB at most.
-pub const BACKLOG_EVENTS_PER_SHARD_MAX: usize = 4096;
-/// The highest `webhooks.max_backlog_per_shard` the config accepts: about 1 GiB of
-/// typical events per shard, far past any sensible setting.
-pub const BACKLOG_EVENTS_PER_SHARD_CEILING: usize = 1 << 20;
+// The backlog's limits are the config's: it owns every key's default and ceiling.
+use crate::config::{BACKLOG_EVENTS_PER_SHARD_CEILING, BACKLOG_EVENTS_PER_SHARD_MAX};
 /// Deliveries in flight on one shard beyond each merchant's first. A core with several
 /// shards has this many per shard.
 pub const SHARED_DELIVERIES_PER_SHARD_MAX: usize = 64;

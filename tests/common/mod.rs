@@ -1074,6 +1074,26 @@ pub fn create_body(order_id: &str, amount: u64, currency: &str, payment_method: 
     )
 }
 
+/// A body with the required fields and `field` set to the raw JSON `value` (added if
+/// it is not one of the four).
+pub fn body_with(field: &str, value: &str, order_id: &str) -> String {
+    let mut fields = vec![
+        ("order_id", format!("\"{order_id}\"")),
+        ("amount", "1999".to_string()),
+        ("currency", "\"CNY\"".to_string()),
+        ("payment_method", "\"tok_visa\"".to_string()),
+    ];
+    match fields.iter_mut().find(|(name, _)| *name == field) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => fields.push((field, value.to_string())),
+    }
+    let members: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("\"{name}\":{value}"))
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
 /// The payment object of API.md section 3, read strictly: every field must be present
 /// (`decline_code` and `description` as null when empty), nothing else may be (so the
 /// payment method is not echoed), and metadata keeps the order it was sent in.
@@ -1198,9 +1218,19 @@ impl Server {
 
     /// Starts payd on `dir` with exactly `config_text` as its config file.
     pub fn start_with_config(dir: tempfile::TempDir, config_text: &str) -> Server {
+        Server::start_with_env(dir, config_text, &[])
+    }
+
+    /// Like `start_with_config`, with extra environment variables for the process.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let config_path = dir.path().join("payd.toml");
         std::fs::write(&config_path, config_text).expect("write config");
         let mut child = Command::new(payd_binary())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -1469,8 +1499,7 @@ pub mod durable {
     pub fn frame_spans(bytes: &[u8]) -> Vec<FrameSpan> {
         let mut spans = Vec::new();
         let mut offset = 0;
-        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(&bytes[offset..])
-        {
+        while let payd::wal::FrameOutcome::Frame(frame) = payd::wal::decode_frame(bytes, offset) {
             spans.push(FrameSpan {
                 offset,
                 length_total: frame.length_total,

@@ -142,6 +142,8 @@ pub async fn answer(job: Job) -> Finished {
         merchant: Some(merchant_id.as_bytes()),
         timestamp: parts.timestamp,
         signature: parts.signature,
+        // A message is one JSON object: its fields cannot be repeated headers.
+        auth_header_repeated: false,
         body: parts.body,
         unix_ms: received.unix_ms,
     };

@@ -51,6 +51,7 @@ pub fn open(
         merchant: head.merchant.as_ref().map(field),
         timestamp: head.timestamp.as_ref().map(field),
         signature: head.signature.as_ref().map(field),
+        auth_header_repeated: head.auth_header_repeated,
         body: &mut no_body,
         unix_ms: clock.unix_ms,
     };
