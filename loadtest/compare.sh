@@ -567,7 +567,7 @@ print_report() {
     print_durability_targets
     echo
     echo "payd's own fdatasync figures in the fsync rows (/metrics, median of the rounds): a" \
-        "create waits for two in turn (its pending record, then its final one), each perhaps" \
+        "create with the simulated acquirer waits for one (its records are one group), perhaps" \
         "behind the sync in flight; in the open loop one slow sync also delays every request" \
         "due meanwhile."
     echo
