@@ -1167,18 +1167,19 @@ fn a_connection_flood_is_refused_then_forgotten() {
     assert_still_serving(&mut server);
 }
 
+/// The bytes of a signed create of a 19.99 CNY `tok_visa` payment for `order_id`.
+fn signed_create(order_id: &str) -> Vec<u8> {
+    let body = create_body(order_id, 1999, "CNY", "tok_visa");
+    Signed::new("POST", "/v1/payments", body.as_bytes()).bytes()
+}
+
 /// Thousands of pipelined requests, mixed kinds, in one write: answered in order, in
 /// bounded batches, without the connection or the core getting stuck.
 #[test]
 fn a_deep_mixed_pipeline_is_answered_in_order() {
     const REQUESTS: usize = 3_000;
     let mut server = start();
-    let create = Signed::new(
-        "POST",
-        "/v1/payments",
-        create_body("ord-pipe", 1999, "CNY", "tok_visa").as_bytes(),
-    )
-    .bytes();
+    let create = signed_create("ord-pipe");
     let mut pipeline = Vec::new();
     for index in 0..REQUESTS {
         match index % 4 {
@@ -1227,12 +1228,7 @@ fn a_deep_mixed_pipeline_is_answered_in_order() {
 fn garbage_on_many_connections_is_survived() {
     const CONNECTIONS: usize = 300;
     let mut server = start();
-    let valid = Signed::new(
-        "POST",
-        "/v1/payments",
-        create_body("ord-garbage", 1999, "CNY", "tok_visa").as_bytes(),
-    )
-    .bytes();
+    let valid = signed_create("ord-garbage");
     // A fixed seed: a failure replays.
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
